@@ -1,0 +1,46 @@
+# The workflow: `make demo` runs the main job on the embedded tiny default, `make test` runs the tests.
+# Both set up everything they need (venv, Python packages, Debian GL libraries for headless MuJoCo) and are idempotent.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml | md5sum | cut -c1-12)
+GL_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 libopengl0 libosmesa6
+export OMP_NUM_THREADS ?= 1
+export MUJOCO_GL ?= egl
+export PYOPENGL_PLATFORM ?= egl
+export WANDB_MODE ?= offline
+export HF_HUB_OFFLINE ?= 1
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: setup test test-all demo lint format bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! dpkg -s $(GL_PACKAGES) >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(GL_PACKAGES) >/dev/null; fi
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[data,libero,dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import vla, torch, timm, transformers, peft, tensorflow_datasets, libero, robosuite"
+	rm -f $(VENV)/.stamp-* && touch $@
+
+test: setup
+	$(BIN)/python -m pytest -m "not gpu" -q
+
+lint: setup
+	$(BIN)/ruff check vla scripts tests
+	$(BIN)/ruff format --check vla scripts tests
+
+format: setup
+	$(BIN)/ruff format vla scripts tests
+	$(BIN)/ruff check --fix vla scripts tests
+
+demo: setup
+	$(BIN)/python scripts/demo.py
+
+bench: setup
+	$(BIN)/python scripts/bench_data.py
+
+clean:
+	rm -rf $(VENV) runs outputs .pytest_cache .ruff_cache
