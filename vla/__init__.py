@@ -29,3 +29,15 @@ __all__ = [
     "save_dataset_statistics",
     "unnormalize_actions",
 ]
+
+from vla.libero_io import libero_action, libero_image  # noqa: E402  (LIBERO eval image/action contract)
+
+__all__ += ["libero_action", "libero_image"]
+
+from vla.checkpoint import load_official_checkpoint, load_tokenizer, save_official_checkpoint  # noqa: E402
+from vla.lora import LoraSettings, load_adapter, merge_lora, save_adapter  # noqa: E402
+from vla.model import VLA, VLAConfig, build_vla  # noqa: E402
+from vla.vision import VisionConfig  # noqa: E402
+
+__all__ += ["VLA", "LoraSettings", "VLAConfig", "VisionConfig", "build_vla", "load_adapter", "load_official_checkpoint",
+            "load_tokenizer", "merge_lora", "save_adapter", "save_official_checkpoint"]  # fmt: skip

@@ -11,9 +11,9 @@ CROP_AREA = 0.9  # OpenVLA's train-time random crop keeps 90 % of the area; eval
 
 
 def _tf():
-    import tensorflow as tf
+    from vla.rlds import import_tf  # imports Triton before TF where installed (the other order segfaults)
 
-    return tf
+    return import_tf()[0]
 
 
 def resize_image(image, size: int = 224):

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import multiprocessing as mp
@@ -199,10 +200,8 @@ class _WorkerEnv:
 
     def _discard(self) -> None:
         if self.env is not None:
-            try:
+            with contextlib.suppress(Exception):  # a broken env may fail to close; it is dropped either way
                 self.env.close()
-            except Exception:  # a broken env may fail to close; it is dropped either way
-                pass
         self.env, self.task_id = None, None
 
     def reset(self, request: ResetRequest) -> StepResult:
@@ -300,7 +299,9 @@ class EnvPool:
 
     def _start(self, index: int) -> tuple[mp.process.BaseProcess, Connection]:
         parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_worker_main, args=(child, *self._args), name=f"libero-env-{index}", daemon=True)
+        proc = self._ctx.Process(
+            target=_worker_main, args=(child, *self._args), name=f"libero-env-{index}", daemon=True
+        )
         proc.start()
         child.close()
         return proc, parent
@@ -330,11 +331,9 @@ class EnvPool:
         return results
 
     def close(self) -> None:
-        for proc, conn in self._workers:
-            try:
+        for _, conn in self._workers:
+            with contextlib.suppress(BrokenPipeError, OSError):
                 conn.send(("close", None))
-            except (BrokenPipeError, OSError):
-                pass
         for proc, conn in self._workers:
             proc.join(timeout=10)
             if proc.is_alive():

@@ -1,0 +1,342 @@
+"""The eval harness on a fake env pool (no simulator): scheduling, statuses, errors kept apart, JSONL, resume; and the
+policies. The real-simulator runs are the `libero`-marked tests at the end."""
+
+import json
+
+import numpy as np
+import pytest
+
+import vla.evaluation as evaluation
+from vla.evaluation import EvalConfig, evaluate, format_table, read_episodes, wilson_interval
+from vla.libero_env import ResetRequest, StepResult, TaskInfo
+from vla.policies import ExpertPolicy, RandomPolicy, VLAPolicy
+
+# Fake tasks: how each behaves in FakePool.
+SUCCEEDS, NEVER, ENV_ERROR, RESET_ERROR = 0, 1, 2, 3
+SUCCESS_STEP, ERROR_STEP = 3, 2
+TASKS = [TaskInfo(i, f"task_{i}", f"do thing {i}", f"/nonexistent/{i}.bddl") for i in range(4)]
+
+
+class FakePool:
+    """Stands in for `EnvPool`: task SUCCEEDS reports done at step SUCCESS_STEP, NEVER never does, ENV_ERROR returns
+    a worker traceback at step ERROR_STEP, RESET_ERROR fails its reset."""
+
+    instances: list["FakePool"] = []
+
+    def __init__(self, suite, num_workers, *, assets_dir=None, cameras=()):
+        self.num_workers, self.cameras = num_workers, cameras
+        self.resets: list[dict[int, ResetRequest]] = []
+        self.steps: list[list[int]] = []
+        self.state: dict[int, list[int]] = {}
+        self.closed = False
+        FakePool.instances.append(self)
+
+    def _obs(self, w):
+        task_id, t = self.state[w]
+        return {"task_id": np.array(task_id), "t": np.array(t), "agentview_image": np.full((32, 32, 3), t, np.uint8)}
+
+    def reset(self, requests):
+        self.resets.append(dict(requests))
+        out = {}
+        for w, request in requests.items():
+            if request.task_id == RESET_ERROR:
+                out[w] = StepResult(error="Traceback (most recent call last):\nRuntimeError: bad init state")
+                continue
+            self.state[w] = [request.task_id, 0]
+            out[w] = StepResult(obs=self._obs(w))
+        return out
+
+    def step(self, actions):
+        self.steps.append(sorted(actions))
+        out = {}
+        for w, action in actions.items():
+            assert np.asarray(action).shape == (7,)
+            self.state[w][1] += 1
+            task_id, t = self.state[w]
+            if task_id == ENV_ERROR and t == ERROR_STEP:
+                out[w] = StepResult(error="Traceback (most recent call last):\nValueError: physics exploded")
+            else:
+                done = task_id == SUCCEEDS and t == SUCCESS_STEP
+                out[w] = StepResult(obs=self._obs(w), reward=float(done), done=done)
+        return out
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.closed = True
+
+
+@pytest.fixture
+def fake_libero(monkeypatch):
+    """Point the harness at FakePool and the fake tasks; init state i of task t is the row [t, i]."""
+    FakePool.instances = []
+    monkeypatch.setattr(evaluation, "EnvPool", FakePool)
+    monkeypatch.setattr(evaluation, "setup_libero", lambda assets_dir=None: None)
+    monkeypatch.setattr(evaluation, "list_tasks", lambda suite: TASKS)
+    monkeypatch.setattr(
+        evaluation, "load_init_states", lambda suite, t: np.stack([np.full(50, t), np.arange(50)], axis=1)
+    )
+    return FakePool.instances
+
+
+class RecordingPolicy(RandomPolicy):
+    """Random actions; records each `act` call's slots; raises inside `act` for instructions in `raise_for`."""
+
+    def __init__(self, raise_for=(), interrupt_after=None):
+        super().__init__(seed=0)
+        self.calls: list[list[int]] = []
+        self.raise_for, self.interrupt_after = set(raise_for), interrupt_after
+        self.resets: list[tuple[int, int]] = []
+
+    def reset(self, slot, task):
+        self.resets.append((slot, task.task_id))
+
+    def act(self, observations, instructions):
+        self.calls.append(sorted(observations))
+        if self.interrupt_after is not None and len(self.calls) > self.interrupt_after:
+            raise KeyboardInterrupt
+        hit = self.raise_for & set(instructions.values())
+        if hit:
+            raise ValueError(f"boom on {sorted(hit)}")
+        return super().act(observations, instructions)
+
+
+def _cfg(tmp_path, **kwargs):
+    defaults = {"policy": "random", "num_trials_per_task": 2, "max_steps": 5, "num_envs": 2, "out_dir": str(tmp_path)}
+    return EvalConfig(**{**defaults, **kwargs})
+
+
+def _by_key(tmp_path):
+    return {(r["task_id"], r["episode"]): r for r in read_episodes(tmp_path / "episodes.jsonl")}
+
+
+def test_wilson_interval_textbook_values():
+    assert wilson_interval(0, 0) is None
+    np.testing.assert_allclose(wilson_interval(5, 10), (0.2366, 0.7634), atol=1e-4)
+    np.testing.assert_allclose(wilson_interval(0, 10), (0.0, 0.2775), atol=1e-4)
+    np.testing.assert_allclose(wilson_interval(10, 10), (0.7225, 1.0), atol=1e-4)
+    np.testing.assert_allclose(wilson_interval(45, 50), (0.7864, 0.9565), atol=1e-4)
+
+
+def test_statuses_steps_and_errors_are_kept_apart(tmp_path, fake_libero):
+    summary = evaluate(_cfg(tmp_path), RecordingPolicy())
+    records = _by_key(tmp_path)
+    assert set(records) == {(t, e) for t in range(4) for e in range(2)}
+    for e in range(2):
+        assert records[SUCCEEDS, e]["status"] == "success" and records[SUCCEEDS, e]["steps"] == SUCCESS_STEP
+        assert records[NEVER, e]["status"] == "failure" and records[NEVER, e]["steps"] == 5
+        assert records[ENV_ERROR, e]["status"] == "error" and records[ENV_ERROR, e]["steps"] == ERROR_STEP
+        assert "physics exploded" in records[ENV_ERROR, e]["error"]
+        assert records[RESET_ERROR, e]["status"] == "error" and "bad init state" in records[RESET_ERROR, e]["error"]
+        assert records[SUCCEEDS, e]["success"] and not records[NEVER, e]["success"]
+        assert records[SUCCEEDS, e]["error"] is None and records[SUCCEEDS, e]["task"] == "do thing 0"
+    overall = summary["overall"]
+    assert (overall["successes"], overall["failures"], overall["errors"], overall["trials"]) == (2, 2, 4, 4)
+    assert overall["success_rate"] == 0.5
+    per_task = {t["task_id"]: t for t in summary["tasks"]}
+    assert per_task[ENV_ERROR]["trials"] == 0 and per_task[ENV_ERROR]["success_rate"] is None
+    assert per_task[ENV_ERROR]["errors"] == 2 and per_task[SUCCEEDS]["success_rate"] == 1.0
+    assert summary["complete"] and summary["episodes_recorded"] == 8
+    assert json.loads((tmp_path / "summary.json").read_text())["overall"]["errors"] == 4
+    table = format_table(summary)
+    assert "errors" in table and "do thing 3" in table
+    assert fake_libero[0].closed and fake_libero[0].cameras == ()  # the random policy needs no images
+
+
+def test_one_batched_act_per_step_and_fixed_initial_states(tmp_path, fake_libero):
+    policy = RecordingPolicy()
+    evaluate(_cfg(tmp_path, tasks=[SUCCEEDS, NEVER], num_trials_per_task=3), policy)
+    pool = fake_libero[0]
+    assert policy.calls == pool.steps  # every env step had exactly one act call covering the stepped workers
+    assert max(len(c) for c in policy.calls) == 2  # both workers ran at once
+    requests = [r for batch in pool.resets for r in batch.values()]
+    assert sorted((int(r.init_state[0]), int(r.init_state[1])) for r in requests) == [
+        (t, e) for t in (SUCCEEDS, NEVER) for e in range(3)
+    ]
+    assert all(r.init_state[0] == r.task_id and r.seed == 0 and r.settle for r in requests)
+    assert sorted(policy.resets) != [] and all(slot in (0, 1) for slot, _ in policy.resets)
+
+
+def test_a_policy_exception_is_an_error_with_traceback_and_the_run_goes_on(tmp_path, fake_libero):
+    policy = RecordingPolicy(raise_for={"do thing 1"})
+    summary = evaluate(_cfg(tmp_path, tasks=[SUCCEEDS, NEVER], num_envs=1), policy)
+    records = _by_key(tmp_path)
+    assert [records[NEVER, e]["status"] for e in range(2)] == ["error", "error"]
+    assert "Traceback" in records[NEVER, 0]["error"] and "ValueError: boom" in records[NEVER, 0]["error"]
+    assert [records[SUCCEEDS, e]["status"] for e in range(2)] == ["success", "success"]
+    assert summary["overall"]["errors"] == 2 and summary["overall"]["failures"] == 0
+
+
+def test_resume_skips_recorded_episodes(tmp_path, fake_libero):
+    evaluate(_cfg(tmp_path, tasks=[SUCCEEDS, NEVER], num_trials_per_task=1), RecordingPolicy())
+    with pytest.raises(FileExistsError, match="resume"):
+        evaluate(_cfg(tmp_path, tasks=[SUCCEEDS, NEVER], num_trials_per_task=2), RecordingPolicy())
+    summary = evaluate(_cfg(tmp_path, tasks=[SUCCEEDS, NEVER], num_trials_per_task=2, resume=True), RecordingPolicy())
+    second = [(r.task_id, int(r.init_state[1])) for batch in fake_libero[-1].resets for r in batch.values()]
+    assert sorted(second) == [(SUCCEEDS, 1), (NEVER, 1)]
+    assert len(read_episodes(tmp_path / "episodes.jsonl")) == 4 and summary["complete"]
+    n_pools = len(fake_libero)
+    evaluate(_cfg(tmp_path, tasks=[SUCCEEDS, NEVER], num_trials_per_task=2, resume=True), RecordingPolicy())
+    assert len(fake_libero) == n_pools  # nothing left to run: no workers started
+    with pytest.raises(ValueError, match="max_steps"):
+        evaluate(_cfg(tmp_path, tasks=[SUCCEEDS], max_steps=9, resume=True), RecordingPolicy())
+
+
+def test_a_crash_loses_no_finished_episode_and_resume_completes(tmp_path, fake_libero):
+    cfg = _cfg(tmp_path, tasks=[SUCCEEDS], num_trials_per_task=3, num_envs=1)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(cfg, RecordingPolicy(interrupt_after=SUCCESS_STEP + 1))  # dies inside episode 1
+    assert list(_by_key(tmp_path)) == [(SUCCEEDS, 0)]
+    with open(tmp_path / "episodes.jsonl", "a") as f:
+        f.write('{"task_id": 0, "epis')  # a torn line, as a kill mid-write leaves
+    summary = evaluate(
+        _cfg(tmp_path, tasks=[SUCCEEDS], num_trials_per_task=3, num_envs=1, resume=True), RecordingPolicy()
+    )
+    assert summary["overall"]["successes"] == 3 and summary["complete"]
+
+
+def test_retry_errors_reruns_only_errored_episodes(tmp_path, fake_libero):
+    evaluate(_cfg(tmp_path, tasks=[SUCCEEDS], num_envs=1), RecordingPolicy(raise_for={"do thing 0"}))
+    assert _by_key(tmp_path)[SUCCEEDS, 0]["status"] == "error"
+    summary = evaluate(_cfg(tmp_path, tasks=[SUCCEEDS], num_envs=1, resume=True, retry_errors=True), RecordingPolicy())
+    assert summary["overall"]["successes"] == 2 and summary["overall"]["errors"] == 0  # the latest record counts
+    assert len(read_episodes(tmp_path / "episodes.jsonl")) == 4
+
+
+def test_videos_hold_one_frame_per_policy_step(tmp_path, fake_libero):
+    import imageio.v2 as imageio
+
+    evaluate(_cfg(tmp_path, tasks=[SUCCEEDS], num_trials_per_task=1, save_videos=True), RecordingPolicy())
+    record = _by_key(tmp_path)[SUCCEEDS, 0]
+    frames = imageio.mimread(tmp_path / record["video"])
+    assert len(frames) == SUCCESS_STEP and fake_libero[0].cameras == ("agentview",)
+
+
+def test_wandb_offline_logs_into_the_run_dir(tmp_path, fake_libero):
+    pytest.importorskip("wandb")
+    summary = evaluate(_cfg(tmp_path, tasks=[SUCCEEDS], wandb=True, wandb_mode="offline"), RecordingPolicy())
+    assert summary["overall"]["successes"] == 2
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"task_suite": "libero_100"}, ValueError, "libero_spatial"),
+        ({"policy": "gpt"}, ValueError, "expert"),
+        ({"policy": "vla"}, ValueError, "checkpoint"),
+        ({"policy": "vla", "checkpoint": "/no/such/ckpt"}, FileNotFoundError, "/no/such/ckpt"),
+        ({"num_envs": 0}, ValueError, "num_envs"),
+        ({"quantization": "3bit"}, ValueError, "8bit"),
+        ({"out_dir": None, "resume": True}, ValueError, "out_dir"),
+        ({"tasks": [0, 7]}, ValueError, r"\[7\]"),
+    ],
+)
+def test_config_is_validated_before_anything_runs(tmp_path, fake_libero, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        evaluate(_cfg(tmp_path, **kwargs), RecordingPolicy())
+    assert fake_libero == [] and not (tmp_path / "episodes.jsonl").exists()
+
+
+class FakeVLA:
+    def __init__(self):
+        self.calls = []
+
+    def predict_actions(self, images, instructions, unnorm_key=None):
+        self.calls.append((images, instructions, unnorm_key))
+        return np.array([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.0], [0.0] * 6 + [0.99]])[: len(images)]
+
+
+def test_vla_policy_batches_preprocesses_and_postprocesses():
+    pytest.importorskip("tensorflow")
+    from vla.libero_io import libero_image
+
+    raw = {s: np.random.default_rng(s).integers(0, 256, (256, 256, 3), dtype=np.uint8) for s in (3, 1)}
+    vla = FakeVLA()
+    policy = VLAPolicy(vla, "libero_spatial_no_noops", center_crop=True)
+    actions = policy.act({s: {"agentview_image": img} for s, img in raw.items()}, {3: "three", 1: "one"})
+    assert len(vla.calls) == 1
+    images, instructions, key = vla.calls[0]
+    assert instructions == ["one", "three"] and key == "libero_spatial_no_noops"  # slot order
+    np.testing.assert_array_equal(images[0], libero_image(raw[1], center_crop=True))
+    np.testing.assert_array_equal(policy.last_frames[3], libero_image(raw[3], center_crop=False))
+    np.testing.assert_array_equal(actions[1], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 1.0])  # model 0 -> close (+1)
+    assert actions[3][-1] == -1.0
+
+
+def test_random_policy_is_seeded_and_in_range():
+    obs = {0: {}, 1: {}}
+    first, second = RandomPolicy(3).act(obs, {}), RandomPolicy(3).act(obs, {})
+    np.testing.assert_array_equal(first[1], second[1])
+    for action in first.values():
+        assert action.shape == (7,) and np.abs(action[:6]).max() <= 1 and action[6] in (-1.0, 1.0)
+
+
+def test_expert_policy_builds_one_expert_per_slot_from_the_bddl_goal(tmp_path):
+    bddl = tmp_path / "task.bddl"
+    bddl.write_text("(define (problem p) (:goal (And (On akita_black_bowl_1 plate_1))))")
+    policy = ExpertPolicy()
+    task = TaskInfo(0, "t", "put the bowl on the plate", str(bddl))
+    policy.reset(0, task)
+    policy.reset(1, task)
+    obs = {
+        "robot0_eef_pos": np.array([0.0, 0.0, 1.2]),
+        "robot0_eef_quat": np.array([1.0, 0.0, 0.0, 0.0]),
+        "akita_black_bowl_1_pos": np.array([0.1, 0.0, 0.9]),
+        "plate_1_pos": np.array([-0.1, 0.1, 0.9]),
+    }
+    actions = policy.act({0: obs, 1: obs}, {})
+    assert policy.experts[0] is not policy.experts[1]
+    assert actions[0].shape == (7,) and actions[0][0] > 0 and actions[0][2] < 0  # heads toward the bowl, downwards
+
+
+RECORD_KEYS = {
+    "task_suite",
+    "task_id",
+    "task",
+    "episode",
+    "success",
+    "steps",
+    "status",
+    "error",
+    "video",
+    "wall_time_s",
+}
+RATE_KEYS = {"successes", "failures", "errors", "trials", "success_rate", "ci95"}
+
+
+class WrongActionPolicy(RandomPolicy):
+    """Random, but sends a 6-dim action on `broken`'s episodes: robosuite raises inside the env worker."""
+
+    def __init__(self, broken: str):
+        super().__init__(seed=0)
+        self.broken = broken
+
+    def act(self, observations, instructions):
+        actions = super().act(observations, instructions)
+        return {s: a[:6] if instructions[s] == self.broken else a for s, a in actions.items()}
+
+
+@pytest.mark.libero
+def test_real_simulator_short_episodes_schema_env_error_and_resume(tmp_path, libero_assets_dir):
+    from vla.libero_env import list_tasks, setup_libero
+
+    setup_libero(libero_assets_dir)
+    broken = list_tasks("libero_spatial")[1].language
+    cfg = EvalConfig(
+        policy="random", tasks=[0, 1], num_trials_per_task=1, max_steps=4, num_envs=1, out_dir=str(tmp_path),
+        libero_assets=libero_assets_dir,
+    )  # fmt: skip
+    summary = evaluate(cfg, WrongActionPolicy(broken))
+    records = read_episodes(tmp_path / "episodes.jsonl")
+    assert [set(r) for r in records] == [RECORD_KEYS, RECORD_KEYS]
+    ok, bad = sorted(records, key=lambda r: r["task_id"])
+    assert (ok["status"], ok["steps"], ok["success"], ok["error"], ok["episode"]) == ("failure", 4, False, None, 0)
+    assert bad["status"] == "error" and "Traceback" in bad["error"] and bad["steps"] == 1
+    assert set(summary["overall"]) == RATE_KEYS and all(set(t) >= RATE_KEYS for t in summary["tasks"])
+    overall = summary["overall"]
+    assert (overall["trials"], overall["errors"], overall["success_rate"]) == (1, 1, 0.0)
+    assert json.loads((tmp_path / "summary.json").read_text())["tasks"][1]["errors"] == 1
+    resumed = evaluate(EvalConfig(**{**cfg.__dict__, "resume": True}), WrongActionPolicy(broken))
+    assert len(read_episodes(tmp_path / "episodes.jsonl")) == 2 and resumed["overall"] == summary["overall"]

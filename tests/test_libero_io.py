@@ -1,0 +1,153 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from vla.libero_io import libero_action, libero_image, resolve_suite_unnorm_key
+
+GRAY_A, GRAY_B = 200, 40  # gray levels: R = G = B keeps JPEG's chroma at exactly 128
+
+
+def _two_tone(height=256, width=256, split=128):
+    """Gray image, GRAY_A left of column `split`, GRAY_B right of it (8x8 JPEG blocks never straddle the edge)."""
+    image = np.full((height, width, 3), GRAY_B, np.uint8)
+    image[:, :split] = GRAY_A
+    return image
+
+
+def _official_pipeline(agentview: np.ndarray, center_crop: bool) -> np.ndarray:
+    """OpenVLA's eval image path written out with raw tf.image calls (reference §10), independent of vla.image_ops."""
+    tf = pytest.importorskip("tensorflow")
+    img = agentview[::-1, ::-1]
+    img = tf.image.encode_jpeg(img)
+    img = tf.io.decode_image(img, expand_animations=False, dtype=tf.uint8)
+    img = tf.image.resize(img, (224, 224), method="lanczos3", antialias=True)
+    img = tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8).numpy()
+    if not center_crop:
+        return img
+    image = tf.image.convert_image_dtype(tf.convert_to_tensor(img), tf.float32)[None]
+    side = tf.reshape(tf.clip_by_value(tf.sqrt(0.9), 0, 1), shape=(1,))
+    offset = (1 - side) / 2
+    boxes = tf.stack([offset, offset, offset + side, offset + side], axis=1)
+    image = tf.image.crop_and_resize(image, boxes, tf.range(1), (224, 224))[0]
+    image = tf.clip_by_value(image, 0, 1)
+    return tf.image.convert_image_dtype(image, tf.uint8, saturate=True).numpy()
+
+
+def _scene(seed=0, size=256):
+    """Smooth gradients plus noise and a few sharp rectangles: exercises JPEG, ringing and clipping."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    image = np.stack([yy, xx, (yy + xx) / 2], axis=-1) * (255 / size) + rng.normal(0, 12, (size, size, 3))
+    for _ in range(6):
+        r, c = rng.integers(0, size - 40, 2)
+        image[r : r + 37, c : c + 23] = rng.integers(0, 256, 3)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def test_import_does_not_load_tensorflow():
+    code = "import sys, vla, vla.libero_io; assert 'tensorflow' not in sys.modules, 'TF imported at import time'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("center_crop", [False, True])
+def test_constant_gray_survives_every_stage(center_crop):
+    out = libero_image(np.full((256, 256, 3), 77, np.uint8), center_crop=center_crop)
+    assert out.shape == (224, 224, 3) and out.dtype == np.uint8
+    assert (out == 77).all()
+
+
+@pytest.mark.parametrize("center_crop", [False, True])
+def test_rotation_moves_a_corner_mark_to_the_opposite_corner(center_crop):
+    image = np.zeros((256, 256, 3), np.uint8)
+    image[:32, :32] = 255  # top-left in the raw render -> 28x28 at the bottom-right of the 224 image
+    out = libero_image(image, center_crop=center_crop).astype(int)
+    assert out[-20:, -20:].min() > 230
+    assert out[:-40, :].max() < 25 and out[:, :-40].max() < 25  # nothing left at the top or on the left
+
+
+@pytest.mark.parametrize("center_crop", [False, True])
+def test_rotation_also_mirrors_left_right(center_crop):
+    # A vertical flip alone (a known mistake, openvla#295) would keep GRAY_A on the left.
+    out = libero_image(_two_tone(), center_crop=center_crop)
+    # The edge at column 128 of 256 lands on column 112 of 224 (the centered crop is symmetric, so it stays there);
+    # away from the edge every stage preserves the constant level exactly.
+    margin = 8
+    assert (out[:, : 112 - margin] == GRAY_B).all()
+    assert (out[:, 112 + margin :] == GRAY_A).all()
+
+
+def test_resize_is_antialiased_lanczos_not_nearest():
+    # A 1-pixel checkerboard: nearest/bilinear without antialias alias to a pattern, lanczos3+antialias averages it.
+    image = np.zeros((256, 256, 3), np.uint8)
+    image[(np.add.outer(np.arange(256), np.arange(256)) % 2).astype(bool)] = 200
+    out = libero_image(image, center_crop=False).astype(int)
+    assert abs(out[8:-8, 8:-8].mean() - 100) < 6 and out[8:-8, 8:-8].std() < 25
+
+
+def test_center_crop_zooms_in_by_the_crop_side():
+    # A centered square of side 100 on 224: after the crop (side sqrt(0.9)) it spans 100 / sqrt(0.9) = 105.4 px.
+    image = np.zeros((256, 256, 3), np.uint8)
+    half = round(100 * 256 / 224 / 2)
+    image[128 - half : 128 + half, 128 - half : 128 + half] = 255
+    uncropped = libero_image(image, center_crop=False)[112, :, 0] > 127
+    cropped = libero_image(image, center_crop=True)[112, :, 0] > 127
+    assert abs(uncropped.sum() - 2 * half * 224 / 256) <= 2
+    assert abs(cropped.sum() - uncropped.sum() / np.sqrt(0.9)) <= 2
+
+
+@pytest.mark.parametrize("center_crop", [False, True])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_matches_the_official_tf_pipeline_bit_for_bit(center_crop, seed):
+    image = _scene(seed)
+    np.testing.assert_array_equal(libero_image(image, center_crop=center_crop), _official_pipeline(image, center_crop))
+
+
+def test_non_square_renders_are_accepted_and_bad_inputs_rejected():
+    assert libero_image(_scene(2)[:, :200], center_crop=True).shape == (224, 224, 3)
+    with pytest.raises(ValueError, match="uint8"):
+        libero_image(np.zeros((256, 256, 3), np.float32), center_crop=False)
+    with pytest.raises(ValueError, match="H, W, 3"):
+        libero_image(np.zeros((256, 256), np.uint8), center_crop=False)
+
+
+@pytest.mark.parametrize(
+    ("gripper", "expected"),
+    [
+        (0.0, 1.0),  # model "close" -> LIBERO +1 (close)
+        (1.0, -1.0),  # model "open" -> LIBERO -1 (open)
+        (0.996078431372549, -1.0),  # the top bin center the tokenizer can emit
+        (0.003921568627451, 1.0),
+        (0.49, 1.0),
+        (0.51, -1.0),
+        (-0.3, 1.0),  # out of range still binarizes by side
+        (1.7, -1.0),
+        (0.5, 0.0),  # sign(0) = 0, as the reference; 0.5 is never a bin center, so this cannot occur in practice
+    ],
+)
+def test_gripper_truth_table(gripper, expected):
+    action = np.array([0.1, -0.2, 0.3, -0.04, 0.05, -0.06, gripper])
+    out = libero_action(action)
+    assert out[-1] == expected
+    np.testing.assert_array_equal(out[:6], action[:6])
+    assert out.dtype == np.float64 and out.shape == (7,)
+
+
+def test_libero_action_copies_and_batches():
+    actions = np.array([[0.0] * 6 + [0.0], [0.5] * 6 + [1.0]], dtype=np.float32)
+    before = actions.copy()
+    out = libero_action(actions)
+    np.testing.assert_array_equal(out[:, -1], [1.0, -1.0])
+    np.testing.assert_array_equal(actions, before)
+    with pytest.raises(ValueError, match="7 dims"):
+        libero_action(np.zeros(6))
+
+
+def test_resolve_suite_unnorm_key():
+    stats = {"libero_spatial": {}, "libero_goal_no_noops": {}, "bridge_orig": {}}
+    assert resolve_suite_unnorm_key(stats, "libero_spatial") == "libero_spatial"
+    assert resolve_suite_unnorm_key(stats, "libero_goal") == "libero_goal_no_noops"
+    assert resolve_suite_unnorm_key({**stats, "libero_goal": {}}, "libero_goal") == "libero_goal"
+    with pytest.raises(KeyError, match="bridge_orig"):
+        resolve_suite_unnorm_key(stats, "libero_10")

@@ -1,0 +1,242 @@
+"""The fine-tuning loop on the tiny random VLA and a 2-episode RLDS dataset: run-dir contents, overfitting, gradient
+accumulation, exact resume, DDP on gloo, and the fail-fast checks."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vla.rlds import RLDSConfig
+from vla.run_dir import RunDir
+from vla.training import NonFiniteLossError, TrainConfig, train
+
+pytest.importorskip("tensorflow_datasets")
+LLAMA2_DIR = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "llama2"
+if not (LLAMA2_DIR / "tokenizer.model").is_file():
+    pytest.skip(f"real Llama-2 vocabulary not found at {LLAMA2_DIR}", allow_module_level=True)
+
+
+def _config(dataset, tmp_path: Path, **overrides) -> TrainConfig:
+    """Tiny random VLA, full fine-tuning, no shuffle (the stream is the storage order), W&B off."""
+    root, name = dataset
+    data = RLDSConfig(
+        **{"data_root_dir": root, "dataset_name": name, "shuffle_buffer_size": 1, **overrides.pop("data", {})}
+    )
+    fields = dict(
+        vla_path=None, model_preset="tiny", tokenizer_path=LLAMA2_DIR, use_lora=False, data=data, batch_size=2,
+        learning_rate=1e-3, max_steps=2, save_steps=100, log_steps=1, run_root_dir=tmp_path / "runs", run_id="run",
+        wandb_mode="disabled",
+    )  # fmt: skip
+    return TrainConfig(**{**fields, **overrides})
+
+
+def _losses(run_dir: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in RunDir(run_dir).read_metrics()]
+
+
+def _state(run_dir: Path) -> dict:
+    return RunDir(run_dir).load_state()
+
+
+def _files(run_dir: Path) -> set[str]:
+    return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file() and "wandb" not in p.parts}
+
+
+class _Killed(Exception):
+    pass
+
+
+def _patch_forward(monkeypatch, on_call: int, action: str) -> None:
+    """Make the model's `on_call`-th forward (1-based) raise (a kill) or return a NaN loss."""
+    from vla.model import VLA
+
+    original, calls = VLA.forward, [0]
+
+    def forward(self, batch):
+        calls[0] += 1
+        loss, metrics = original(self, batch)
+        if calls[0] == on_call:
+            if action == "kill":
+                raise _Killed(f"killed at forward {on_call}")
+            loss = loss * float("nan")
+        return loss, metrics
+
+    monkeypatch.setattr(VLA, "forward", forward)
+
+
+def test_lora_run_writes_exactly_the_run_dir_files(finetune_dataset, tmp_path):
+    cfg = _config(finetune_dataset, tmp_path, use_lora=True, lora_rank=4, max_steps=3, save_steps=2, log_steps=2,
+                  save_merged=True, wandb_mode="offline")  # fmt: skip
+    run_dir = train(cfg)
+    assert run_dir == tmp_path / "runs" / "run"
+    merged = {"config.json", "generation_config.json", "preprocessor_config.json", "dataset_statistics.json",
+              "model.safetensors.index.json", "model-00001-of-00001.safetensors", "tokenizer.json",
+              "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"}  # fmt: skip
+    assert _files(run_dir) == {
+        "config.yaml", "dataset_statistics.json", "metrics.jsonl", "trainer_state.pt", "learning_curve.png",
+        "adapter/adapter_config.json", "adapter/adapter_model.safetensors", *(f"merged/{f}" for f in merged),
+    }  # fmt: skip
+    assert list((run_dir / "wandb").glob("offline-run-*")), "W&B offline mode writes its run under the run dir"
+    records = RunDir(run_dir).read_metrics()
+    assert [r["step"] for r in records] == [2, 3]  # every log_steps, and the last step
+    assert all(math.isfinite(r[k]) for r in records for k in ("loss", "action_accuracy", "l1", "loss_smoothed"))
+    assert _state(run_dir)["step"] == 3
+    statistics = json.loads((run_dir / "dataset_statistics.json").read_text())
+    assert set(statistics) == {"two_episodes"} and statistics["two_episodes"]["num_trajectories"] == 2
+    from vla.model import VLA
+
+    loaded = VLA.from_pretrained(run_dir / "merged", dtype=torch.float32)
+    assert loaded.norm_stats["two_episodes"]["action"] == statistics["two_episodes"]["action"]
+    import yaml
+
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["run_id"] == "run" and saved["lora_rank"] == 4 and saved["data"]["dataset_name"] == "two_episodes"
+
+
+def test_lora_trains_only_the_adapters(finetune_dataset, tmp_path):
+    cfg = _config(finetune_dataset, tmp_path, use_lora=True, lora_rank=4, max_steps=1, save_steps=1)
+    trainable = _state(train(cfg))["trainable"]
+    assert trainable and all("lora_" in name for name in trainable)
+    assert any(name.startswith("language_model.") for name in trainable)
+
+
+@pytest.mark.slow
+def test_overfits_two_episodes_without_augmentation(finetune_dataset, tmp_path):
+    # 8 frames, one batch of all of them per step: the last batches' teacher-forced action accuracy must be >= 95 %
+    cfg = _config(finetune_dataset, tmp_path, batch_size=8, learning_rate=3e-3, max_steps=90, data={"image_aug": False})
+    records = RunDir(train(cfg)).read_metrics()
+    assert records[0]["action_accuracy"] < 0.5
+    assert min(r["action_accuracy"] for r in records[-3:]) >= 0.95, records[-3:]
+
+
+def test_accumulation_equals_one_large_batch(finetune_dataset, tmp_path):
+    """Batch 4 x 1 vs batch 1 x 4 over the same 4 frames: the same step. The model's loss is the mean over a batch's
+    labelled tokens and every sample has exactly 8 (7 action ids + EOS), so it is also the mean over samples; the
+    1/N scaling makes the accumulated gradient the mean over the N micro-batches, i.e. over the same 4 samples.
+    AdamW's first update is ~lr * sign(grad), blind to the gradient's scale, so the gradient itself is compared
+    through the optimizer's first moment (exp_avg = (1 - beta1) * grad)."""
+    big = _state(train(_config(finetune_dataset, tmp_path / "a", batch_size=4, max_steps=1, save_steps=1)))
+    small = _state(train(_config(finetune_dataset, tmp_path / "b", batch_size=1, grad_accumulation_steps=4,
+                                 max_steps=1, save_steps=1)))  # fmt: skip
+    # Adam divides by sqrt(v): where a coordinate's gradient is tiny, float noise moves it by a sizeable fraction of
+    # lr, so parameters agree to ~1 % of lr while the gradients agree to ~1e-6 of their scale.
+    for name, weight in big["trainable"].items():
+        torch.testing.assert_close(small["trainable"][name], weight, rtol=0, atol=0.02 * 1e-3, msg=name)
+    moments = {
+        i: (big["optimizer"]["state"][i]["exp_avg"], s["exp_avg"]) for i, s in small["optimizer"]["state"].items()
+    }
+    assert moments.keys() == big["optimizer"]["state"].keys() and len(moments) > 10
+    for a, b in moments.values():
+        assert a.abs().max() > 0
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-4 * a.abs().max().item())
+
+
+def test_activation_checkpointing_gives_the_same_step(finetune_dataset, tmp_path):
+    plain = _state(train(_config(finetune_dataset, tmp_path / "a", max_steps=1, save_steps=1)))
+    recomputed = _state(train(_config(finetune_dataset, tmp_path / "b", max_steps=1, save_steps=1,
+                                      activation_checkpointing=True)))  # fmt: skip
+    for i, state in plain["optimizer"]["state"].items():
+        expected = state["exp_avg"]
+        torch.testing.assert_close(recomputed["optimizer"]["state"][i]["exp_avg"], expected, rtol=0,
+                                   atol=1e-5 * expected.abs().max().item())  # fmt: skip
+
+
+def test_kill_and_resume_follow_the_uninterrupted_trajectory(finetune_dataset, tmp_path, monkeypatch):
+    kwargs = dict(batch_size=1, grad_accumulation_steps=2, max_steps=6, save_steps=3, learning_rate=3e-3)
+    straight = train(_config(finetune_dataset, tmp_path / "straight", **kwargs))
+    _patch_forward(monkeypatch, on_call=9, action="kill")  # forward 9 = step 5: after the step-3 checkpoint
+    cfg = _config(finetune_dataset, tmp_path / "killed", **kwargs)
+    with pytest.raises(_Killed):
+        train(cfg)
+    assert _state(cfg.run_dir)["step"] == 3 and [s for s, _ in _losses(cfg.run_dir)] == [1, 2, 3, 4]
+    monkeypatch.undo()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg)
+    resumed = train(_config(finetune_dataset, tmp_path / "killed", resume=True, **kwargs))
+    expected, got = _losses(straight), _losses(resumed)
+    assert [s for s, _ in got] == [1, 2, 3, 4, 5, 6]  # step 4 of the killed run was dropped and redone
+    assert [loss for _, loss in got] == pytest.approx([loss for _, loss in expected], rel=1e-5)
+    assert len({round(loss, 4) for _, loss in expected}) > 3  # the trajectory actually moves
+    for name, weight in _state(straight)["trainable"].items():
+        torch.testing.assert_close(_state(resumed)["trainable"][name], weight, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(finetune_dataset, tmp_path, monkeypatch):
+    cfg = _config(finetune_dataset, tmp_path, max_steps=5, save_steps=2)
+    _patch_forward(monkeypatch, on_call=3, action="nan")  # step 3
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 3.*checkpoint is step 2"):
+        train(cfg)
+    state = _state(cfg.run_dir)
+    assert state["step"] == 2 and all(torch.isfinite(w).all() for w in state["trainable"].values())
+    assert [s for s, _ in _losses(cfg.run_dir)] == [1, 2]
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Fail the test if a model gets built: every check below must fire before weights load."""
+
+    def build_model(*args, **kwargs):
+        raise AssertionError("weights were loaded before the bad input was reported")
+
+    monkeypatch.setattr("vla.training.build_model", build_model)
+
+
+def _checkpoint_dir(tmp_path: Path) -> Path:
+    """Only the JSON of an official checkpoint: enough for the checks that run before weights load."""
+    path = tmp_path / "openvla-7b"
+    path.mkdir()
+    stats = {"action": {"q01": [0.0] * 7, "q99": [1.0] * 7}}
+    (path / "config.json").write_text(json.dumps({"norm_stats": {"bridge_orig": stats, "libero_spatial": stats}}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        ({"data": {"data_root_dir": "nowhere"}}, FileNotFoundError, r"data_root_dir nowhere does not exist"),
+        ({"data": {"dataset_name": "libero_object_no_noops"}}, FileNotFoundError,
+         r"unknown dataset 'libero_object_no_noops'.*\['two_episodes'\]"),
+        ({"data": {"version": "2.0.0"}}, FileNotFoundError, r"no version folder .*2\.0\.0 \(versions found: \['1\.0\.0'\]"),
+        ({"unnorm_key": "libero_goal", "vla_path": "CHECKPOINT"}, KeyError,
+         r"no statistics for unnorm_key 'libero_goal'; it holds \['bridge_orig', 'libero_spatial'\]"),
+        ({"use_lora": True, "quantization": "8bit"}, ImportError, r"quantization '8bit' needs bitsandbytes"),
+        ({"use_lora": True, "quantization": "4bit"}, ImportError, r"quantization '4bit' needs bitsandbytes"),
+        ({"quantization": "8bit"}, ValueError, r"set use_lora true"),
+        ({"tokenizer_path": "nowhere"}, FileNotFoundError, r"needs tokenizer_path"),
+        ({"vla_path": "runs/old/merged"}, FileNotFoundError, r"vla_path runs/old/merged does not exist"),
+        ({"use_lora": True, "vla_path": "CHECKPOINT/.."}, FileNotFoundError, r"has no config.json"),
+        ({"grad_accumulation_steps": 0}, ValueError, r"grad_accumulation_steps must be >= 1"),
+        ({"wandb_mode": "cloud"}, ValueError, r"wandb_mode 'cloud'"),
+    ],
+)  # fmt: skip
+def test_bad_input_fails_before_weights_load(
+    finetune_dataset, tmp_path, monkeypatch, no_weights, overrides, error, message
+):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # `import bitsandbytes` now raises ImportError
+    if str(overrides.get("vla_path")).startswith("CHECKPOINT"):
+        overrides["vla_path"] = overrides["vla_path"].replace("CHECKPOINT", str(_checkpoint_dir(tmp_path)))
+    cfg = _config(finetune_dataset, tmp_path, **overrides)
+    with pytest.raises(error, match=message):
+        train(cfg)
+    assert not cfg.run_dir.exists()
+
+
+def test_existing_run_dir_is_never_overwritten(finetune_dataset, tmp_path, no_weights):
+    cfg = _config(finetune_dataset, tmp_path)
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "metrics.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(FileExistsError, match=r"already exists; pass --resume"):
+        train(cfg)
+    assert (cfg.run_dir / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+def test_resume_with_another_batch_layout_is_refused(finetune_dataset, tmp_path, no_weights):
+    cfg = _config(finetune_dataset, tmp_path)
+    RunDir(cfg.run_dir).save_state({"step": 1, "batch_size": 4, "grad_accumulation_steps": 1, "world_size": 1})
+    with pytest.raises(ValueError, match=r"cannot resume a run saved with .*'batch_size': 4"):
+        train(_config(finetune_dataset, tmp_path, resume=True))

@@ -1,0 +1,249 @@
+"""Scripted pick-and-place expert for LIBERO: a waypoint P-controller on privileged object poses from the
+observations (above the grasp point -> descend -> close -> lift -> above the target -> lower -> open)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+POS_SCALE = 0.05  # OSC_POSE: action 1.0 asks for a 5 cm step (robosuite's osc_pose.json output_max)
+ROT_SCALE = 0.5  # ... and a 0.5 rad turn
+
+
+class UnsupportedTaskError(ValueError):
+    """The task's goal is not a single pick-and-place (`On`/`In` object target) the expert can solve."""
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    """Geometry of one object category relative to its `<name>_pos` (metres; the gripper points down). The gripper
+    site closes `radius` out from the position (on a rim wall, fingers across it) and `height` above it; `top`:
+    its top above its position (where a held object is released); `bottom`: its base below its position."""
+
+    radius: float = 0.0
+    height: float = 0.02
+    top: float = 0.02
+    bottom: float = 0.0
+
+
+# Measured from the LIBERO meshes: the bowl's wall is ~4.7 cm from its axis, its rim ~3.7 cm above its base.
+OBJECT_SPECS = {
+    "akita_black_bowl": ObjectSpec(radius=0.047, height=0.025, top=0.04),
+    "plate": ObjectSpec(top=0.012),
+}
+DEFAULT_SPEC = ObjectSpec()
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    """Controller gains, heights (metres) and phase lengths (env steps at 20 Hz)."""
+
+    gain: float = 20.0  # action per metre of position error (0.05 m error -> full speed)
+    rot_gain: float = 1.0  # rotation action per radian of orientation error / ROT_SCALE
+    max_action: float = 1.0  # cap on |action[:6]| (in LIBERO units, 1.0 = 5 cm / 0.5 rad)
+    hover: float = 0.10  # approach height above the grasp point
+    carry: float = 0.12  # clearance of the held object's base above the target's top while moving
+    release_gap: float = 0.01  # base of the held object above the target's top when opening
+    tolerance: float = 0.01  # position error that ends a precise move (descend, lower)
+    hover_tolerance: float = 0.02  # ... and a move in free space (approach, lift, carry)
+    still_speed: float = 0.001  # eef moving less than this per step counts as stalled
+    stall_steps: int = 5  # stalled this many steps within `stall_tolerance` of the goal: goal reached
+    stall_tolerance: float = 0.03
+    grasp_angle: float = 0.0  # degrees, turns the grasp point around the object from the side facing the robot
+    close_steps: int = 15  # steps with the gripper closing before lifting
+    open_steps: int = 10  # steps with the gripper opening before retreating
+    phase_timeout: int = 80  # a move phase that has not converged by then moves on anyway
+    drop_distance: float = 0.04  # held object further than this from where the grasp holds it -> regrasp
+
+
+def parse_goal(bddl: str) -> list[tuple[str, ...]]:
+    """The goal predicates of a BDDL problem, lower-cased: `(:goal (And (On bowl_1 plate_1)))` ->
+    [("on", "bowl_1", "plate_1")]."""
+    start = bddl.find("(:goal")
+    if start < 0:
+        raise UnsupportedTaskError("BDDL problem has no (:goal ...) section")
+    depth, end = 0, start
+    for end in range(start, len(bddl)):
+        depth += {"(": 1, ")": -1}.get(bddl[end], 0)
+        if depth == 0:
+            break
+    inner = re.findall(r"\(([^()]+)\)", bddl[start + len("(:goal") : end])
+    return [tuple(part.lower() for part in atom.split()) for atom in inner]
+
+
+def object_spec(name: str) -> ObjectSpec:
+    """The spec of an instance name such as `akita_black_bowl_1` (its category is the name without `_<n>`)."""
+    return OBJECT_SPECS.get(re.sub(r"_\d+$", "", name), DEFAULT_SPEC)
+
+
+def _quat_conj(q: np.ndarray) -> np.ndarray:
+    return np.array([-q[0], -q[1], -q[2], q[3]])
+
+
+def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # (x, y, z, w) quaternions, as robosuite
+    ax, ay, az, aw = a
+    bx, by, bz, bw = b
+    return np.array(
+        [
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+            aw * bw - ax * bx - ay * by - az * bz,
+        ]
+    )
+
+
+def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """Axis-angle (3,) of the world-frame rotation taking quaternion `current` to `target` (shortest way)."""
+    q = _quat_mul(target, _quat_conj(current))
+    if q[3] < 0:
+        q = -q
+    sin = np.linalg.norm(q[:3])
+    if sin < 1e-9:
+        return np.zeros(3)
+    return q[:3] / sin * 2.0 * np.arctan2(sin, q[3])
+
+
+def _yaw_quat(angle: float) -> np.ndarray:
+    return np.array([0.0, 0.0, np.sin(angle / 2), np.cos(angle / 2)])
+
+
+class ScriptedExpert:
+    """Picks `obj` and puts it on / in `target` (both instance names with `<name>_pos` in the observations).
+    A policy: `reset()` at each episode start, then `act(obs) -> (7,)` LIBERO action in [-1, 1] (gripper -1 open,
+    +1 close). Works on raw env observations or `EnvPool` StepResult.obs alike."""
+
+    PHASES = ("approach", "descend", "close", "lift", "carry", "lower", "open", "retreat", "regrasp")
+
+    def __init__(self, obj: str, target: str, *, config: ExpertConfig | None = None):
+        self.obj, self.target = obj, target
+        self.cfg = config or ExpertConfig()
+        self.spec = object_spec(obj)
+        self.reset()
+
+    @classmethod
+    def from_bddl(cls, bddl_file: str | Path, *, config: ExpertConfig | None = None) -> ScriptedExpert:
+        """Read the task from its BDDL file; raises `UnsupportedTaskError` unless the goal is one On/In relation."""
+        goal = parse_goal(Path(bddl_file).read_text())
+        if len(goal) != 1 or goal[0][0] not in ("on", "in") or len(goal[0]) != 3:
+            raise UnsupportedTaskError(f"{bddl_file}: goal {goal} is not a single (On|In obj target) pick-and-place")
+        return cls(goal[0][1], goal[0][2], config=config)
+
+    def reset(self) -> None:
+        """Forget the episode: the next `act` starts a new pick-and-place from the observed scene."""
+        self.phase, self.phase_steps, self.still_steps = "approach", 0, 0
+        self.home: tuple[np.ndarray, np.ndarray] | None = None  # initial eef (xy, quat)
+        self.target_name: str | None = None
+        self.quat: np.ndarray | None = None  # gripper orientation for this grasp
+        self.grasp_offset: np.ndarray | None = None  # planned grasp point minus object position
+        self.held: np.ndarray | None = None  # eef minus object position once grasped
+        self.carry_z: float | None = None
+        self.last_eef: np.ndarray | None = None
+
+    def _target_body(self, obs: dict[str, np.ndarray]) -> str:
+        """`target` itself, or for a region (`basket_1_contain_region`) the longest object name it starts with."""
+        if f"{self.target}_pos" in obs:
+            return self.target
+        bodies = [k[: -len("_pos")] for k in obs if k.endswith("_pos") and self.target.startswith(k[: -len("_pos")])]
+        if not bodies:
+            raise UnsupportedTaskError(f"no observation gives the position of target {self.target!r}")
+        return max(bodies, key=len)
+
+    def _plan_grasp(self, obj_pos: np.ndarray) -> np.ndarray:
+        """Grasp point (3,) on the side of the object facing the robot, with the fingers closing across the wall;
+        sets the gripper orientation for it."""
+        home_xy, home_quat = self.home
+        toward = home_xy - obj_pos[:2]
+        angle = np.arctan2(toward[1], toward[0]) + np.deg2rad(self.cfg.grasp_angle)
+        # The fingers close along the gripper's y axis (world y at the home pose): turn it onto the radial
+        # direction, by the smaller of the two yaws (the gripper is symmetric under a half turn).
+        yaw = angle % np.pi - np.pi / 2
+        self.quat = _quat_mul(_yaw_quat(yaw), home_quat) if self.spec.radius > 0 else home_quat
+        radial = np.array([np.cos(angle), np.sin(angle), 0.0]) * self.spec.radius
+        return obj_pos + radial + [0.0, 0.0, self.spec.height]
+
+    def _next(self, phase: str) -> None:
+        self.phase, self.phase_steps, self.still_steps = phase, 0, 0
+
+    def _move(self, eef: np.ndarray, goal: np.ndarray, tolerance: float | None = None) -> tuple[np.ndarray, bool]:
+        """P-control towards `goal`; reached within `tolerance`, or when stalled close to it (a steady-state
+        error at the edge of the workspace or against contact), or on the phase timeout."""
+        cfg = self.cfg
+        error = goal - eef
+        distance = float(np.linalg.norm(error))
+        stalled = self.still_steps >= cfg.stall_steps and distance < cfg.stall_tolerance
+        done = distance < (tolerance or cfg.tolerance) or stalled or self.phase_steps > cfg.phase_timeout
+        return np.clip(cfg.gain * error, -1, 1), done
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """One LIBERO action (7,) for the current observation."""
+        cfg = self.cfg
+        eef, quat = np.asarray(obs["robot0_eef_pos"], float), np.asarray(obs["robot0_eef_quat"], float)
+        if self.home is None:
+            self.home, self.target_name = (eef[:2].copy(), quat.copy()), self._target_body(obs)
+        if self.last_eef is not None and np.linalg.norm(eef - self.last_eef) < cfg.still_speed:
+            self.still_steps += 1
+        else:
+            self.still_steps = 0
+        self.last_eef = eef
+        self.phase_steps += 1
+        obj = np.asarray(obs[f"{self.obj}_pos"], float)
+        target = np.asarray(obs[f"{self.target_name}_pos"], float)
+        if self.phase in ("approach", "descend") or self.grasp_offset is None:
+            self.grasp_offset = self._plan_grasp(obj) - obj
+        grasp = obj + self.grasp_offset
+        held = self.held if self.held is not None else self.grasp_offset
+        # Gripper site height that puts the held object's base on the target's top.
+        place_z = target[2] + object_spec(self.target_name).top + self.spec.bottom + held[2]
+        place = np.array([target[0] + held[0], target[1] + held[1], place_z + cfg.release_gap])
+        if self.carry_z is None or self.phase in ("approach", "descend", "close"):
+            self.carry_z = max(place_z + cfg.carry, obj[2] + held[2] + cfg.hover)  # fixed once lifting
+        gripper, move = -1.0, np.zeros(3)
+
+        if self.phase in ("lift", "carry", "lower") and np.linalg.norm(eef - obj - held) > cfg.drop_distance:
+            self._next("regrasp")  # lost the object: open, back off upwards, try again
+        if self.phase == "approach":
+            move, reached = self._move(eef, grasp + [0, 0, cfg.hover], cfg.hover_tolerance)
+            if reached:
+                self._next("descend")
+        elif self.phase == "descend":
+            move, reached = self._move(eef, grasp)
+            if reached:
+                self._next("close")
+        elif self.phase == "close":
+            gripper = 1.0
+            if self.phase_steps >= cfg.close_steps:
+                self.held = eef - obj
+                self._next("lift")
+        elif self.phase == "lift":
+            gripper = 1.0
+            move, reached = self._move(eef, np.array([eef[0], eef[1], self.carry_z]), cfg.hover_tolerance)
+            if reached:
+                self._next("carry")
+        elif self.phase == "carry":
+            gripper = 1.0
+            move, reached = self._move(eef, np.array([place[0], place[1], self.carry_z]), cfg.hover_tolerance)
+            if reached:
+                self._next("lower")
+        elif self.phase == "lower":
+            gripper = 1.0
+            move, reached = self._move(eef, place)
+            if reached:
+                self._next("open")
+        elif self.phase == "open":
+            if self.phase_steps >= cfg.open_steps:
+                self._next("retreat")
+        elif self.phase == "regrasp":
+            move, reached = self._move(eef, np.array([eef[0], eef[1], obj[2] + cfg.hover + 0.05]), cfg.hover_tolerance)
+            if reached:
+                self.held = None
+                self._next("approach")
+        else:  # retreat: back off upwards and wait for the env to report success
+            move, _ = self._move(eef, np.array([eef[0], eef[1], self.carry_z]))
+        rotation = np.clip(cfg.rot_gain * rotation_error(self.quat, quat) / ROT_SCALE, -1, 1)
+        action = np.concatenate([move, rotation, [gripper]])
+        action[:6] = np.clip(action[:6], -cfg.max_action, cfg.max_action)
+        return action

@@ -1,0 +1,53 @@
+"""The LIBERO eval contract of OpenVLA (reference §10): raw agentview render -> the model's 224² image, model action
+-> LIBERO action (gripper binarized and inverted), and the `unnorm_key` that goes with a suite.
+
+TensorFlow is imported only when `libero_image` runs (through `vla.image_ops`), so simulation workers can import this.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from vla import image_ops
+
+IMAGE_SIZE = 224  # the towers' input size; OpenVLA's eval resizes to it before the processor sees the image
+
+
+def libero_image(agentview: np.ndarray, *, center_crop: bool) -> np.ndarray:
+    """Raw `agentview_image` (H, W, 3) uint8 -> (224, 224, 3) uint8, the image exactly as the model's processor
+    receives it: rotate 180° -> TF JPEG round trip (as the RLDS builder stored training frames) -> lanczos3
+    antialiased resize to 224 -> if `center_crop`, the centered sqrt(0.9)-side crop bilinearly resized back to 224.
+    """
+    agentview = np.asarray(agentview)
+    if agentview.ndim != 3 or agentview.shape[-1] != 3 or agentview.dtype != np.uint8:
+        raise ValueError(
+            f"agentview must be an (H, W, 3) uint8 render, got shape {agentview.shape} dtype {agentview.dtype}"
+        )
+    upright = np.ascontiguousarray(agentview[::-1, ::-1])  # LIBERO renders upside down
+    image = image_ops.resize_image(image_ops.jpeg_roundtrip(upright), IMAGE_SIZE)
+    return image_ops.center_crop(image) if center_crop else image
+
+
+def libero_action(action: np.ndarray) -> np.ndarray:
+    """Model action (..., 7), gripper in [0 = close, 1 = open] -> LIBERO action (..., 7) float64 with the gripper
+    g -> -sign(2g - 1): -1 opens, +1 closes (OpenVLA's `normalize_gripper_action(binarize=True)` then
+    `invert_gripper_action`). Dims 0-5 (end-effector deltas) pass through unchanged."""
+    out = np.array(action, dtype=np.float64)  # a copy: the caller's array is never modified
+    if out.ndim == 0 or out.shape[-1] != 7:
+        raise ValueError(f"action must have 7 dims in its last axis (xyz, rpy, gripper), got shape {out.shape}")
+    out[..., -1] = -np.sign(2.0 * out[..., -1] - 1.0)
+    return out
+
+
+def resolve_suite_unnorm_key(norm_stats: dict[str, Any], suite: str) -> str:
+    """The statistics to un-normalize a `suite` policy's actions: `suite` (official fine-tunes, e.g. `libero_spatial`)
+    or `<suite>_no_noops` (the dataset name our runs train on); anything else is an error listing the keys."""
+    for key in (suite, f"{suite}_no_noops"):
+        if key in norm_stats:
+            return key
+    raise KeyError(
+        f"no action statistics for suite {suite!r}: looked for {suite!r} and {suite + '_no_noops'!r}, the checkpoint "
+        f"has {sorted(norm_stats)}; pass unnorm_key= one of them explicitly"
+    )

@@ -1,0 +1,361 @@
+"""The VLA: fused vision towers -> projector -> Llama-2, its training loss and metrics, and greedy action decoding."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vla.action_tokenizer import ActionTokenizer
+from vla.lora import LoraSettings, Quantization, apply_lora, quantization_config, reset_cpu_4bit_packing
+from vla.normalization import resolve_unnorm_key, unnormalize_actions
+from vla.processor import ImageLike, ImageProcessor
+from vla.projector import Projector
+from vla.prompt import IGNORE_INDEX, SequenceBuilder
+from vla.vision import FusedVisionBackbone, VisionConfig
+
+_TINY_TOWERS = (
+    {"depth": 3, "embed_dim": 64, "num_heads": 2},
+    {"depth": 4, "embed_dim": 96, "num_heads": 2},
+)
+
+
+@dataclass
+class VLAConfig:
+    """Sizes of the three parts. Defaults are OpenVLA-7B's (Llama values as the official config.json yields them)."""
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    hidden_size: int = 4096  # Llama width; also the projector's output size
+    intermediate_size: int = 11008  # Llama SwiGLU MLP width
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    vocab_size: int = 32064  # 32000 Llama-2 pieces + <PAD>, padded to a multiple of 64
+    pad_token_id: int = 32000  # <PAD>
+    rms_norm_eps: float = 1e-6  # the transformers-4.40 default the official config.json falls back to (not 1e-5)
+    max_position_embeddings: int = 2048
+    n_action_bins: int = 256
+    llm_extra: dict[str, Any] = field(default_factory=dict)  # any other LlamaConfig field (e.g. rope_theta)
+
+    @classmethod
+    def preset(cls, name: str) -> VLAConfig:
+        """`"full"`: the 7.5B OpenVLA shapes. `"tiny"`: the same classes (timm ViTs, Llama) at test size; the towers
+        still yield 256 patch tokens, the vocabulary is the real 32064 ids."""
+        if name == "full":
+            return cls()
+        if name == "tiny":
+            vision = VisionConfig(overrides=tuple(dict(o) for o in _TINY_TOWERS))
+            return cls(vision, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
+        raise ValueError(f"unknown preset {name!r}; choose 'tiny' or 'full'")
+
+    def llama_config(self):
+        """The `transformers.LlamaConfig` of the language model (untied lm_head, SDPA attention)."""
+        from transformers import LlamaConfig
+
+        config = LlamaConfig(
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.llm_extra.get("num_key_value_heads", self.num_attention_heads),
+            vocab_size=self.vocab_size,
+            pad_token_id=self.pad_token_id,
+            bos_token_id=1,
+            eos_token_id=2,
+            rms_norm_eps=self.rms_norm_eps,
+            max_position_embeddings=self.max_position_embeddings,
+            tie_word_embeddings=False,
+            **{k: v for k, v in self.llm_extra.items() if k != "num_key_value_heads"},
+        )
+        config._attn_implementation = "sdpa"
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class VLA(nn.Module):
+    """OpenVLA: `vision_backbone` -> `projector` -> `language_model` (a `LlamaForCausalLM`); the submodule names are
+    the official checkpoint's. Holds the text/image/action codecs and the dataset statistics it un-normalizes with.
+
+    Build it with `build_vla`, `VLA.from_pretrained` (official checkpoint directory or hub id) or
+    `VLA.from_components` (a Llama-2 HF directory + timm towers).
+    """
+
+    def __init__(
+        self,
+        config: VLAConfig,
+        vision_backbone: FusedVisionBackbone,
+        projector: Projector,
+        language_model: nn.Module,
+        tokenizer,
+        image_processor: ImageProcessor | None = None,
+        norm_stats: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if tokenizer.pad_token_id != config.pad_token_id:
+            raise ValueError(
+                f"tokenizer pad id {tokenizer.pad_token_id} != config pad_token_id {config.pad_token_id}; "
+                "add '<PAD>' to the Llama-2 tokenizer (vla.checkpoint.load_tokenizer does)"
+            )
+        self.config = config
+        self.vision_backbone = vision_backbone
+        self.projector = projector
+        self.language_model = language_model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor or ImageProcessor(image_size=config.vision.image_size)
+        self.action_tokenizer = ActionTokenizer(tokenizer, n_bins=config.n_action_bins)
+        self.sequence_builder = SequenceBuilder(tokenizer, self.action_tokenizer)
+        self.norm_stats: dict[str, Any] = dict(norm_stats or {})
+        # official key -> (safetensors file, key in it): unquantized originals of quantized weights, for merged saves
+        self.weight_sources: dict[str, tuple[Path, str]] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_hub_id: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.bfloat16,
+        quantization: Quantization | None = None,
+        lora: LoraSettings | None = None,
+    ) -> VLA:
+        """Load an official-format OpenVLA checkpoint (local directory, else hub id); see `vla.checkpoint`."""
+        from vla.checkpoint import load_official_checkpoint
+
+        return load_official_checkpoint(
+            path_or_hub_id, device=device, dtype=dtype, quantization=quantization, lora=lora
+        )
+
+    @classmethod
+    def from_components(
+        cls,
+        llm_path: str | Path,
+        *,
+        vision: VisionConfig | None = None,
+        pretrained_towers: bool = True,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.bfloat16,
+        quantization: Quantization | None = None,
+        lora: LoraSettings | None = None,
+    ) -> VLA:
+        """A Llama-2 HF directory + timm towers (pretrained weights from the hub when `pretrained_towers`) + a fresh
+        projector; see `vla.checkpoint.load_components`."""
+        from vla.checkpoint import load_components
+
+        return load_components(
+            llm_path, vision=vision, pretrained_towers=pretrained_towers, device=device, dtype=dtype,
+            quantization=quantization, lora=lora,
+        )  # fmt: skip
+
+    @property
+    def device(self) -> torch.device:
+        return self.language_model.model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the unquantized weights (embeddings, towers, projector)."""
+        return self.language_model.model.embed_tokens.weight.dtype
+
+    def multimodal_inputs(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings `[BOS | 256 projected patches | rest of ids]` (B, 256 + L, H) and the matching mask."""
+        patches = self.projector(self.vision_backbone(pixel_values.to(self.device, self.dtype)))  # (B, 256, H)
+        text = self.language_model.get_input_embeddings()(input_ids)  # (B, L, H)
+        embeds = torch.cat([text[:, :1], patches.to(text.dtype), text[:, 1:]], dim=1)  # (B, 256 + L, H)
+        ones = attention_mask.new_ones(patches.shape[:2])
+        return embeds, torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=1)
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Next-token cross-entropy over the labelled tokens (7 action ids + EOS per sample) and action metrics.
+
+        batch: `input_ids`, `attention_mask`, `labels` (B, L) int64 (right-padded; labels IGNORE_INDEX except the
+        targets), `pixel_values` (B, 6, 224, 224). Returns (loss, {"action_accuracy", "l1"}); the metrics are
+        over the action-token positions, l1 between decoded bin centers in normalized [-1, 1] space.
+        """
+        input_ids, attention_mask, labels = (
+            batch[k].to(self.device) for k in ("input_ids", "attention_mask", "labels")
+        )
+        embeds, mask = self.multimodal_inputs(batch["pixel_values"], input_ids, attention_mask)
+        out = self.language_model.model(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
+        hidden = out.last_hidden_state  # (B, T, H)
+        patch_labels = labels.new_full((labels.shape[0], self.vision_backbone.num_patches), IGNORE_INDEX)
+        labels = torch.cat([labels[:, :1], patch_labels, labels[:, 1:]], dim=1)  # (B, T)
+        targets = labels[:, 1:]  # position t predicts token t + 1
+        keep = targets != IGNORE_INDEX
+        if not keep.any():
+            raise ValueError("batch has no labelled tokens; build samples with SequenceBuilder.training_sample")
+        # lm_head only where a target exists: ~8 of ~300 positions per sample, sparing a (B, T, 32064) tensor
+        logits = self.language_model.lm_head(hidden[:, :-1][keep]).float()  # (N, V)
+        loss = F.cross_entropy(logits, targets[keep])
+        return loss, self.action_metrics(logits.detach(), targets[keep])
+
+    def action_metrics(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """logits (N, V), targets (N,) -> accuracy of the greedy token and L1 of the decoded normalized action over
+        the targets that are action ids. A non-action prediction decodes to the nearest end bin (+-0.996), as the
+        official metric's clamped decode does."""
+        lo, hi = self.action_tokenizer.id_range
+        is_action = (targets >= lo) & (targets <= hi)
+        predicted, expected = logits[is_action].argmax(-1), targets[is_action]
+        if expected.numel() == 0:
+            return {"action_accuracy": float("nan"), "l1": float("nan")}
+        accuracy = (predicted == expected).float().mean().item()
+        decode = self.action_tokenizer.decode
+        l1 = np.abs(decode(predicted.clamp(lo, hi).cpu().numpy()) - decode(expected.cpu().numpy())).mean()
+        return {"action_accuracy": accuracy, "l1": float(l1)}
+
+    @torch.no_grad()
+    def predict_action(self, image: ImageLike, instruction: str, unnorm_key: str | None = None) -> np.ndarray:
+        """One image (PIL or (H, W, 3) uint8) + instruction -> the un-normalized action (7,) float64."""
+        return self.predict_actions([image], [instruction], unnorm_key)[0]
+
+    @torch.no_grad()
+    def predict_actions(
+        self, images: Sequence[ImageLike], instructions: Sequence[str], unnorm_key: str | None = None
+    ) -> np.ndarray:
+        """A batch of images + instructions -> un-normalized actions (B, 7) float64, each row equal to what
+        `predict_action` gives for that item alone. `unnorm_key` picks the dataset statistics (may be None only
+        if the checkpoint holds exactly one)."""
+        if len(images) != len(instructions):
+            raise ValueError(f"got {len(images)} images but {len(instructions)} instructions")
+        stats = self.norm_stats[resolve_unnorm_key(self.norm_stats, unnorm_key)]["action"]
+        prompts = [self.sequence_builder.inference_ids(text) for text in instructions]
+        token_ids = self.generate_action_ids(self.image_processor(list(images)), prompts, len(stats["q01"]))
+        return unnormalize_actions(self.action_tokenizer.decode(token_ids), stats)
+
+    @torch.no_grad()
+    def generate_action_ids(self, pixel_values: torch.Tensor, prompts: Sequence[Sequence[int]], n: int) -> np.ndarray:
+        """Greedy decoding of `n` tokens restricted to the action ids, with a KV cache.
+
+        pixel_values (B, 6, S, S); prompts: B id lists starting with BOS. Rows of different lengths are padded
+        *between* the image and the text (`[BOS | patches | pad... | text]`, pad masked out) and get positions that
+        count only unmasked tokens, so each row computes what it would alone. Returns ids (B, n) int64.
+        (The official model decodes over the full vocabulary; restricting to the 256 action ids changes nothing
+        when the best token is an action id and otherwise avoids decoding text tokens as +-0.996.)
+        """
+        lm = self.language_model
+        length = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), length), self.config.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, ids in enumerate(prompts):
+            input_ids[row, 0], attention_mask[row, 0] = ids[0], 1  # BOS stays first: the image follows it
+            input_ids[row, length - len(ids) + 1 :] = torch.as_tensor(ids[1:])
+            attention_mask[row, length - len(ids) + 1 :] = 1
+        embeds, mask = self.multimodal_inputs(pixel_values, input_ids.to(self.device), attention_mask.to(self.device))
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+        cache = _new_cache()
+        cache_kw = {_cache_kwarg(type(lm.model)): cache}
+        hidden = lm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, **cache_kw)
+        lo, hi = self.action_tokenizer.id_range
+        generated = []
+        for step in range(n):
+            logits = lm.lm_head(hidden.last_hidden_state[:, -1])  # (B, V)
+            token = lo + logits[:, lo : hi + 1].argmax(-1)  # (B,)
+            generated.append(token)
+            if step == n - 1:
+                break
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            positions = positions[:, -1:] + 1
+            embeds = lm.get_input_embeddings()(token[:, None])  # (B, 1, H)
+            hidden = lm.model(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, **cache_kw
+            )
+        return torch.stack(generated, dim=1).cpu().numpy()
+
+
+def _new_cache():
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
+@functools.cache
+def _cache_kwarg(model_class: type) -> str:
+    """transformers 5.24 names the decoder's cache argument `cache`; earlier 5.x releases `past_key_values`."""
+    parameters = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def build_language_model(
+    config: VLAConfig,
+    state_dict: Mapping[str, torch.Tensor] | None,
+    quantization: Quantization | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> nn.Module:
+    """`LlamaForCausalLM` from a state dict with its own key names (`model.layers.0...`, `lm_head.weight`), or
+    randomly initialised; quantized by bitsandbytes when asked (lm_head and embeddings stay unquantized)."""
+    from transformers import LlamaForCausalLM
+
+    llama_config = config.llama_config()
+    if quantization is not None and device.type == "meta":
+        raise ValueError("quantization needs real weights; build on 'cpu' or 'cuda', not 'meta'")
+    if state_dict is None:
+        with torch.device(device):
+            model = LlamaForCausalLM._from_config(llama_config, dtype=dtype)
+        if quantization is None:
+            return model
+        state_dict = model.state_dict()  # random weights, quantized below
+    model = LlamaForCausalLM.from_pretrained(
+        None,
+        config=llama_config,
+        state_dict=dict(state_dict),
+        dtype=dtype,
+        quantization_config=quantization_config(quantization),
+        device_map={"": device},
+        attn_implementation="sdpa",
+    )
+    reset_cpu_4bit_packing(model)
+    return model
+
+
+def build_vla(
+    config: VLAConfig,
+    tokenizer,
+    *,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+    image_processor: ImageProcessor | None = None,
+    norm_stats: dict[str, Any] | None = None,
+    pretrained_towers: bool = False,
+    quantization: Quantization | None = None,
+    lora: LoraSettings | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> VLA:
+    """vision -> projector -> LLM -> quantization -> LoRA -> freeze.
+
+    state_dict: weights under our names (`vision_backbone.…`, `projector.…`, `language_model.…`; vla.checkpoint
+    maps official names). A part with no key in it is initialised randomly (the towers from timm's pretrained
+    weights if `pretrained_towers`); a part with keys must be complete. `device="meta"` builds shapes only.
+    With `lora`, only the adapters are trainable; without it nothing is frozen.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # bitsandbytes and device_map want an index
+    weights = {part: _part(state_dict or {}, part) for part in ("vision_backbone", "projector", "language_model")}
+    with torch.device("meta" if weights["vision_backbone"] else device):
+        vision = FusedVisionBackbone(config.vision, pretrained=pretrained_towers and not weights["vision_backbone"])
+    with torch.device("meta" if weights["projector"] else device):
+        projector = Projector(vision.feature_dim, config.hidden_size)
+    language_model = build_language_model(config, weights["language_model"] or None, quantization, device, dtype)
+    vla = VLA(config, vision, projector, language_model, tokenizer, image_processor, norm_stats)
+    for name, module in (("vision_backbone", vision), ("projector", projector)):
+        if weights[name]:
+            module.load_state_dict({k: v.to(device, dtype) for k, v in weights[name].items()}, strict=True, assign=True)
+        else:
+            module.to(device, dtype)
+    if lora is not None:
+        apply_lora(vla, lora)  # injects the adapters, freezes everything else
+    return vla.eval()  # as transformers' from_pretrained; a training loop calls .train()
+
+
+def _part(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) + 1 :]: v for k, v in state_dict.items() if k.startswith(prefix + ".")}

@@ -1,0 +1,149 @@
+"""A training run's directory: atomic writes, the resolved config, `metrics.jsonl`, the trainer state for resume,
+and the learning-curve plot. Every file is written through a temp file + rename, so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+STATE_FILE = "trainer_state.pt"
+STATISTICS_FILE = "dataset_statistics.json"
+CURVE_FILE = "learning_curve.png"
+ADAPTER_DIR = "adapter"
+MERGED_DIR = "merged"
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp_path)` on a temp file next to `path`, then rename it onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses, Paths and Enums -> YAML-safe builtins."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return _plain(config)
+
+
+def config_to_yaml(config: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+class RunDir:
+    """The files of one run under `path` (see the module constants for their names)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def has_state(self) -> bool:
+        return self.file(STATE_FILE).is_file()
+
+    def check_available(self, resume: bool) -> None:
+        """Refuse to reuse an existing run directory unless resuming (cheap; call before loading weights)."""
+        if self.path.exists() and not resume and any(self.path.iterdir()):
+            raise FileExistsError(
+                f"run directory {self.path} already exists; pass --resume to continue that run, "
+                "or choose another --run_id / --run_root_dir"
+            )
+
+    def write_config(self, config: Any) -> None:
+        atomic_write_text(self.file(CONFIG_FILE), config_to_yaml(config))
+
+    def write_json(self, name: str, obj: Any) -> None:
+        atomic_write_text(self.file(name), json.dumps(obj, indent=2))
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        atomic_write(self.file(STATE_FILE), lambda tmp: torch.save(state, tmp))
+
+    def load_state(self) -> dict[str, Any]:
+        # Our own file (optimizer state, RNG tensors and byte strings, python ints): not an arbitrary pickle.
+        return torch.load(self.file(STATE_FILE), map_location="cpu", weights_only=False)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        path = self.file(METRICS_FILE)
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """One JSON line per logged optimizer step; appended and flushed (a crash loses at most that line)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.file(METRICS_FILE), "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+    def truncate_metrics(self, last_step: int) -> None:
+        """On resume: drop lines logged after the checkpoint (a killed run may have logged steps it never saved)."""
+        kept = [r for r in self.read_metrics() if r["step"] <= last_step]
+        atomic_write_text(self.file(METRICS_FILE), "".join(json.dumps(r) + "\n" for r in kept))
+
+    def plot_learning_curve(self) -> Path | None:
+        """`learning_curve.png`: training loss and action-token accuracy vs optimizer step (from metrics.jsonl)."""
+        records = self.read_metrics()
+        if not records:
+            return None
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        steps = [r["step"] for r in records]
+        fig = Figure(figsize=(9, 3.5), dpi=100)
+        FigureCanvasAgg(fig)
+        for ax, key, label in zip(
+            fig.subplots(1, 2),
+            ("loss", "action_accuracy"),
+            ("loss (cross-entropy)", "action-token accuracy"),
+            strict=True,
+        ):
+            ax.plot(steps, [r[key] for r in records], alpha=0.35, label="per step")
+            ax.plot(steps, [r[f"{key}_smoothed"] for r in records], label="smoothed")
+            ax.set_xlabel("optimizer step")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.suptitle(self.path.name, fontsize=9)
+        fig.tight_layout()
+        path = self.file(CURVE_FILE)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+        return path
