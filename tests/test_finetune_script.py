@@ -81,7 +81,8 @@ def test_main_runs_the_tiny_config_and_resumes_to_more_steps(script, finetune_da
     image = (torch.rand(224, 224, 3) * 255).to(torch.uint8).numpy()
     action = VLA.from_pretrained(run_dir / "merged", dtype=torch.float32).predict_action(image, "pick up the bowl")
     assert action.shape == (7,)
-    script.main(script.parse([*args[:-6], "--max_steps", "3", "--save_steps", "2", "--log_steps", "1", "--resume"]))
+    # The run describes itself: its config.yaml alone resumes it
+    script.main(script.parse(["--config_path", str(run_dir / "config.yaml"), "--resume", "--max_steps", "3"]))
     assert [r["step"] for r in RunDir(run_dir).read_metrics()] == [1, 2, 3]
 
 

@@ -1,5 +1,6 @@
 """The fine-tuning loop on the tiny random VLA and a 2-episode RLDS dataset: run-dir contents, overfitting, gradient
-accumulation, exact resume, DDP on gloo, and the fail-fast checks."""
+accumulation, kill + exact resume, the NaN stop, 8-bit LoRA from a checkpoint with a merged save, and the fail-fast
+checks. (The 2-process torchrun run is in test_finetune_script.py.)"""
 
 from __future__ import annotations
 
@@ -69,11 +70,15 @@ def _patch_forward(monkeypatch, on_call: int, action: str) -> None:
     monkeypatch.setattr(VLA, "forward", forward)
 
 
-def test_lora_run_writes_exactly_the_run_dir_files(finetune_dataset, tmp_path):
+def test_lora_run_writes_exactly_the_run_dir_files(finetune_dataset, tmp_path, caplog):
+    caplog.set_level("INFO", logger="vla.training")
     cfg = _config(finetune_dataset, tmp_path, use_lora=True, lora_rank=4, max_steps=3, save_steps=2, log_steps=2,
                   save_merged=True, wandb_mode="offline")  # fmt: skip
     run_dir = train(cfg)
     assert run_dir == tmp_path / "runs" / "run"
+    logged = caplog.text
+    assert "resolved config:" in logged and "lora_rank: 4" in logged
+    assert "trainable params: " in logged and " || all params: " in logged and " || trainable%: " in logged
     merged = {"config.json", "generation_config.json", "preprocessor_config.json", "dataset_statistics.json",
               "model.safetensors.index.json", "model-00001-of-00001.safetensors", "tokenizer.json",
               "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"}  # fmt: skip
@@ -240,3 +245,52 @@ def test_resume_with_another_batch_layout_is_refused(finetune_dataset, tmp_path,
     RunDir(cfg.run_dir).save_state({"step": 1, "batch_size": 4, "grad_accumulation_steps": 1, "world_size": 1})
     with pytest.raises(ValueError, match=r"cannot resume a run saved with .*'batch_size': 4"):
         train(_config(finetune_dataset, tmp_path, resume=True))
+
+
+def test_synthetic_data_needs_no_dataset(finetune_dataset, tmp_path):
+    cfg = _config(finetune_dataset, tmp_path, synthetic_data=True, data={"data_root_dir": tmp_path / "none"})
+    run = RunDir(train(cfg))
+    assert [r["step"] for r in run.read_metrics()] == [1, 2]
+    assert set(json.loads(run.file("dataset_statistics.json").read_text())) == {"synthetic"}
+
+
+def _official_checkpoint(tmp_path: Path, norm_stats: dict) -> Path:
+    """A tiny random VLA written in the official checkpoint layout (what `vla_path` normally points at)."""
+    from vla.checkpoint import load_tokenizer, save_official_checkpoint
+    from vla.model import VLAConfig, build_vla
+
+    torch.manual_seed(0)
+    vla = build_vla(VLAConfig.preset("tiny"), load_tokenizer(LLAMA2_DIR), norm_stats=norm_stats)
+    return save_official_checkpoint(vla, tmp_path / "openvla-tiny")
+
+
+def _weights(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k: v for f in sorted(directory.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+def test_8bit_lora_from_a_checkpoint_merges_into_its_unquantized_weights(finetune_dataset, tmp_path):
+    """The real run's path at tiny size: official checkpoint -> LLM in 8-bit -> LoRA -> accumulation -> merged save,
+    with the checkpoint's own statistics (unnorm_key)."""
+    pytest.importorskip("bitsandbytes")
+    stats = {"action": {"q01": [-0.5] * 6 + [0.0], "q99": [0.5] * 6 + [1.0], "mask": [True] * 6 + [False]}}
+    checkpoint = _official_checkpoint(tmp_path, {"libero_spatial": stats})
+    cfg = _config(finetune_dataset, tmp_path, vla_path=str(checkpoint), quantization="8bit", use_lora=True,
+                  lora_rank=4, batch_size=1, grad_accumulation_steps=2, max_steps=2, save_steps=2, save_merged=True,
+                  unnorm_key="libero_spatial", learning_rate=1e-2)  # fmt: skip
+    run_dir = train(cfg)
+    assert json.loads((run_dir / "dataset_statistics.json").read_text()) == {"two_episodes": stats}
+    merged = json.loads((run_dir / "merged" / "config.json").read_text())["norm_stats"]
+    assert set(merged) == {"libero_spatial", "two_episodes"}
+    before, after = _weights(checkpoint), _weights(run_dir / "merged")
+    assert before.keys() == after.keys()
+    q_proj = "language_model.model.layers.0.self_attn.q_proj.weight"  # quantized in training, adapted by LoRA
+    adapter = _weights(run_dir / "adapter")
+    lora_a, lora_b = (adapter[f"base_model.model.{q_proj[:-7]}.lora_{x}.weight"] for x in "AB")
+    assert lora_b.abs().max() > 0  # trained (B starts at zero)
+    # merged = the checkpoint's unquantized weight + (alpha / r) * B @ A, alpha = min(r, 16) = r here; merging into
+    # the int8-rounded weight would be off by ~|w| / 127 everywhere
+    torch.testing.assert_close(after[q_proj], before[q_proj] + lora_b @ lora_a, rtol=0, atol=1e-6)
+    norm = "language_model.model.layers.0.input_layernorm.weight"  # no adapter: copied unchanged
+    assert torch.equal(after[norm], before[norm])

@@ -56,7 +56,8 @@ class ExpertConfig:
     close_steps: int = 15  # steps with the gripper closing before lifting
     open_steps: int = 10  # steps with the gripper opening before retreating
     phase_timeout: int = 80  # a move phase that has not converged by then moves on anyway
-    drop_distance: float = 0.04  # held object further than this from where the grasp holds it -> regrasp
+    retreat_steps: int = 25  # steps after opening without success before grasping again
+    drop_distance: float = 0.04  # held object further than this from where the grasp held it -> regrasp
 
 
 def parse_goal(bddl: str) -> list[tuple[str, ...]]:
@@ -107,6 +108,11 @@ def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
     return q[:3] / sin * 2.0 * np.arctan2(sin, q[3])
 
 
+NEXT_PHASE = {"approach": "descend", "descend": "close", "lift": "carry", "carry": "lower", "lower": "open",
+              "regrasp": "approach"}  # fmt: skip
+RETRY_TURNS = (0.0, 40.0, -40.0, 80.0, -80.0)  # degrees around the object for grasp attempts 1, 2, ...
+
+
 def _yaw_quat(angle: float) -> np.ndarray:
     return np.array([0.0, 0.0, np.sin(angle / 2), np.cos(angle / 2)])
 
@@ -134,13 +140,13 @@ class ScriptedExpert:
 
     def reset(self) -> None:
         """Forget the episode: the next `act` starts a new pick-and-place from the observed scene."""
-        self.phase, self.phase_steps, self.still_steps = "approach", 0, 0
+        self.phase, self.phase_steps, self.still_steps, self.attempt = "approach", 0, 0, 0
         self.home: tuple[np.ndarray, np.ndarray] | None = None  # initial eef (xy, quat)
         self.target_name: str | None = None
         self.quat: np.ndarray | None = None  # gripper orientation for this grasp
-        self.grasp_offset: np.ndarray | None = None  # planned grasp point minus object position
-        self.held: np.ndarray | None = None  # eef minus object position once grasped
-        self.carry_z: float | None = None
+        self.grasp_offset = np.zeros(3)  # planned grasp point minus object position
+        self.held = np.zeros(3)  # eef minus object position when the gripper closed
+        self.carry_z = 0.0
         self.last_eef: np.ndarray | None = None
 
     def _target_body(self, obs: dict[str, np.ndarray]) -> str:
@@ -153,96 +159,85 @@ class ScriptedExpert:
         return max(bodies, key=len)
 
     def _plan_grasp(self, obj_pos: np.ndarray) -> np.ndarray:
-        """Grasp point (3,) on the side of the object facing the robot, with the fingers closing across the wall;
-        sets the gripper orientation for it."""
+        """Grasp offset (3,) from the object's position: on its side facing the robot (turned further round on each
+        new attempt), fingers closing across the wall; sets the gripper orientation for it."""
         home_xy, home_quat = self.home
         toward = home_xy - obj_pos[:2]
-        angle = np.arctan2(toward[1], toward[0]) + np.deg2rad(self.cfg.grasp_angle)
+        turn = self.cfg.grasp_angle + RETRY_TURNS[self.attempt % len(RETRY_TURNS)]
+        angle = np.arctan2(toward[1], toward[0]) + np.deg2rad(turn)
         # The fingers close along the gripper's y axis (world y at the home pose): turn it onto the radial
         # direction, by the smaller of the two yaws (the gripper is symmetric under a half turn).
         yaw = angle % np.pi - np.pi / 2
         self.quat = _quat_mul(_yaw_quat(yaw), home_quat) if self.spec.radius > 0 else home_quat
-        radial = np.array([np.cos(angle), np.sin(angle), 0.0]) * self.spec.radius
-        return obj_pos + radial + [0.0, 0.0, self.spec.height]
+        return np.array([np.cos(angle) * self.spec.radius, np.sin(angle) * self.spec.radius, self.spec.height])
 
     def _next(self, phase: str) -> None:
         self.phase, self.phase_steps, self.still_steps = phase, 0, 0
 
-    def _move(self, eef: np.ndarray, goal: np.ndarray, tolerance: float | None = None) -> tuple[np.ndarray, bool]:
-        """P-control towards `goal`; reached within `tolerance`, or when stalled close to it (a steady-state
-        error at the edge of the workspace or against contact), or on the phase timeout."""
-        cfg = self.cfg
-        error = goal - eef
-        distance = float(np.linalg.norm(error))
-        stalled = self.still_steps >= cfg.stall_steps and distance < cfg.stall_tolerance
-        done = distance < (tolerance or cfg.tolerance) or stalled or self.phase_steps > cfg.phase_timeout
-        return np.clip(cfg.gain * error, -1, 1), done
+    def _retry(self) -> None:
+        """Open, back off upwards and grasp again from another side."""
+        self.attempt += 1
+        self._next("regrasp")
+
+    def _waypoint(self, eef: np.ndarray, obj: np.ndarray, target: np.ndarray) -> tuple[np.ndarray | None, float]:
+        """The current phase's position goal (None: hold still) and gripper command."""
+        cfg, hold = self.cfg, eef - obj
+        # Gripper site that puts the held object's base on the target's top, tracking how it hangs in the gripper.
+        place_z = target[2] + object_spec(self.target_name).top + self.spec.bottom + hold[2] + cfg.release_gap
+        above = {
+            "approach": (obj + self.grasp_offset + [0, 0, cfg.hover], -1.0),
+            "descend": (obj + self.grasp_offset, -1.0),
+            "close": (None, 1.0),
+            "lift": (np.array([eef[0], eef[1], self.carry_z]), 1.0),
+            "carry": (np.array([target[0] + hold[0], target[1] + hold[1], self.carry_z]), 1.0),
+            "lower": (np.array([target[0] + hold[0], target[1] + hold[1], place_z]), 1.0),
+            "open": (None, -1.0),
+            "retreat": (np.array([eef[0], eef[1], self.carry_z]), -1.0),
+            "regrasp": (np.array([eef[0], eef[1], max(eef[2], obj[2] + cfg.hover + cfg.hover / 2)]), -1.0),
+        }
+        return above[self.phase]
+
+    def _advance(self, eef: np.ndarray, obj: np.ndarray, target: np.ndarray, distance: float) -> None:
+        """Phase transitions: a move ends within tolerance, or stalled close to its goal (steady-state error at the
+        workspace edge, contact), or on a timeout; a descent blocked far from its goal retries elsewhere."""
+        cfg, phase, steps = self.cfg, self.phase, self.phase_steps
+        precise = phase in ("descend", "lower")
+        stalled = self.still_steps >= cfg.stall_steps
+        reached = distance < (cfg.tolerance if precise else cfg.hover_tolerance)
+        reached = reached or (stalled and distance < cfg.stall_tolerance) or steps > cfg.phase_timeout
+        if phase == "descend" and stalled and not reached:
+            self._retry()
+        elif phase == "close" and steps >= cfg.close_steps:
+            self.held = eef - obj
+            place_z = target[2] + object_spec(self.target_name).top + self.spec.bottom + self.held[2]
+            self.carry_z = max(place_z + cfg.carry, eef[2] + cfg.hover)
+            self._next("lift")
+        elif phase == "open" and steps >= cfg.open_steps:
+            self._next("retreat")
+        elif phase == "retreat" and steps >= cfg.retreat_steps:
+            self._retry()  # released, yet the env reports no success
+        elif reached and phase in NEXT_PHASE:
+            self._next(NEXT_PHASE[phase])
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """One LIBERO action (7,) for the current observation."""
+        """One LIBERO action (7,) in [-1, 1] for the current observation."""
         cfg = self.cfg
         eef, quat = np.asarray(obs["robot0_eef_pos"], float), np.asarray(obs["robot0_eef_quat"], float)
         if self.home is None:
             self.home, self.target_name = (eef[:2].copy(), quat.copy()), self._target_body(obs)
-        if self.last_eef is not None and np.linalg.norm(eef - self.last_eef) < cfg.still_speed:
-            self.still_steps += 1
-        else:
-            self.still_steps = 0
+        moved = np.inf if self.last_eef is None else np.linalg.norm(eef - self.last_eef)
+        self.still_steps = self.still_steps + 1 if moved < cfg.still_speed else 0
         self.last_eef = eef
         self.phase_steps += 1
         obj = np.asarray(obs[f"{self.obj}_pos"], float)
         target = np.asarray(obs[f"{self.target_name}_pos"], float)
-        if self.phase in ("approach", "descend") or self.grasp_offset is None:
-            self.grasp_offset = self._plan_grasp(obj) - obj
-        grasp = obj + self.grasp_offset
-        held = self.held if self.held is not None else self.grasp_offset
-        # Gripper site height that puts the held object's base on the target's top.
-        place_z = target[2] + object_spec(self.target_name).top + self.spec.bottom + held[2]
-        place = np.array([target[0] + held[0], target[1] + held[1], place_z + cfg.release_gap])
-        if self.carry_z is None or self.phase in ("approach", "descend", "close"):
-            self.carry_z = max(place_z + cfg.carry, obj[2] + held[2] + cfg.hover)  # fixed once lifting
-        gripper, move = -1.0, np.zeros(3)
-
-        if self.phase in ("lift", "carry", "lower") and np.linalg.norm(eef - obj - held) > cfg.drop_distance:
-            self._next("regrasp")  # lost the object: open, back off upwards, try again
-        if self.phase == "approach":
-            move, reached = self._move(eef, grasp + [0, 0, cfg.hover], cfg.hover_tolerance)
-            if reached:
-                self._next("descend")
-        elif self.phase == "descend":
-            move, reached = self._move(eef, grasp)
-            if reached:
-                self._next("close")
-        elif self.phase == "close":
-            gripper = 1.0
-            if self.phase_steps >= cfg.close_steps:
-                self.held = eef - obj
-                self._next("lift")
-        elif self.phase == "lift":
-            gripper = 1.0
-            move, reached = self._move(eef, np.array([eef[0], eef[1], self.carry_z]), cfg.hover_tolerance)
-            if reached:
-                self._next("carry")
-        elif self.phase == "carry":
-            gripper = 1.0
-            move, reached = self._move(eef, np.array([place[0], place[1], self.carry_z]), cfg.hover_tolerance)
-            if reached:
-                self._next("lower")
-        elif self.phase == "lower":
-            gripper = 1.0
-            move, reached = self._move(eef, place)
-            if reached:
-                self._next("open")
-        elif self.phase == "open":
-            if self.phase_steps >= cfg.open_steps:
-                self._next("retreat")
-        elif self.phase == "regrasp":
-            move, reached = self._move(eef, np.array([eef[0], eef[1], obj[2] + cfg.hover + 0.05]), cfg.hover_tolerance)
-            if reached:
-                self.held = None
-                self._next("approach")
-        else:  # retreat: back off upwards and wait for the env to report success
-            move, _ = self._move(eef, np.array([eef[0], eef[1], self.carry_z]))
+        if self.phase in ("approach", "descend"):
+            self.grasp_offset = self._plan_grasp(obj)
+        if self.phase in ("lift", "carry", "lower") and np.linalg.norm(eef - obj - self.held) > cfg.drop_distance:
+            self._retry()  # lost the object
+        goal, gripper = self._waypoint(eef, obj, target)
+        move = np.zeros(3) if goal is None else np.clip(cfg.gain * (goal - eef), -1, 1)
+        self._advance(eef, obj, target, np.inf if goal is None else float(np.linalg.norm(goal - eef)))
         rotation = np.clip(cfg.rot_gain * rotation_error(self.quat, quat) / ROT_SCALE, -1, 1)
         action = np.concatenate([move, rotation, [gripper]])
         action[:6] = np.clip(action[:6], -cfg.max_action, cfg.max_action)

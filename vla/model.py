@@ -116,6 +116,7 @@ class VLA(nn.Module):
         self.norm_stats: dict[str, Any] = dict(norm_stats or {})
         # official key -> (safetensors file, key in it): unquantized originals of quantized weights, for merged saves
         self.weight_sources: dict[str, tuple[Path, str]] = {}
+        self.fast_decoder = None  # a vla.fast_decode.FastActionDecoder once enable_fast_decoding() is called
 
     @classmethod
     def from_pretrained(
@@ -228,8 +229,24 @@ class VLA(nn.Module):
             raise ValueError(f"got {len(images)} images but {len(instructions)} instructions")
         stats = self.norm_stats[resolve_unnorm_key(self.norm_stats, unnorm_key)]["action"]
         prompts = [self.sequence_builder.inference_ids(text) for text in instructions]
-        token_ids = self.generate_action_ids(self.image_processor(list(images)), prompts, len(stats["q01"]))
+        fast = self.fast_decoder
+        generate = self.generate_action_ids if fast is None else fast.generate_action_ids
+        token_ids = generate(self.image_processor(list(images)), prompts, len(stats["q01"]))
         return unnormalize_actions(self.action_tokenizer.decode(token_ids), stats)
+
+    def enable_fast_decoding(self, cuda_graphs: bool = True, max_graphs: int = 4) -> None:
+        """Make `predict_action(s)` decode with `vla.fast_decode.FastActionDecoder` (static KV cache, CUDA graphs on
+        GPU; LLM.int8 layers switch to weight-only int8 matmuls over the same int8 weights)."""
+        from vla.fast_decode import FastActionDecoder
+
+        self.fast_decoder = FastActionDecoder(self, cuda_graphs=cuda_graphs, max_graphs=max_graphs)
+
+    def disable_fast_decoding(self) -> None:
+        """Back to the plain `generate_action_ids` (LLM.int8 layers back to bitsandbytes' matmul)."""
+        from vla.int8_linear import disable_int8_weight_only
+
+        self.fast_decoder = None
+        disable_int8_weight_only(self.language_model)
 
     @torch.no_grad()
     def generate_action_ids(self, pixel_values: torch.Tensor, prompts: Sequence[Sequence[int]], n: int) -> np.ndarray:
@@ -242,13 +259,7 @@ class VLA(nn.Module):
         when the best token is an action id and otherwise avoids decoding text tokens as +-0.996.)
         """
         lm = self.language_model
-        length = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), length), self.config.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, ids in enumerate(prompts):
-            input_ids[row, 0], attention_mask[row, 0] = ids[0], 1  # BOS stays first: the image follows it
-            input_ids[row, length - len(ids) + 1 :] = torch.as_tensor(ids[1:])
-            attention_mask[row, length - len(ids) + 1 :] = 1
+        input_ids, attention_mask = pad_prompts(prompts, self.config.pad_token_id)
         embeds, mask = self.multimodal_inputs(pixel_values, input_ids.to(self.device), attention_mask.to(self.device))
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
         cache = _new_cache()
@@ -269,6 +280,19 @@ class VLA(nn.Module):
                 inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, **cache_kw
             )
         return torch.stack(generated, dim=1).cpu().numpy()
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """B id lists starting with BOS -> input_ids, attention_mask (B, L) int64, padded *after BOS* (`[BOS | pad... |
+    text]`) so that the image inserted after BOS is followed by each row's text without a gap of pads."""
+    length = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, ids in enumerate(prompts):
+        input_ids[row, 0], attention_mask[row, 0] = ids[0], 1  # BOS stays first: the image follows it
+        input_ids[row, length - len(ids) + 1 :] = torch.as_tensor(ids[1:])
+        attention_mask[row, length - len(ids) + 1 :] = 1
+    return input_ids, attention_mask
 
 
 def _new_cache():

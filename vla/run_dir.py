@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import random
 import tempfile
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -124,8 +129,12 @@ class RunDir:
         records = self.read_metrics()
         if not records:
             return None
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        try:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+        except ImportError:  # e.g. a bare GPU machine: the metrics are in metrics.jsonl anyway
+            logger.warning("matplotlib is not installed: no %s", CURVE_FILE)
+            return None
 
         steps = [r["step"] for r in records]
         fig = Figure(figsize=(9, 3.5), dpi=100)
@@ -147,3 +156,19 @@ class RunDir:
         path = self.file(CURVE_FILE)
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
         return path
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch (and CUDA) generator states: saved per rank in the trainer state."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -35,7 +35,10 @@ from vla.run_dir import (
     RunDir,
     config_to_dict,
     config_to_yaml,
+    rng_state,
+    set_rng_state,
 )
+from vla.synthetic_data import SYNTHETIC_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +65,8 @@ class TrainConfig:
     # (e.g. continuing a LIBERO fine-tune); None = statistics of the dataset itself (the official behaviour)
     activation_checkpointing: bool = False  # recompute LLM activations in backward: less memory, ~2x slower
     # Data
+    synthetic_data: bool = False  # random LIBERO-shaped frames instead of data.* (benchmarks and multi-GPU checks on a
+    # machine without TensorFlow or a dataset); only data.seed and data.image_size apply
     data: RLDSConfig = field(default_factory=lambda: RLDSConfig(data_root_dir=Path("datasets/modified_libero_rlds")))
     # Optimization
     batch_size: int = 16  # frames per micro-batch per process
@@ -87,10 +92,11 @@ class TrainConfig:
     def run_dir(self) -> Path:
         return Path(self.run_root_dir) / (self.run_id or self.default_run_id())
 
-    def default_run_id(self, world_size: int | None = None) -> str:
-        world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    def default_run_id(self) -> str:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
         model = Path(self.vla_path).name if self.vla_path else f"{self.model_preset}-random"
-        run_id = f"{model}+{self.data.dataset_name}+b{self.batch_size * self.grad_accumulation_steps * world}"
+        dataset = SYNTHETIC_NAME if self.synthetic_data else self.data.dataset_name
+        run_id = f"{model}+{dataset}+b{self.batch_size * self.grad_accumulation_steps * world}"
         run_id += f"+lr-{self.learning_rate}"
         run_id += f"+lora-r{self.lora_rank}" if self.use_lora else "+full"
         return run_id + (f"+q-{self.quantization}" if self.quantization else "")
@@ -105,9 +111,10 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.wandb_mode not in ("online", "offline", "disabled"):
             raise ValueError(f"wandb_mode {self.wandb_mode!r} must be 'online', 'offline' or 'disabled'")
-        if self.data.split != "train":
-            raise ValueError(f"data.split is {self.data.split!r}; fine-tuning reads the 'train' split")
-        _check_dataset(self.data)
+        if not self.synthetic_data:
+            if self.data.split != "train":
+                raise ValueError(f"data.split is {self.data.split!r}; fine-tuning reads the 'train' split")
+            _check_dataset(self.data)
         _check_model_source(self)
         _check_quantization(self)
         RunDir(self.run_dir).check_available(self.resume)
@@ -195,21 +202,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def build_model(cfg: TrainConfig, device: torch.device) -> nn.Module:
     """The VLA to fine-tune (with LoRA adapters when `cfg.use_lora`), on `device`: weights bf16 on CUDA, fp32 on CPU."""
     from vla.lora import LoraSettings
@@ -281,14 +273,13 @@ def _restore(state: dict[str, Any], trainable: dict[str, nn.Parameter], optimize
             param.copy_(saved[name])
     optimizer.load_state_dict(state["optimizer"])
     dataset.load_state_dict(state["data"][env.rank])
-    _set_rng_state(state["rng"][env.rank])
+    set_rng_state(state["rng"][env.rank])
 
 
 def train(cfg: TrainConfig) -> Path:
     """Fine-tune as `cfg` says; returns the run directory. Under torchrun every rank calls this (rank-sharded data,
     DDP on the trainable weights, rank 0 logs and saves). Raises before any weight loads on bad input, and
     `NonFiniteLossError` (leaving the last checkpoint intact) if the loss becomes NaN/inf."""
-
     created = not dist.is_initialized()
     env = init_distributed(cfg.device)
     try:
@@ -304,6 +295,7 @@ def train(cfg: TrainConfig) -> Path:
 def _train(cfg: TrainConfig, env: Distributed) -> Path:
     from vla.prompt import collate
     from vla.rlds import RLDSDataset
+    from vla.synthetic_data import SyntheticDataset
 
     run, device = RunDir(cfg.run_dir), env.device(cfg.device)
     state = run.load_state() if cfg.resume and run.has_state else None
@@ -322,7 +314,11 @@ def _train(cfg: TrainConfig, env: Distributed) -> Path:
     if env.is_main:
         logger.info(parameter_line(model))
     model.train()
-    dataset = RLDSDataset(cfg.data, model.sequence_builder, model.image_processor, env.rank, env.world_size)
+    if cfg.synthetic_data:
+        dataset = SyntheticDataset(model.sequence_builder, model.image_processor, cfg.data.seed, env.rank,
+                                   env.world_size, image_size=cfg.data.image_size)  # fmt: skip
+    else:
+        dataset = RLDSDataset(cfg.data, model.sequence_builder, model.image_processor, env.rank, env.world_size)
     if cfg.unnorm_key is not None:
         dataset.dataset_statistics = {cfg.data.dataset_name: checkpoint_statistics(cfg.vla_path, cfg.unnorm_key)}
     model.norm_stats.update(dataset.dataset_statistics)  # merged checkpoints carry the fine-tune's statistics
@@ -362,7 +358,7 @@ class _Loop:
             "step": self.step,
             "trainable": {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad},
             "optimizer": self.optimizer.state_dict(),
-            "rng": gather(_rng_state(), self.env),
+            "rng": gather(rng_state(), self.env),
             "data": gather(self.dataset.state_dict(), self.env),
             "history": {k: list(v) for k, v in self.history.items()},
             "batch_size": self.cfg.batch_size,
@@ -384,21 +380,21 @@ class _Loop:
         return [loss.item(), float(metrics["action_accuracy"]), float(metrics["l1"])]
 
     def fit(self, batches) -> None:
-        cfg, env, run = self.cfg, self.env, self.run
+        """Optimizer steps until `max_steps`: N micro-batches, NaN/inf check, AdamW step, log, maybe save."""
         from tqdm.auto import tqdm
 
-        tracker = self._start_wandb() if env.is_main else None
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="fine-tune", unit="step", disable=not env.is_main)
-        samples_per_step = cfg.batch_size * cfg.grad_accumulation_steps * env.world_size
-        accum, tick, tick_step = cfg.grad_accumulation_steps, time.perf_counter(), self.step
+        cfg, accum = self.cfg, self.cfg.grad_accumulation_steps
+        tracker = self._start_wandb() if self.env.is_main else None
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="fine-tune", unit="step", disable=not self.env.is_main)
+        self.tick = (time.perf_counter(), self.step)
         try:
             while self.step < cfg.max_steps:
                 values = np.zeros(len(METRICS))
                 for micro in range(accum):
                     values += np.asarray(self.micro_step(next(batches), sync=micro == accum - 1)) / accum
-                values = average_over_ranks(values.tolist(), env, self.device)
+                values = average_over_ranks(values.tolist(), self.env, self.device)
                 if not math.isfinite(values[0]):
-                    where = f"step {self.last_saved} in {run.path}" if self.last_saved else "none was saved yet"
+                    where = f"step {self.last_saved} in {self.run.path}" if self.last_saved else "none was saved yet"
                     raise NonFiniteLossError(
                         f"loss is {values[0]} at step {self.step + 1}: stopped before the optimizer step, saving "
                         f"nothing; the last good checkpoint is {where} (--resume from it, perhaps with a lower "
@@ -407,29 +403,35 @@ class _Loop:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
-                for key, value in zip(METRICS, values, strict=True):
-                    self.history[key].append(value)
-                smoothed = {f"{k}_smoothed": float(np.mean(self.history[k])) for k in METRICS}
-                bar.update()
-                bar.set_postfix(
-                    loss=f"{smoothed['loss_smoothed']:.4f}", acc=f"{smoothed['action_accuracy_smoothed']:.3f}"
-                )
-                if env.is_main and (self.step % cfg.log_steps == 0 or self.step == cfg.max_steps):
-                    now = time.perf_counter()
-                    record = {"step": self.step, **dict(zip(METRICS, values, strict=True)), **smoothed,
-                              "learning_rate": self.optimizer.param_groups[0]["lr"],
-                              "samples": self.step * samples_per_step,
-                              "samples_per_s": (self.step - tick_step) * samples_per_step / (now - tick)}  # fmt: skip
-                    tick, tick_step = now, self.step
-                    run.append_metrics(record)
-                    if tracker is not None:
-                        tracker.log(record, step=self.step)
+                self.record(dict(zip(METRICS, values, strict=True)), bar, tracker)
                 if self.step % cfg.save_steps == 0 or self.step == cfg.max_steps:
                     self.save()
         finally:
             bar.close()
             if tracker is not None:
                 tracker.finish()
+
+    def record(self, values: dict[str, float], bar, tracker) -> None:
+        """Smoothing, the progress bar, and (every log_steps, main process) metrics.jsonl and W&B."""
+        cfg = self.cfg
+        for key, value in values.items():
+            self.history[key].append(value)
+        smoothed = {f"{k}_smoothed": float(np.mean(v)) for k, v in self.history.items()}
+        bar.update()
+        bar.set_postfix(loss=f"{smoothed['loss_smoothed']:.4f}", acc=f"{smoothed['action_accuracy_smoothed']:.3f}")
+        if not self.env.is_main or (self.step % cfg.log_steps and self.step != cfg.max_steps):
+            return
+        samples_per_step = cfg.batch_size * cfg.grad_accumulation_steps * self.env.world_size
+        (then, then_step), now = self.tick, time.perf_counter()
+        self.tick = (now, self.step)
+        record = {"step": self.step, **values, **smoothed, "learning_rate": self.optimizer.param_groups[0]["lr"],
+                  "samples": self.step * samples_per_step,
+                  "samples_per_s": (self.step - then_step) * samples_per_step / (now - then)}  # fmt: skip
+        if self.device.type == "cuda":
+            record["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        self.run.append_metrics(record)
+        if tracker is not None:
+            tracker.log(record, step=self.step)
 
     def save(self) -> None:
         state = self.state()  # every rank takes part in the gathers
