@@ -1,14 +1,19 @@
-"""`predict_action` latency and batched `predict_actions` throughput at full size with random weights.
+"""`predict_action` latency and batched `predict_actions` throughput at full size with random weights, plain decoding
+vs `VLA.enable_fast_decoding` (static KV cache + CUDA graphs) in the same run, and their token agreement.
 
     python scripts/bench_inference.py --tokenizer DIR --quantization bf16 --quantization 8bit --batch 1 --batch 8
 
-Prints one row per (quantization, batch): peak allocated GiB, ms per call, actions/s, and the ratio to the first row.
+Prints one row per (quantization, path, batch): peak allocated / reserved GiB, median ms per call, calls/s, actions/s
+and the speed-up over the plain path; then the share of action tokens the fast path gives identically to the plain
+path over `--agree` fixed inputs (4 instructions of different lengths, batches of 8 with padding and single calls).
+`--profile` adds a stage breakdown and torch.profiler tables of one plain and one fast batch-1 call.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import statistics
 import time
 
 import numpy as np
@@ -19,20 +24,89 @@ from vla.model import VLAConfig, build_vla
 from vla.normalization import compute_action_stats
 
 INSTRUCTION = "pick up the black bowl between the plate and the ramekin and place it on the plate"
+AGREE_INSTRUCTIONS = (
+    INSTRUCTION, "open the top drawer and put the bowl inside", "turn on the stove",
+    "put both the alphabet soup and the cream cheese box in the basket",
+)  # fmt: skip
 
 
-def bench(vla, batch: int, iters: int, warmup: int) -> float:
-    """Mean seconds per `predict_actions` call on `batch` random 224x224 images."""
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(batch)]
+def images(n: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def time_calls(vla, quantization: str, path: str, batch: int, iters: int, warmup: int) -> dict:
+    """Median seconds per `predict_actions` call on `batch` random 224x224 images (the call returns host numpy, so
+    each call is complete when it returns) and the peak memory of the calls (warm-up and graph capture included)."""
+    frames, texts = images(batch, 0), [INSTRUCTION] * batch
+    torch.cuda.reset_peak_memory_stats()
     for _ in range(warmup):
-        vla.predict_actions(images, [INSTRUCTION] * batch)
-    torch.cuda.synchronize()
-    start = time.perf_counter()
+        vla.predict_actions(frames, texts)
+    seconds = []
     for _ in range(iters):
-        vla.predict_actions(images, [INSTRUCTION] * batch)
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / iters
+        start = time.perf_counter()
+        vla.predict_actions(frames, texts)
+        seconds.append(time.perf_counter() - start)
+    return {
+        "quantization": quantization,
+        "path": path,
+        "batch": batch,
+        "seconds": statistics.median(seconds),
+        "alloc": torch.cuda.max_memory_allocated() / 2**30,
+        "reserved": torch.cuda.max_memory_reserved() / 2**30,
+    }
+
+
+def agreement_inputs(vla, count: int) -> tuple[torch.Tensor, list[list[int]]]:
+    texts = [AGREE_INSTRUCTIONS[i % len(AGREE_INSTRUCTIONS)] for i in range(count)]
+    return vla.image_processor(images(count, 1)), [vla.sequence_builder.inference_ids(t) for t in texts]
+
+
+def action_ids(generate, pixel_values, prompts, batch: int) -> np.ndarray:
+    return np.concatenate(
+        [generate(pixel_values[i : i + batch], prompts[i : i + batch], 7) for i in range(0, len(prompts), batch)]
+    )
+
+
+def stage_breakdown(vla) -> str:
+    """Milliseconds of each stage of one plain batch-1 call (host-synchronized between stages)."""
+    from transformers import DynamicCache
+
+    marks = [time.perf_counter()]
+
+    def mark() -> None:
+        torch.cuda.synchronize()
+        marks.append(time.perf_counter())
+
+    with torch.no_grad():
+        pixel_values = vla.image_processor(images(1, 0))
+        ids = torch.as_tensor([vla.sequence_builder.inference_ids(INSTRUCTION)], device=vla.device)
+        mark()
+        embeds, mask = vla.multimodal_inputs(pixel_values, ids, torch.ones_like(ids))
+        mark()
+        lm, cache = vla.language_model, DynamicCache()
+        out = lm(inputs_embeds=embeds, attention_mask=mask, use_cache=True, past_key_values=cache, logits_to_keep=1)
+        token = out.logits[:, -1].argmax(-1)
+        mark()
+        for _ in range(6):
+            mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+            out = lm(input_ids=token[:, None], attention_mask=mask, use_cache=True, past_key_values=cache)
+            token = out.logits[:, -1].argmax(-1)
+        mark()
+    names = ("preprocess (host)", "towers + projector", "prefill", "6 decode steps")
+    return ", ".join(f"{n} {1000 * (b - a):.1f} ms" for n, a, b in zip(names, marks[:-1], marks[1:], strict=True))
+
+
+def profile_table(vla, label: str) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    frame = images(1, 0)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        vla.predict_actions(frame, [INSTRUCTION])
+        torch.cuda.synchronize()
+    print(f"\n### profile: {label}, one batch-1 call")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=50))
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=50))
 
 
 def main() -> None:
@@ -41,32 +115,86 @@ def main() -> None:
     parser.add_argument("--preset", default="full", choices=["full", "tiny"])
     parser.add_argument("--quantization", action="append", choices=["bf16", "8bit", "4bit"], required=True)
     parser.add_argument("--batch", action="append", type=int, required=True)
+    parser.add_argument("--plain-batch", action="append", type=int, help="batches timed on the plain path (all)")
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--plain-iters", type=int, help="timed calls on the plain path (default: --iters)")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--agree", type=int, default=32, help="inputs in the token agreement check (0: skip)")
+    parser.add_argument("--profile", action="store_true", help="stage breakdown + profiler tables (first quant.)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_inference needs a CUDA device")
     stats = {"bench": {"action": compute_action_stats(np.random.default_rng(0).uniform(-1, 1, (100, 7)))}}
-    rows = []
-    for quantization in args.quantization:
+    rows, agreements, reference = [], [], {}
+    for index, quantization in enumerate(args.quantization):
+        torch.manual_seed(0)
         vla = build_vla(
             VLAConfig.preset(args.preset), load_tokenizer(args.tokenizer), norm_stats=stats, device="cuda",
             dtype=torch.bfloat16, quantization=None if quantization == "bf16" else quantization,
         ).eval()  # fmt: skip
+        torch.cuda.empty_cache()  # random 8/4-bit weights are quantized from a bf16 copy: drop its cached blocks
+        for batch in args.plain_batch or args.batch:
+            rows.append(time_calls(vla, quantization, "plain", batch, args.plain_iters or args.iters, args.warmup))
+            print(rows[-1], flush=True)
+        if args.profile and index == 0:
+            print(f"\n{quantization} plain stages: {stage_breakdown(vla)}")
+            profile_table(vla, f"{quantization} plain")
+        if args.agree:
+            pixel_values, prompts = agreement_inputs(vla, args.agree)
+            plain_8 = action_ids(vla.generate_action_ids, pixel_values, prompts, 8)
+            plain_1 = action_ids(vla.generate_action_ids, pixel_values[:8], prompts[:8], 1)
+            reference.setdefault("plain_1", plain_1)  # the first quantization's (bf16's) plain tokens
+        vla.enable_fast_decoding(max_graphs=8)
         for batch in args.batch:
-            torch.cuda.reset_peak_memory_stats()
-            seconds = bench(vla, batch, args.iters, args.warmup)
-            rows.append((f"{quantization} batch {batch}", torch.cuda.max_memory_allocated() / 2**30, seconds, batch))
+            rows.append(time_calls(vla, quantization, "fast", batch, args.iters, args.warmup))
+            print(rows[-1], flush=True)
+        if vla.fast_decoder.graph_error:
+            print(f"{quantization}: CUDA graphs off ({vla.fast_decoder.graph_error})")
+        if args.profile and index == 0:
+            profile_table(vla, f"{quantization} fast")
+        if args.agree:
+            fast = vla.fast_decoder.generate_action_ids
+            loop_8 = action_ids(vla.generate_action_ids, pixel_values, prompts, 8)  # plain loop over fast's layers
+            loop_1 = action_ids(vla.generate_action_ids, pixel_values[:8], prompts[:8], 1)
+            fast_8, fast_1 = (
+                action_ids(fast, pixel_values, prompts, 8),
+                action_ids(fast, pixel_values[:8], prompts[:8], 1),
+            )
+            first = reference["plain_1"]
+            agreements.append((quantization, "batch 8 (padded)", fast_8, plain_8, loop_8, plain_1[:0]))
+            agreements.append((quantization, "batch 1", fast_1, plain_1, loop_1, first))
+            agreements.append((quantization, "plain batch 8 vs plain batch 1", plain_8[:8], plain_1, plain_1, first))
+            del fast  # it holds the decoder, which holds the model
         del vla
         gc.collect()
         torch.cuda.empty_cache()
     print(f"\n{torch.cuda.get_device_name()}  torch {torch.__version__}")
-    print(f"| case | peak alloc GiB | ms / call | Hz (calls/s) | actions/s | actions/s vs {rows[0][0]} |")
-    print("|---|---|---|---|---|---|")
-    base = rows[0][3] / rows[0][2]
-    for name, peak, seconds, batch in rows:
-        print(f"| {name} | {peak:.1f} | {1000 * seconds:.1f} | {1 / seconds:.2f} | {batch / seconds:.1f} | "
-              f"{batch / seconds / base:.2f}x |")  # fmt: skip
+    print("| quantization | path | batch | peak alloc GiB | peak reserved GiB | ms / call | calls/s (Hz) | actions/s | "
+          "speed-up vs plain |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        plain = [
+            p["seconds"]
+            for p in rows
+            if (p["quantization"], p["path"], p["batch"]) == (r["quantization"], "plain", r["batch"])
+        ]
+        ratio = f"{plain[0] / r['seconds']:.2f}x" if plain else "-"
+        print(
+            f"| {r['quantization']} | {r['path']} | {r['batch']} | {r['alloc']:.1f} | {r['reserved']:.1f} | "
+            f"{1000 * r['seconds']:.1f} | {1 / r['seconds']:.2f} | {r['batch'] / r['seconds']:.1f} | {ratio} |"
+        )
+    if agreements:
+        print(f"\n{args.agree} fixed inputs (batch 1: the first 8), 7 tokens each; the same seed gives every")
+        print(f"quantization the same weights: the last column compares with {args.quantization[0]}'s plain batch 1.")
+        print(
+            "| quantization | tokens compared | fast = plain | fast = plain loop over fast's layers | = first plain |"
+        )
+        print("|---|---|---|---|---|")
+        for quantization, name, ids, plain, loop, first in agreements:
+            vs_first = f"{(ids == first).mean():.4f} (plain {(plain == first).mean():.4f})" if first.size else "-"
+            print(
+                f"| {quantization} | {name} | {(ids == plain).mean():.4f} | {(ids == loop).mean():.4f} | {vs_first} |"
+            )
 
 
 if __name__ == "__main__":

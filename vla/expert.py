@@ -44,6 +44,7 @@ class ExpertConfig:
     gain: float = 20.0  # action per metre of position error (0.05 m error -> full speed)
     rot_gain: float = 1.0  # rotation action per radian of orientation error / ROT_SCALE
     max_action: float = 1.0  # cap on |action[:6]| (in LIBERO units, 1.0 = 5 cm / 0.5 rad)
+    lift_speed: float = 1.0  # cap on |action[:3]| while lifting the object
     hover: float = 0.10  # approach height above the grasp point
     carry: float = 0.12  # clearance of the held object's base above the target's top while moving
     release_gap: float = 0.01  # base of the held object above the target's top when opening
@@ -110,7 +111,7 @@ def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
 
 NEXT_PHASE = {"approach": "descend", "descend": "close", "lift": "carry", "carry": "lower", "lower": "open",
               "regrasp": "approach"}  # fmt: skip
-RETRY_TURNS = (0.0, 40.0, -40.0, 80.0, -80.0)  # degrees around the object for grasp attempts 1, 2, ...
+RETRY_TURNS = (0.0, 40.0, -40.0, 80.0, -80.0)  # degrees around the object, turned on after a blocked descent
 
 
 def _yaw_quat(angle: float) -> np.ndarray:
@@ -140,7 +141,7 @@ class ScriptedExpert:
 
     def reset(self) -> None:
         """Forget the episode: the next `act` starts a new pick-and-place from the observed scene."""
-        self.phase, self.phase_steps, self.still_steps, self.attempt = "approach", 0, 0, 0
+        self.phase, self.phase_steps, self.still_steps, self.side = "approach", 0, 0, 0
         self.home: tuple[np.ndarray, np.ndarray] | None = None  # initial eef (xy, quat)
         self.target_name: str | None = None
         self.quat: np.ndarray | None = None  # gripper orientation for this grasp
@@ -160,10 +161,10 @@ class ScriptedExpert:
 
     def _plan_grasp(self, obj_pos: np.ndarray) -> np.ndarray:
         """Grasp offset (3,) from the object's position: on its side facing the robot (turned further round on each
-        new attempt), fingers closing across the wall; sets the gripper orientation for it."""
+        blocked descent), fingers closing across the wall; sets the gripper orientation for it."""
         home_xy, home_quat = self.home
         toward = home_xy - obj_pos[:2]
-        turn = self.cfg.grasp_angle + RETRY_TURNS[self.attempt % len(RETRY_TURNS)]
+        turn = self.cfg.grasp_angle + RETRY_TURNS[self.side % len(RETRY_TURNS)]
         angle = np.arctan2(toward[1], toward[0]) + np.deg2rad(turn)
         # The fingers close along the gripper's y axis (world y at the home pose): turn it onto the radial
         # direction, by the smaller of the two yaws (the gripper is symmetric under a half turn).
@@ -174,9 +175,9 @@ class ScriptedExpert:
     def _next(self, phase: str) -> None:
         self.phase, self.phase_steps, self.still_steps = phase, 0, 0
 
-    def _retry(self) -> None:
-        """Open, back off upwards and grasp again from another side."""
-        self.attempt += 1
+    def _retry(self, turn: bool = False) -> None:
+        """Open, back off upwards and grasp again (`turn`: from another side)."""
+        self.side += int(turn)
         self._next("regrasp")
 
     def _waypoint(self, eef: np.ndarray, obj: np.ndarray, target: np.ndarray) -> tuple[np.ndarray | None, float]:
@@ -206,7 +207,7 @@ class ScriptedExpert:
         reached = distance < (cfg.tolerance if precise else cfg.hover_tolerance)
         reached = reached or (stalled and distance < cfg.stall_tolerance) or steps > cfg.phase_timeout
         if phase == "descend" and stalled and not reached:
-            self._retry()
+            self._retry(turn=True)
         elif phase == "close" and steps >= cfg.close_steps:
             self.held = eef - obj
             place_z = target[2] + object_spec(self.target_name).top + self.spec.bottom + self.held[2]
@@ -236,7 +237,8 @@ class ScriptedExpert:
         if self.phase in ("lift", "carry", "lower") and np.linalg.norm(eef - obj - self.held) > cfg.drop_distance:
             self._retry()  # lost the object
         goal, gripper = self._waypoint(eef, obj, target)
-        move = np.zeros(3) if goal is None else np.clip(cfg.gain * (goal - eef), -1, 1)
+        speed = cfg.lift_speed if self.phase == "lift" else 1.0
+        move = np.zeros(3) if goal is None else np.clip(cfg.gain * (goal - eef), -speed, speed)
         self._advance(eef, obj, target, np.inf if goal is None else float(np.linalg.norm(goal - eef)))
         rotation = np.clip(cfg.rot_gain * rotation_error(self.quat, quat) / ROT_SCALE, -1, 1)
         action = np.concatenate([move, rotation, [gripper]])

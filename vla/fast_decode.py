@@ -30,8 +30,8 @@ class _Graph:
 class FastActionDecoder:
     """`generate_action_ids` with the contract of `VLA.generate_action_ids`, fast.
 
-    cuda_graphs: capture each (B, L, n) shape once (first call of a shape: ~1 s) and replay it afterwards; off, or on
-    CPU, the same static-cache pass runs eagerly. int8_weight_only: route LLM.int8 layers through
+    cuda_graphs: capture each (B, L, n) shape on its first call (two warm-up runs, then capture), replay it after;
+    off, or on CPU, the same static-cache pass runs eagerly. int8_weight_only: route LLM.int8 layers through
     `vla.int8_linear` (same int8 weights; needed for graphs, as bitsandbytes' outlier search syncs with the host).
     max_graphs: captured shapes kept (least recently used dropped; each holds its KV cache and activations).
     The graphs read the weights in place: after replacing modules or moving the model, call `reset()`.
@@ -65,14 +65,15 @@ class FastActionDecoder:
         input_ids, attention_mask = pad_prompts(prompts, vla.config.pad_token_id)
         pixel_values = pixel_values.to(vla.device, vla.dtype)
         input_ids, attention_mask = input_ids.to(vla.device), attention_mask.to(vla.device)
+        padded = any(len(p) != len(prompts[0]) for p in prompts)
         if not (self.cuda_graphs and vla.device.type == "cuda" and self.graph_error is None):
-            return self.decode(pixel_values, input_ids, attention_mask, n).cpu().numpy()
-        key = (input_ids.shape[0], input_ids.shape[1], n)
+            return self.decode(pixel_values, input_ids, attention_mask, n, padded).cpu().numpy()
+        key = (input_ids.shape[0], input_ids.shape[1], n, padded)
         entry = self._graphs.get(key)
         if entry is None:
-            entry = self._capture(pixel_values, input_ids, attention_mask, n)
+            entry = self._capture(pixel_values, input_ids, attention_mask, n, padded)
             if entry is None:
-                return self.decode(pixel_values, input_ids, attention_mask, n).cpu().numpy()
+                return self.decode(pixel_values, input_ids, attention_mask, n, padded).cpu().numpy()
             self._graphs[key] = entry
             while len(self._graphs) > self.max_graphs:
                 self._graphs.popitem(last=False)
@@ -83,18 +84,18 @@ class FastActionDecoder:
         entry.graph.replay()
         return entry.tokens.cpu().numpy()
 
-    def _capture(self, pixel_values, input_ids, attention_mask, n: int) -> _Graph | None:
+    def _capture(self, pixel_values, input_ids, attention_mask, n: int, padded: bool) -> _Graph | None:
         static = [t.clone() for t in (pixel_values, input_ids, attention_mask)]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         try:
             with torch.cuda.stream(stream):  # warm-up off the default stream: kernels compile, autotune, allocate
                 for _ in range(2):
-                    self.decode(*static, n)
+                    self.decode(*static, n, padded)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                tokens = self.decode(*static, n)
+                tokens = self.decode(*static, n, padded)
         except RuntimeError as err:  # a layer that syncs with the host (e.g. LLM.int8's outlier search)
             self.graph_error = f"{type(err).__name__}: {err}"
             logger.warning("CUDA graph capture failed, decoding eagerly with the static cache: %s", self.graph_error)
@@ -102,9 +103,13 @@ class FastActionDecoder:
             return None
         return _Graph(graph, *static, tokens)
 
-    def decode(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int):
+    def decode(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int, padded: bool
+    ) -> torch.Tensor:
         """The whole action on device, no host sync: pixel_values (B, 6, S, S), input_ids / attention_mask (B, L)
-        padded as `pad_prompts` does -> ids (B, n) int64. Prefill writes a static KV cache of T + n - 1 slots."""
+        padded as `pad_prompts` does -> ids (B, n) int64. Prefill writes a static KV cache of T + n - 1 slots.
+        padded: whether any row has pads; without, attention runs unmasked (causal in the prefill), as
+        transformers' SDPA path does for an all-ones mask, so the same attention kernels run as on the plain path."""
         vla = self.vla
         lm = vla.language_model
         llama = lm.model
@@ -117,7 +122,8 @@ class FastActionDecoder:
         key_mask = torch.zeros((batch, length + n - 1), dtype=torch.bool, device=mask.device)
         key_mask[:, :length] = mask.bool()
         causal = torch.ones((length, length), dtype=torch.bool, device=mask.device).tril()
-        hidden = self._forward(embeds, positions, causal[None, None] & key_mask[:, None, None, :length], cache, 0)
+        prefill_mask = causal[None, None] & key_mask[:, None, None, :length] if padded else None
+        hidden = self._forward(embeds, positions, prefill_mask, cache, 0)
         lo, hi = vla.action_tokenizer.id_range
         tokens = []
         for step in range(n):
@@ -130,12 +136,14 @@ class FastActionDecoder:
             key_mask[:, slot] = True
             positions = positions[:, -1:] + 1
             embeds = lm.get_input_embeddings()(token[:, None])  # (B, 1, H)
-            hidden = self._forward(embeds, positions, key_mask[:, None, None, : slot + 1], cache, slot)
+            step_mask = key_mask[:, None, None, : slot + 1] if padded else None
+            hidden = self._forward(embeds, positions, step_mask, cache, slot)
         return torch.stack(tokens, dim=1)
 
     def _forward(self, hidden, positions, attn_mask, cache, start: int) -> torch.Tensor:
         """Llama decoder over `hidden` (B, S, H) at `positions` (B, S), writing K/V into cache slots start..start+S-1
-        and attending to slots 0..start+S-1 under `attn_mask` (B, 1, S, start + S) -> final-norm hidden (B, S, H)."""
+        and attending to slots 0..start+S-1 under `attn_mask` (B, 1, S, start + S) bool, or causally when it is None
+        -> final-norm hidden (B, S, H)."""
         llama = self.vla.language_model.model
         batch, size, _ = hidden.shape
         end = start + size
@@ -150,11 +158,14 @@ class FastActionDecoder:
             q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin  # as transformers' Llama
             cache[i, 0, :, :, start:end] = k
             cache[i, 1, :, :, start:end] = v
-            keys, values = cache[i, 0, :, :, :end], cache[i, 1, :, :, :end]
+            keys, values = (k, v) if start == 0 else (cache[i, 0, :, :, :end], cache[i, 1, :, :, :end])
             groups = q.shape[1] // keys.shape[1]
             if groups > 1:
                 keys, values = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask, scale=attn.scaling)
+            causal = attn_mask is None and size > 1
+            out = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=attn_mask, is_causal=causal, scale=attn.scaling
+            )
             hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(batch, size, -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         return llama.norm(hidden)

@@ -49,9 +49,9 @@ def _w8a16_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + rk
-        x = tl.load(x_ptr + rm[:, None] * stride_xm + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
-        w = tl.load(cb_ptr + rn[:, None].to(tl.int64) * K + kk[None, :], mask=(rn[:, None] < N) & (kk[None, :] < K),
-                    other=0)  # fmt: skip
+        k_ok = kk[None, :] < K
+        x = tl.load(x_ptr + rm[:, None] * stride_xm + kk[None, :], mask=(rm[:, None] < M) & k_ok, other=0.0)
+        w = tl.load(cb_ptr + rn[:, None].to(tl.int64) * K + kk[None, :], mask=(rn[:, None] < N) & k_ok, other=0)
         acc += tl.dot(x, tl.trans(w.to(x.dtype)))  # int8 -> bf16 is exact
     scale = tl.load(scale_ptr + rn, mask=rn < N, other=0.0)
     out = (acc * scale[None, :]).to(out_ptr.dtype.element_ty)

@@ -4,6 +4,7 @@ matmuls for LLM.int8 layers (`vla.int8_linear`)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -12,15 +13,20 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 
-def limit_checkpointed_layers(model: nn.Module, layers: int) -> int:
-    """Keep activation checkpointing (already enabled on the Llama) on the first `layers` decoder layers only: the
-    others keep their activations and skip the recompute. Returns the number of layers still checkpointed."""
-    decoder = model.language_model.model.layers
+def checkpoint_llm(model: nn.Module, layers: int) -> int:
+    """Non-reentrant activation checkpointing on the first `layers` Llama decoder layers only (0 = none): the others
+    keep their activations and skip the recompute. Returns the number of layers checkpointed."""
+    llm, decoder = model.language_model, model.language_model.model.layers
     if not 0 <= layers <= len(decoder):
         raise ValueError(f"checkpoint_llm_layers must be in [0, {len(decoder)}], got {layers}")
+    kwargs = {"use_reentrant": False}
+    if hasattr(llm, "activation_checkpointing_enable"):  # transformers >= 5.24 renamed it
+        llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     for index, layer in enumerate(decoder):
-        layer.gradient_checkpointing = layer.gradient_checkpointing and index < layers
-    return sum(bool(layer.gradient_checkpointing) for layer in decoder)
+        layer.gradient_checkpointing = index < layers
+    return min(layers, len(decoder))
 
 
 def checkpoint_towers(model: nn.Module, enable: bool = True) -> None:
@@ -43,27 +49,64 @@ def bf16_lora_inputs(model: nn.Module, enable: bool = True) -> int:
     return len(layers)
 
 
+def fuse_lora(model: nn.Module, enable: bool = True) -> int:
+    """Under CUDA/CPU autocast, compute each LoRA Linear as `addmm(base(x), scale * lora_A(x), lora_B^T)`: the scale
+    lands on the rank-r intermediate and the add in the matmul's epilogue, sparing two passes (and their backward)
+    over every (tokens, out_features) output. Same math; bf16 rounding differs in the last bit (one rounding of the
+    sum instead of two). Includes `bf16_lora_inputs`. Outside autocast the layers run peft's own forward. Returns
+    the number of layers changed."""
+    from peft.tuners.lora import LoraLayer
+
+    count = 0
+    for layer in model.modules():
+        if not (isinstance(layer, LoraLayer) and isinstance(layer.get_base_layer(), nn.Linear)):
+            continue
+        if enable:
+            layer.forward = functools.partial(_fused_lora_forward, layer)
+        elif "forward" in vars(layer):
+            del layer.forward
+        count += 1
+    return count
+
+
+def _fused_lora_forward(layer: nn.Module, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    if not torch.is_autocast_enabled(x.device.type) or layer.disable_adapters or layer.merged or args or kwargs:
+        return type(layer).forward(layer, x, *args, **kwargs)
+    result = layer.base_layer(x)
+    for name in layer.active_adapters:
+        if name not in layer.lora_A or name in layer.lora_variant:
+            continue
+        low_rank = layer.lora_A[name](layer.lora_dropout[name](x)) * layer.scaling[name]  # (..., r)
+        flat = torch.addmm(result.reshape(-1, result.shape[-1]), low_rank.reshape(-1, low_rank.shape[-1]),
+                           layer.lora_B[name].weight.t())  # fmt: skip
+        result = flat.view(result.shape)
+    return result
+
+
 def apply_training_speedups(
     model: nn.Module,
     *,
     checkpoint_llm_layers: int | None = None,
     checkpoint_vision: bool = False,
     lora_bf16_inputs: bool = False,
+    lora_fused: bool = False,
     int8_weight_only: bool = False,
     expandable_segments: bool = False,
 ) -> list[str]:
-    """Apply the switches `vla.training.TrainConfig` exposes (after the model is built and Llama checkpointing, if
-    any, enabled). checkpoint_llm_layers: None = leave as is, N = only the first N layers recompute. Returns a
-    description of each change, for the log."""
+    """Apply the switches `vla.training.TrainConfig` exposes, after the model is built. checkpoint_llm_layers: None =
+    leave Llama checkpointing as it is, N = checkpoint exactly the first N layers. Returns a description of each
+    change, for the log."""
     applied = []
     if checkpoint_llm_layers is not None:
-        kept = limit_checkpointed_layers(model, checkpoint_llm_layers)
-        applied.append(f"activation checkpointing on {kept} Llama layers")
+        count = checkpoint_llm(model, checkpoint_llm_layers)
+        applied.append(f"activation checkpointing on {count} of {len(model.language_model.model.layers)} Llama layers")
     if checkpoint_vision:
         checkpoint_towers(model)
         applied.append("activation checkpointing on the vision-tower blocks")
     if lora_bf16_inputs:
         applied.append(f"bf16 inputs for {bf16_lora_inputs(model)} LoRA layers")
+    if lora_fused:
+        applied.append(f"fused scale + add of {fuse_lora(model)} LoRA Linear layers")
     if int8_weight_only:
         from vla.int8_linear import enable_int8_weight_only
 

@@ -87,6 +87,15 @@ class TrainConfig:
     wandb_project: str = "openvla"  # W&B project
     wandb_entity: str | None = None  # W&B entity (user or team); None = the logged-in default
     wandb_mode: str = "disabled"  # "online" (needs `wandb login`), "offline" (local files, sync later), "disabled"
+    # Speed and memory (vla.speedups; none changes the stored weights, docs/PERFORMANCE.md "Issue 8" measures them)
+    checkpoint_llm_layers: int | None = None  # with activation_checkpointing: only the first N Llama layers recompute
+    # (None = all 32); the rest keep activations: faster, more memory
+    checkpoint_vision: bool = False  # recompute the vision towers' blocks in backward (~0.5 GiB less per sample)
+    lora_bf16_inputs: bool = False  # skip peft's float32 copy of each adapter input (bit-identical under bf16 autocast)
+    lora_fused: bool = False  # LoRA scale on the rank-r side and the add in the matmul epilogue (last-bit rounding)
+    int8_weight_only: bool = False  # quantization 8bit: dequantize the int8 weights to bf16 per matmul instead of
+    # LLM.int8's int8 activations + outlier search (same stored int8 weights; no host syncs, faster)
+    expandable_segments: bool = False  # CUDA allocator grows segments in place: lower peak reserved memory
 
     @property
     def run_dir(self) -> Path:
@@ -311,6 +320,13 @@ def _train(cfg: TrainConfig, env: Distributed) -> Path:
         raise ValueError(f"data.image_size {cfg.data.image_size} != the model's {model.config.vision.image_size}")
     if cfg.activation_checkpointing:
         enable_activation_checkpointing(model)
+    from vla.speedups import apply_training_speedups
+
+    apply_training_speedups(
+        model, checkpoint_llm_layers=cfg.checkpoint_llm_layers if cfg.activation_checkpointing else None,
+        checkpoint_vision=cfg.checkpoint_vision, lora_bf16_inputs=cfg.lora_bf16_inputs and device.type == "cuda",
+        lora_fused=cfg.lora_fused, int8_weight_only=cfg.int8_weight_only, expandable_segments=cfg.expandable_segments,
+    )  # fmt: skip
     if env.is_main:
         logger.info(parameter_line(model))
     model.train()
