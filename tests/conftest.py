@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ with contextlib.suppress(ImportError):  # CPU-only torch builds have no triton
     import triton  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
-LLAMA2_DIR = REPO.parent / "shared" / "tokenizers" / "llama2"
+# The real Llama-2 vocabulary: ../shared beside the checkout, or $VLA_LLAMA2_DIR where ../shared does not travel (GPU).
+LLAMA2_DIR = Path(os.environ.get("VLA_LLAMA2_DIR", REPO.parent / "shared" / "tokenizers" / "llama2"))
 
 
 @pytest.fixture(scope="session")

@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import LLAMA2_DIR
 
 from vla.evaluation import EvalConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "eval.py"
-LLAMA2_DIR = REPO.parent / "shared" / "tokenizers" / "llama2"
 RECORD_KEYS = {
     "task_suite",
     "task_id",

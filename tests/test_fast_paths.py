@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import LLAMA2_DIR
 
 from vla.lora import LoraSettings, lora_layers
 from vla.model import VLA, VLAConfig, build_vla
@@ -234,8 +235,7 @@ def test_fast_decoding_agrees_with_plain_at_full_size(quantization):
         pytest.skip("needs CUDA")
     from vla.checkpoint import load_tokenizer
 
-    shared = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "llama2"
-    tokenizer_dir = Path(os.environ.get("VLA_LLAMA2_DIR", shared))
+    tokenizer_dir = LLAMA2_DIR
     if not (tokenizer_dir / "tokenizer.model").is_file():
         pytest.skip(f"no Llama-2 tokenizer at {tokenizer_dir}; set VLA_LLAMA2_DIR")
     if quantization:

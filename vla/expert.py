@@ -21,17 +21,22 @@ class UnsupportedTaskError(ValueError):
 class ObjectSpec:
     """Geometry of one object category relative to its `<name>_pos` (metres; the gripper points down). The gripper
     site closes `radius` out from the position (on a rim wall, fingers across it) and `height` above it; `top`:
-    its top above its position (where a held object is released); `bottom`: its base below its position."""
+    its top above its position (where a held object is released); `bottom`: its base below its position.
+    With `facets`, the grasp turns to the middle of the nearest collision facet of the wall (a seam slips)."""
 
     radius: float = 0.0
     height: float = 0.02
     top: float = 0.02
     bottom: float = 0.0
+    facets: tuple[float, ...] = ()  # yaws (degrees, object frame) of wall facets to grasp at the middle of
 
 
-# Measured from the LIBERO meshes: the bowl's wall is ~4.7 cm from its axis, its rim ~3.7 cm above its base.
+# Measured from LIBERO's collision geoms: the bowl's upper wall is a ring of 18 flared boxes ~4.7 cm from its axis
+# (centred at the yaws below; the one at 77 degrees is narrow), its rim ~5 cm above its base; it weighs 5.6 g.
+BOWL_FACETS = (2.3, 22.9, 43.5, 64.0, 90.1, 111.5, 132.3, 153.4, 174.4, -165.2, -144.3, -123.1, -102.4, -81.5, -60.4,
+               -39.6, -18.2)  # fmt: skip
 OBJECT_SPECS = {
-    "akita_black_bowl": ObjectSpec(radius=0.047, height=0.025, top=0.04),
+    "akita_black_bowl": ObjectSpec(radius=0.047, height=0.025, top=0.04, facets=BOWL_FACETS),
     "plate": ObjectSpec(top=0.012),
 }
 DEFAULT_SPEC = ObjectSpec()
@@ -44,7 +49,8 @@ class ExpertConfig:
     gain: float = 20.0  # action per metre of position error (0.05 m error -> full speed)
     rot_gain: float = 1.0  # rotation action per radian of orientation error / ROT_SCALE
     max_action: float = 1.0  # cap on |action[:6]| (in LIBERO units, 1.0 = 5 cm / 0.5 rad)
-    lift_speed: float = 1.0  # cap on |action[:3]| while lifting the object
+    lift_speed: float = 0.3  # cap on |action[:3]| for the first `slow_lift` metres of lifting (faster slips)
+    slow_lift: float = 0.03
     hover: float = 0.10  # approach height above the grasp point
     carry: float = 0.12  # clearance of the held object's base above the target's top while moving
     release_gap: float = 0.01  # base of the held object above the target's top when opening
@@ -114,6 +120,12 @@ NEXT_PHASE = {"approach": "descend", "descend": "close", "lift": "carry", "carry
 RETRY_TURNS = (0.0, 40.0, -40.0, 80.0, -80.0)  # degrees around the object, turned on after a blocked descent
 
 
+def _yaw(quat: np.ndarray) -> float:
+    """Heading (rad) of an (x, y, z, w) quaternion: the world-frame angle of its rotated x axis."""
+    x, y, z, w = quat
+    return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
+
+
 def _yaw_quat(angle: float) -> np.ndarray:
     return np.array([0.0, 0.0, np.sin(angle / 2), np.cos(angle / 2)])
 
@@ -147,7 +159,7 @@ class ScriptedExpert:
         self.quat: np.ndarray | None = None  # gripper orientation for this grasp
         self.grasp_offset = np.zeros(3)  # planned grasp point minus object position
         self.held = np.zeros(3)  # eef minus object position when the gripper closed
-        self.carry_z = 0.0
+        self.carry_z = self.grasp_z = 0.0
         self.last_eef: np.ndarray | None = None
 
     def _target_body(self, obs: dict[str, np.ndarray]) -> str:
@@ -159,13 +171,17 @@ class ScriptedExpert:
             raise UnsupportedTaskError(f"no observation gives the position of target {self.target!r}")
         return max(bodies, key=len)
 
-    def _plan_grasp(self, obj_pos: np.ndarray) -> np.ndarray:
+    def _plan_grasp(self, obj_pos: np.ndarray, obj_quat: np.ndarray) -> np.ndarray:
         """Grasp offset (3,) from the object's position: on its side facing the robot (turned further round on each
         blocked descent), fingers closing across the wall; sets the gripper orientation for it."""
         home_xy, home_quat = self.home
         toward = home_xy - obj_pos[:2]
         turn = self.cfg.grasp_angle + RETRY_TURNS[self.side % len(RETRY_TURNS)]
         angle = np.arctan2(toward[1], toward[0]) + np.deg2rad(turn)
+        if self.spec.facets:
+            yaw = _yaw(obj_quat)
+            facets = yaw + np.deg2rad(self.spec.facets)
+            angle = facets[np.argmin(np.abs(np.angle(np.exp(1j * (facets - angle)))))]
         # The fingers close along the gripper's y axis (world y at the home pose): turn it onto the radial
         # direction, by the smaller of the two yaws (the gripper is symmetric under a half turn).
         yaw = angle % np.pi - np.pi / 2
@@ -209,7 +225,7 @@ class ScriptedExpert:
         if phase == "descend" and stalled and not reached:
             self._retry(turn=True)
         elif phase == "close" and steps >= cfg.close_steps:
-            self.held = eef - obj
+            self.held, self.grasp_z = eef - obj, eef[2]
             place_z = target[2] + object_spec(self.target_name).top + self.spec.bottom + self.held[2]
             self.carry_z = max(place_z + cfg.carry, eef[2] + cfg.hover)
             self._next("lift")
@@ -233,11 +249,12 @@ class ScriptedExpert:
         obj = np.asarray(obs[f"{self.obj}_pos"], float)
         target = np.asarray(obs[f"{self.target_name}_pos"], float)
         if self.phase in ("approach", "descend"):
-            self.grasp_offset = self._plan_grasp(obj)
+            self.grasp_offset = self._plan_grasp(obj, np.asarray(obs[f"{self.obj}_quat"], float))
         if self.phase in ("lift", "carry", "lower") and np.linalg.norm(eef - obj - self.held) > cfg.drop_distance:
             self._retry()  # lost the object
         goal, gripper = self._waypoint(eef, obj, target)
-        speed = cfg.lift_speed if self.phase == "lift" else 1.0
+        slow = self.phase == "lift" and eef[2] - self.grasp_z < cfg.slow_lift
+        speed = cfg.lift_speed if slow else 1.0
         move = np.zeros(3) if goal is None else np.clip(cfg.gain * (goal - eef), -speed, speed)
         self._advance(eef, obj, target, np.inf if goal is None else float(np.linalg.norm(goal - eef)))
         rotation = np.clip(cfg.rot_gain * rotation_error(self.quat, quat) / ROT_SCALE, -1, 1)

@@ -189,6 +189,8 @@ def checkpoint_statistics(vla_path: str, unnorm_key: str) -> dict[str, Any]:
 def _check_quantization(cfg: TrainConfig) -> None:
     if cfg.quantization not in (None, "8bit", "4bit"):
         raise ValueError(f"quantization {cfg.quantization!r} must be null, '8bit' or '4bit'")
+    if cfg.int8_weight_only and cfg.quantization != "8bit":
+        raise ValueError("int8_weight_only computes with 8-bit weights: set quantization 8bit or int8_weight_only false")
     if cfg.quantization is None:
         return
     if not cfg.use_lora:
@@ -327,6 +329,9 @@ def _train(cfg: TrainConfig, env: Distributed) -> Path:
         checkpoint_vision=cfg.checkpoint_vision, lora_bf16_inputs=cfg.lora_bf16_inputs and device.type == "cuda",
         lora_fused=cfg.lora_fused, int8_weight_only=cfg.int8_weight_only, expandable_segments=cfg.expandable_segments,
     )  # fmt: skip
+    if device.type == "cuda":  # peaks below are training's, not the loader's (8/4-bit weights pass through bf16)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     if env.is_main:
         logger.info(parameter_line(model))
     model.train()
@@ -445,6 +450,7 @@ class _Loop:
                   "samples_per_s": (self.step - then_step) * samples_per_step / (now - then)}  # fmt: skip
         if self.device.type == "cuda":
             record["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            record["peak_gpu_reserved_gib"] = torch.cuda.max_memory_reserved(self.device) / 2**30
         self.run.append_metrics(record)
         if tracker is not None:
             tracker.log(record, step=self.step)
