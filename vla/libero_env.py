@@ -177,17 +177,38 @@ def make_env(bddl_file: str, *, image_size: int = 256, cameras: tuple[str, ...] 
     )
 
 
-def libero_image(image: np.ndarray) -> np.ndarray:
-    """Raw LIBERO render (H, W, 3) uint8 -> rotated 180° (H, W, 3): the orientation of OpenVLA's training images."""
+def upright(image: np.ndarray) -> np.ndarray:
+    """Raw LIBERO render (H, W, 3) -> rotated 180° (H, W, 3): the orientation of OpenVLA's training images."""
     return np.ascontiguousarray(image[::-1, ::-1])
 
 
-def libero_action(action: np.ndarray) -> np.ndarray:
-    """Model action (7,) with gripper in [0 = close, 1 = open] -> LIBERO action (7,): gripper binarized and inverted
-    to +1 close / -1 open (OpenVLA's `normalize_gripper_action(binarize=True)` then `invert_gripper_action`)."""
-    out = np.asarray(action, dtype=np.float64).copy()
-    out[-1] = -np.sign(2.0 * out[-1] - 1.0)
-    return out
+def quat_to_axis_angle(quat: np.ndarray) -> np.ndarray:
+    """(x, y, z, w) quaternion -> axis-angle (3,), angle in [0, 2π] (robosuite's `quat2axisangle`, which the
+    regenerated LIBERO data used for `state`)."""
+    w = float(np.clip(quat[3], -1.0, 1.0))
+    den = np.sqrt(1.0 - w * w)
+    if np.isclose(den, 0.0):
+        return np.zeros(3)
+    return np.asarray(quat[:3], dtype=np.float64) * 2.0 * np.arccos(w) / den
+
+
+def libero_state(obs: dict[str, np.ndarray]) -> np.ndarray:
+    """The RLDS `state` (8,) float32: eef position 3 + eef axis-angle 3 + gripper finger positions 2 (reference §9)."""
+    eef_axis_angle = quat_to_axis_angle(obs["robot0_eef_quat"])
+    return np.concatenate([obs["robot0_eef_pos"], eef_axis_angle, obs["robot0_gripper_qpos"]]).astype(np.float32)
+
+
+def noop_mask(actions: np.ndarray, threshold: float = 1e-4) -> np.ndarray:
+    """(T, 7) LIBERO actions -> (T,) bool, True for the steps to KEEP. A step is a no-op, and dropped, when
+    ‖a[:6]‖ < threshold and its gripper equals the previous kept step's gripper (for the first step: the norm test
+    alone) — `is_noop` of OpenVLA's regenerate_libero_dataset.py (reference §9)."""
+    keep = np.zeros(len(actions), dtype=bool)
+    last_gripper = None
+    for t, action in enumerate(np.asarray(actions, dtype=np.float64)):
+        still = np.linalg.norm(action[:6]) < threshold
+        if not (still and (last_gripper is None or action[6] == last_gripper)):
+            keep[t], last_gripper = True, action[6]
+    return keep
 
 
 class _WorkerEnv:
@@ -290,12 +311,25 @@ class EnvPool:
         return self.tasks[task_id]
 
     def reset(self, requests: dict[int, ResetRequest]) -> dict[int, StepResult]:
-        for request in requests.values():
-            self.task_info(request.task_id)
-        return self._call({i: ("reset", r) for i, r in requests.items()})
+        """Reset each given worker (in parallel); the results hold the first observations."""
+        return self.submit(requests)
 
     def step(self, actions: dict[int, np.ndarray]) -> dict[int, StepResult]:
-        return self._call({i: ("step", np.asarray(a, dtype=np.float64)) for i, a in actions.items()})
+        """Step each given worker with its LIBERO action (7,), in parallel."""
+        return self.submit(actions)
+
+    def submit(self, requests: dict[int, ResetRequest | np.ndarray]) -> dict[int, StepResult]:
+        """Reset the workers given a ResetRequest and step those given an action (7,), all in one parallel round
+        (a scheduler that starts new episodes while others run keeps every worker busy)."""
+        for request in requests.values():
+            if isinstance(request, ResetRequest):
+                self.task_info(request.task_id)
+        return self._call(
+            {
+                i: ("reset", r) if isinstance(r, ResetRequest) else ("step", np.asarray(r, dtype=np.float64))
+                for i, r in requests.items()
+            }
+        )
 
     def _start(self, index: int) -> tuple[mp.process.BaseProcess, Connection]:
         parent, child = self._ctx.Pipe()

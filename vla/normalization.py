@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vla.run_dir import atomic_write_text
 
 # Official LIBERO recipe: the 6 end-effector deltas are normalized, the gripper (already {0, 1}) is not.
 LIBERO_ACTION_MASK = (True,) * 6 + (False,)
@@ -109,12 +109,7 @@ def _to_jsonable(value: Any) -> Any:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON through a temp file + rename, so a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(_to_jsonable(obj), f, indent=2)
-    os.replace(tmp, path)
+    atomic_write_text(Path(path), json.dumps(_to_jsonable(obj), indent=2))
 
 
 def save_dataset_statistics(path: str | Path, statistics: dict[str, dict]) -> None:
