@@ -12,6 +12,10 @@ export PYOPENGL_PLATFORM ?= egl
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# The PyPI libero package ships no assets: use the project machines' copy when it sits beside the checkout.
+ifneq ($(wildcard ../shared/libero_assets/scenes),)
+export VLA_LIBERO_ASSETS ?= $(abspath ../shared/libero_assets)
+endif
 
 .PHONY: setup test test-all demo lint format bench clean
 

@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import time
+import traceback
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,11 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from vla.expert import ScriptedExpert
+from vla.expert import ScriptedExpert, UnsupportedTaskError
 from vla.libero_env import (
     SUITE_MAX_STEPS,
     EnvPool,
     ResetRequest,
+    TaskInfo,
     check_suite,
     libero_state,
     noop_mask,
@@ -31,6 +33,7 @@ from vla.libero_env import (
 )
 
 log = logging.getLogger("collect_demos")
+FRAME_KEYS = ("image", "wrist_image", "state", "joint_state", "action")
 
 
 @dataclass
@@ -61,18 +64,17 @@ class _Episode:
     seed: int
     expert: ScriptedExpert
     obs: dict[str, np.ndarray] = field(default_factory=dict)
-    frames: dict[str, list] = field(
-        default_factory=lambda: {k: [] for k in ("image", "wrist_image", "state", "joint_state", "action")}
-    )
+    frames: dict[str, list] = field(default_factory=lambda: {k: [] for k in FRAME_KEYS})
 
-
-def _record(ep: _Episode, action: np.ndarray) -> None:
-    """Store the observation the action was taken from, as the regenerated LIBERO data stores it."""
-    ep.frames["image"].append(upright(ep.obs["agentview_image"]))
-    ep.frames["wrist_image"].append(upright(ep.obs["robot0_eye_in_hand_image"]))
-    ep.frames["state"].append(libero_state(ep.obs))
-    ep.frames["joint_state"].append(ep.obs["robot0_joint_pos"].astype(np.float32))
-    ep.frames["action"].append(action.astype(np.float32))
+    def act(self) -> np.ndarray:
+        """The expert's action, recorded with the observation it was taken from (as the regenerated data)."""
+        action, obs = self.expert.act(self.obs), self.obs
+        frame = {"image": upright(obs["agentview_image"]), "wrist_image": upright(obs["robot0_eye_in_hand_image"]),
+                 "state": libero_state(obs), "joint_state": obs["robot0_joint_pos"].astype(np.float32),
+                 "action": action.astype(np.float32)}  # fmt: skip
+        for key, value in frame.items():
+            self.frames[key].append(value)
+        return action
 
 
 def rollouts(pool: EnvPool, cfg: CollectConfig, task_ids: list[int], stats: dict[int, dict[str, Any]]):
@@ -84,59 +86,54 @@ def rollouts(pool: EnvPool, cfg: CollectConfig, task_ids: list[int], stats: dict
     queue = deque((t, e) for t in task_ids for e in range(cfg.episodes_per_task))
     running: dict[int, _Episode] = {}
     with tqdm(total=len(queue), desc=f"{cfg.task_suite} demos", unit="ep") as bar:
+
+        def finish(w: int, outcome: str, error: str | None = None) -> _Episode:
+            ep = running.pop(w)
+            stats[ep.task_id][outcome] += 1
+            stats[ep.task_id]["steps"].append(len(ep.frames["action"]))
+            bar.update()
+            bar.set_postfix(ok=sum(s["success"] for s in stats.values()))
+            if error:
+                log.warning("task %d seed %d: error\n%s", ep.task_id, ep.seed, error)
+            return ep
+
         while queue or running:
             requests: dict[int, Any] = {}
             for w in range(pool.num_workers):
-                if w not in running and queue:
+                if w in running:
+                    try:
+                        requests[w] = running[w].act()
+                    except Exception:  # an expert bug ends its episode as an error, not the collection
+                        finish(w, "error", traceback.format_exc())
+                elif queue:
                     task_id, index = queue.popleft()
                     seed = cfg.seed * 100_000 + 1_000 * task_id + index
                     running[w] = _Episode(task_id, seed, ScriptedExpert.from_bddl(pool.task_info(task_id).bddl_file))
                     requests[w] = ResetRequest(task_id, init_state=None, seed=seed)  # random placement + settle
-                elif w in running:
-                    requests[w] = running[w].expert.act(running[w].obs)
-                    _record(running[w], requests[w])
             for w, result in pool.submit(requests).items():
-                ep, started = running[w], isinstance(requests[w], ResetRequest)
-                steps = len(ep.frames["action"])
-                outcome = "error" if result.error else "success" if result.done and not started else None
-                outcome = outcome or ("failure" if steps >= max_steps else None)
-                if outcome is None:
+                started, ep = isinstance(requests[w], ResetRequest), running[w]
+                if result.error:
+                    finish(w, "error", result.error)
+                elif result.done and not started:  # success during the settle steps is ignored, as in the eval
+                    finish(w, "success")
+                    keep = noop_mask(np.stack(ep.frames["action"]))
+                    stats[ep.task_id]["kept_steps"].append(int(keep.sum()))
+                    yield {k: np.stack(v)[keep] for k, v in ep.frames.items()} | {
+                        "language_instruction": pool.task_info(ep.task_id).language,
+                        "file_path": f"scripted_expert/{cfg.task_suite}/task{ep.task_id}_seed{ep.seed}",
+                    }
+                elif len(ep.frames["action"]) >= max_steps:
+                    finish(w, "failure")
+                else:
                     ep.obs = result.obs
-                    continue
-                del running[w]
-                task = stats[ep.task_id]
-                task[outcome] += 1
-                task["steps"].append(steps)
-                bar.update()
-                bar.set_postfix(ok=sum(s["success"] for s in stats.values()))
-                if outcome == "error":
-                    log.warning("task %d seed %d: env error\n%s", ep.task_id, ep.seed, result.error)
-                if outcome == "success":
-                    yield _episode_dict(ep, pool.task_info(ep.task_id).language, cfg.task_suite, task)
 
 
-def _episode_dict(ep: _Episode, language: str, suite: str, task: dict[str, Any]) -> dict[str, Any]:
-    keep = noop_mask(np.stack(ep.frames["action"]))
-    task["kept_steps"].append(int(keep.sum()))
-    episode = {k: np.stack(v)[keep] for k, v in ep.frames.items()}
-    return {
-        **episode,
-        "language_instruction": language,
-        "file_path": f"scripted_expert/{suite}/task{ep.task_id}_seed{ep.seed}",
-    }
-
-
-def summarize(stats: dict[int, dict[str, Any]], languages: dict[int, str]) -> list[dict[str, Any]]:
-    rows = []
-    for task_id, s in stats.items():
-        attempts = s["success"] + s["failure"] + s["error"]
-        rows.append(
-            {"task_id": task_id, "task": languages[task_id], "attempts": attempts, "successes": s["success"],
-             "failures": s["failure"], "errors": s["error"], "success_rate": s["success"] / max(attempts, 1),
-             "mean_steps": float(np.mean(s["steps"])) if s["steps"] else None,
-             "mean_kept_steps": float(np.mean(s["kept_steps"])) if s["kept_steps"] else None}
-        )  # fmt: skip
-    return rows
+def _row(task: TaskInfo, s: dict[str, Any]) -> dict[str, Any]:
+    attempts = s["success"] + s["failure"] + s["error"]
+    mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
+    return {"task_id": task.task_id, "task": task.language, "attempts": attempts, "successes": s["success"],
+            "failures": s["failure"], "errors": s["error"], "success_rate": s["success"] / max(attempts, 1),
+            "mean_steps": mean(s["steps"]), "mean_kept_steps": mean(s["kept_steps"])}  # fmt: skip
 
 
 def main(cfg: CollectConfig) -> dict[str, Any]:
@@ -144,19 +141,24 @@ def main(cfg: CollectConfig) -> dict[str, Any]:
     cfg.validate()
     started = time.perf_counter()
     with EnvPool(cfg.task_suite, cfg.num_workers, assets_dir=cfg.libero_assets) as pool:
-        task_ids = cfg.tasks if cfg.tasks is not None else [t.task_id for t in pool.tasks]
-        stats = {t: {"success": 0, "failure": 0, "error": 0, "steps": [], "kept_steps": []} for t in task_ids}
-        from vla.rlds import write_rlds_dataset  # TensorFlow only in this process; the simulators run in workers
+        tasks = [pool.task_info(t) for t in cfg.tasks] if cfg.tasks is not None else pool.tasks
+        unsupported = {}
+        for task in tasks:
+            try:
+                ScriptedExpert.from_bddl(task.bddl_file)
+            except UnsupportedTaskError as err:
+                unsupported[task.task_id] = str(err)
+                log.warning("skipping task %d (%s): %s", task.task_id, task.language, err)
+        tasks = [t for t in tasks if t.task_id not in unsupported]
+        stats = {t.task_id: {"success": 0, "failure": 0, "error": 0, "steps": [], "kept_steps": []} for t in tasks}
+        from vla.rlds import import_tf, write_rlds_dataset  # TF only in this process; the simulators run in workers
 
-        dataset = write_rlds_dataset(rollouts(pool, cfg, task_ids, stats), Path(cfg.out), f"{cfg.task_suite}_no_noops")
-        languages = {t: pool.task_info(t).language for t in task_ids}
-    rows = summarize(stats, languages)
-    summary = {
-        "config": asdict(cfg),
-        "dataset": str(dataset),
-        "wall_time_s": time.perf_counter() - started,
-        "tasks": rows,
-    }
+        import_tf()[1].disable_progress_bar()  # one progress bar: ours
+        episodes = rollouts(pool, cfg, [t.task_id for t in tasks], stats)
+        dataset = write_rlds_dataset(episodes, Path(cfg.out), f"{cfg.task_suite}_no_noops")
+    rows = [_row(t, stats[t.task_id]) for t in tasks]
+    summary = {"config": asdict(cfg), "dataset": str(dataset), "wall_time_s": time.perf_counter() - started,
+               "tasks": rows, "unsupported_tasks": unsupported}  # fmt: skip
     (Path(cfg.out) / "collect_summary.json").write_text(json.dumps(summary, indent=2))
     print(f"{'task':>4} {'success':>9} {'rate':>6} {'steps':>6} {'kept':>6}  instruction")
     for r in rows:

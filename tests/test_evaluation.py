@@ -284,6 +284,7 @@ def test_expert_policy_builds_one_expert_per_slot_from_the_bddl_goal(tmp_path):
         "robot0_eef_pos": np.array([0.0, 0.0, 1.2]),
         "robot0_eef_quat": np.array([1.0, 0.0, 0.0, 0.0]),
         "akita_black_bowl_1_pos": np.array([0.1, 0.0, 0.9]),
+        "akita_black_bowl_1_quat": np.array([0.0, 0.0, 0.0, 1.0]),
         "plate_1_pos": np.array([-0.1, 0.1, 0.9]),
     }
     actions = policy.act({0: obs, 1: obs}, {})

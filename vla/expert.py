@@ -22,22 +22,39 @@ class ObjectSpec:
     """Geometry of one object category relative to its `<name>_pos` (metres; the gripper points down). The gripper
     site closes `radius` out from the position (on a rim wall, fingers across it) and `height` above it; `top`:
     its top above its position (where a held object is released); `bottom`: its base below its position.
-    With `facets`, the grasp turns to the middle of the nearest collision facet of the wall (a seam slips)."""
+    With `facets`, the grasp turns to the middle of the nearest collision facet of the wall (a seam slips); with
+    `align`, a centre grasp closes across the object's local y axis (its short side)."""
 
     radius: float = 0.0
     height: float = 0.02
     top: float = 0.02
     bottom: float = 0.0
     facets: tuple[float, ...] = ()  # yaws (degrees, object frame) of wall facets to grasp at the middle of
+    align: bool = False
 
 
 # Measured from LIBERO's collision geoms: the bowl's upper wall is a ring of 18 flared boxes ~4.7 cm from its axis
 # (centred at the yaws below; the one at 77 degrees is narrow), its rim ~5 cm above its base; it weighs 5.6 g.
 BOWL_FACETS = (2.3, 22.9, 43.5, 64.0, 90.1, 111.5, 132.3, 153.4, 174.4, -165.2, -144.3, -123.1, -102.4, -81.5, -60.4,
                -39.6, -18.2)  # fmt: skip
-OBJECT_SPECS = {
+_CAN, _BOX = (
+    ObjectSpec(height=0.0, top=0.038, bottom=0.038),
+    ObjectSpec(height=0.0, top=0.009, bottom=0.009, align=True),
+)
+OBJECT_SPECS = {  # libero_object's positions are the objects' centres (their collision boxes span +-top/bottom)
     "akita_black_bowl": ObjectSpec(radius=0.047, height=0.025, top=0.04, facets=BOWL_FACETS),
     "plate": ObjectSpec(top=0.012),
+    "basket": ObjectSpec(top=0.146),
+    "alphabet_soup": _CAN,
+    "tomato_sauce": _CAN,
+    "cream_cheese": _BOX,
+    "butter": _BOX,
+    "chocolate_pudding": ObjectSpec(height=0.0, top=0.013, bottom=0.013, align=True),
+    "salad_dressing": ObjectSpec(height=0.03, top=0.073, bottom=0.073, align=True),
+    "ketchup": ObjectSpec(height=0.03, top=0.072, bottom=0.072, align=True),
+    "bbq_sauce": ObjectSpec(height=0.02, top=0.052, bottom=0.055, align=True),
+    "milk": ObjectSpec(height=0.02, top=0.061, bottom=0.07),
+    "orange_juice": ObjectSpec(height=0.02, top=0.061, bottom=0.07),
 }
 DEFAULT_SPEC = ObjectSpec()
 
@@ -185,7 +202,9 @@ class ScriptedExpert:
         # The fingers close along the gripper's y axis (world y at the home pose): turn it onto the radial
         # direction, by the smaller of the two yaws (the gripper is symmetric under a half turn).
         yaw = angle % np.pi - np.pi / 2
-        self.quat = _quat_mul(_yaw_quat(yaw), home_quat) if self.spec.radius > 0 else home_quat
+        if self.spec.align:  # the gripper's y axis onto the object's y axis: the same yaw, modulo a half turn
+            yaw = (_yaw(obj_quat) + np.pi / 2) % np.pi - np.pi / 2
+        self.quat = _quat_mul(_yaw_quat(yaw), home_quat) if self.spec.radius > 0 or self.spec.align else home_quat
         return np.array([np.cos(angle) * self.spec.radius, np.sin(angle) * self.spec.radius, self.spec.height])
 
     def _next(self, phase: str) -> None:

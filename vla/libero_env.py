@@ -1,14 +1,14 @@
-"""LIBERO set-up (config.yaml, assets), suites and tasks, env creation, the eval image/action conventions, and
-`EnvPool`: simulation in spawned worker processes that never import TensorFlow (TF + LIBERO's renderer segfault).
-"""
+"""LIBERO set-up (config.yaml, assets), suites and tasks, env creation, the observation conventions of OpenVLA's
+regenerated data (upright images, `state`, no-op steps), and `EnvPool`: simulation in spawned worker processes that
+never import TensorFlow (TensorFlow and LIBERO's renderer segfault in one process)."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
-import logging
 import multiprocessing as mp
 import os
+import signal
 import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 # Max policy steps per episode in OpenVLA's eval (reference §10): 1.1x-1.2x the longest training demo of each suite.
 SUITE_MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
@@ -56,7 +54,7 @@ class ResetRequest:
 
 @dataclass
 class StepResult:
-    """What a worker returns: raw LIBERO observations (images upside down, see `libero_image`), the sparse reward,
+    """What a worker returns: raw LIBERO observations (images upside down, see `upright`), the sparse reward,
     `done` (= task success), and `error` (None, or the traceback of an exception raised in the worker)."""
 
     obs: dict[str, np.ndarray] = field(default_factory=dict)
@@ -253,8 +251,7 @@ class _WorkerEnv:
             return self.reset(payload) if cmd == "reset" else self.step(payload)
         except Exception:
             self.ready = False
-            if cmd == "reset":
-                self._discard()  # the next reset builds a fresh env
+            self._discard()  # the env may be broken: the next reset builds a fresh one
             return StepResult(error=traceback.format_exc())
 
 
@@ -264,18 +261,23 @@ def _to_numpy(obs: dict) -> dict[str, np.ndarray]:
 
 def _worker_main(conn: Connection, suite: str, assets_dir: str, image_size: int, cameras: tuple[str, ...]) -> None:
     """Worker loop: answer ("reset", ResetRequest) / ("step", action) with a StepResult until "close" or until the
-    parent goes away (its pipe end closes -> EOFError)."""
-    setup_libero(assets_dir)
-    worker = _WorkerEnv(suite, image_size, cameras)
+    parent goes away (its pipe end closes -> EOFError). A failed set-up is the answer to every request."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes the pool
+    try:
+        setup_libero(assets_dir)
+        worker, setup_error = _WorkerEnv(suite, image_size, cameras), None
+    except Exception:
+        worker, setup_error = None, traceback.format_exc()
     while True:
         try:
             cmd, payload = conn.recv()
-        except (EOFError, KeyboardInterrupt):
+        except EOFError:
             break
         if cmd == "close":
             break
-        conn.send(worker.handle(cmd, payload))
-    worker._discard()
+        conn.send(StepResult(error=setup_error) if worker is None else worker.handle(cmd, payload))
+    if worker is not None:
+        worker._discard()
 
 
 class EnvPool:

@@ -1,0 +1,168 @@
+"""The scripted expert (goal parsing, controller on synthetic poses) and, on the real simulator, one expert episode
+through EnvPool and `scripts/collect_demos.py` writing a dataset that is read back."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vla.expert import ScriptedExpert, UnsupportedTaskError, parse_goal, rotation_error
+
+REPO = Path(__file__).resolve().parents[1]
+BDDL = """(define (problem LIBERO_Tabletop_Manipulation)
+  (:domain robosuite)
+  (:objects akita_black_bowl_1 akita_black_bowl_2 - akita_black_bowl plate_1 - plate)
+  (:init (On akita_black_bowl_1 main_table_region))
+  (:goal
+    (And (On akita_black_bowl_1 plate_1))
+  )
+)
+"""
+HOME_QUAT = np.array([1.0, 0.0, 0.0, 0.0])  # gripper pointing down, as LIBERO's Panda starts
+
+
+def _obs(eef, bowl=(0.1, 0.2, 0.9), plate=(0.1, -0.2, 0.9), quat=HOME_QUAT, basket=None):
+    obs = {
+        "robot0_eef_pos": np.asarray(eef, float),
+        "robot0_eef_quat": np.asarray(quat, float),
+        "akita_black_bowl_1_pos": np.asarray(bowl, float),
+        "akita_black_bowl_1_quat": np.array([0.0, 0.0, np.sqrt(0.5), np.sqrt(0.5)]),
+        "plate_1_pos": np.asarray(plate, float),
+    }
+    if basket is not None:
+        obs["basket_1_pos"] = np.asarray(basket, float)
+    return obs
+
+
+def test_parse_goal_reads_the_goal_predicates_only():
+    assert parse_goal(BDDL) == [("on", "akita_black_bowl_1", "plate_1")]
+    two = "(:goal (And (Open wooden_cabinet_1_top_region) (In bowl_1 wooden_cabinet_1_top_region)))"
+    assert parse_goal(two) == [("open", "wooden_cabinet_1_top_region"), ("in", "bowl_1", "wooden_cabinet_1_top_region")]
+    with pytest.raises(UnsupportedTaskError, match="goal"):
+        parse_goal("(define (problem p))")
+
+
+def test_from_bddl_takes_object_and_target_and_rejects_other_goals(tmp_path):
+    path = tmp_path / "task.bddl"
+    path.write_text(BDDL)
+    expert = ScriptedExpert.from_bddl(path)
+    assert (expert.obj, expert.target) == ("akita_black_bowl_1", "plate_1")
+    path.write_text("(:goal (And (TurnOn flat_stove_1)))")
+    with pytest.raises(UnsupportedTaskError, match="turnon"):
+        ScriptedExpert.from_bddl(path)
+
+
+def test_rotation_error_is_the_axis_angle_between_orientations():
+    half = np.sqrt(0.5)
+    np.testing.assert_allclose(
+        rotation_error(np.array([0, 0, half, half]), np.array([0, 0, 0, 1.0])), [0, 0, np.pi / 2]
+    )
+    np.testing.assert_allclose(rotation_error(HOME_QUAT, HOME_QUAT), np.zeros(3))
+    np.testing.assert_allclose(rotation_error(HOME_QUAT, -HOME_QUAT), np.zeros(3), atol=1e-12)  # same rotation
+
+
+def test_expert_heads_above_the_bowl_rim_on_the_robot_side_with_the_gripper_open():
+    expert = ScriptedExpert("akita_black_bowl_1", "plate_1")
+    action = expert.act(_obs(eef=(-0.2, 0.0, 1.2)))
+    assert action.shape == (7,) and np.all(np.abs(action) <= 1) and action[6] == -1
+    assert action[0] > 0 and action[1] > 0  # towards the bowl at (+x, +y)
+    grasp = expert.grasp_offset + [0.1, 0.2, 0.9]
+    assert np.linalg.norm(grasp[:2] - [0.1, 0.2]) == pytest.approx(0.047, abs=1e-6)  # on the rim
+    assert np.linalg.norm(grasp[:2] - [-0.2, 0.0]) < np.linalg.norm(np.array([0.1, 0.2]) - [-0.2, 0.0])
+
+
+def test_expert_walks_through_the_pick_and_place_phases_on_ideal_kinematics():
+    """An ideal arm that moves 5 cm x action per step and carries the bowl once the gripper has closed."""
+    expert = ScriptedExpert("akita_black_bowl_1", "plate_1")
+    eef, bowl, plate = np.array([-0.2, 0.0, 1.2]), np.array([0.1, 0.2, 0.9]), np.array([0.1, -0.2, 0.9])
+    phases, held = [], None
+    for _ in range(200):
+        action = expert.act(_obs(eef, bowl, plate))
+        phases.append(expert.phase)
+        eef = eef + 0.05 * 0.5 * action[:3]
+        if expert.phase in ("lift", "carry", "lower") and held is None:
+            held = eef - bowl
+        if held is not None and action[6] > 0:
+            bowl = eef - held
+        if expert.phase == "retreat":
+            break
+    order = [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
+    assert order == ["approach", "descend", "close", "lift", "carry", "lower", "open", "retreat"]
+    np.testing.assert_allclose(bowl[:2], plate[:2], atol=0.015)  # released above the plate
+    assert bowl[2] == pytest.approx(plate[2] + 0.012 + expert.cfg.release_gap, abs=0.012)
+
+
+def test_expert_resolves_a_region_target_to_its_object_and_reset_restarts():
+    expert = ScriptedExpert("akita_black_bowl_1", "basket_1_contain_region")
+    expert.act(_obs(eef=(-0.2, 0, 1.2), basket=(0.0, -0.2, 0.9)))
+    assert expert.target_name == "basket_1"
+    expert.phase = "carry"
+    expert.reset()
+    assert expert.phase == "approach" and expert.target_name is None
+    with pytest.raises(UnsupportedTaskError, match="wooden_cabinet"):
+        ScriptedExpert("akita_black_bowl_1", "wooden_cabinet_1_top_side").act(_obs(eef=(-0.2, 0, 1.2)))
+
+
+@pytest.mark.libero
+def test_expert_solves_a_libero_spatial_episode_through_the_pool(libero_assets_dir):
+    from vla.libero_env import SUITE_MAX_STEPS, EnvPool, ResetRequest
+
+    with EnvPool("libero_spatial", 1, assets_dir=libero_assets_dir, cameras=()) as pool:
+        expert = ScriptedExpert.from_bddl(pool.task_info(0).bddl_file)
+        result = pool.reset({0: ResetRequest(0, seed=5)})[0]
+        for _ in range(SUITE_MAX_STEPS["libero_spatial"]):
+            result = pool.step({0: expert.act(result.obs)})[0]
+            assert result.error is None
+            if result.done:
+                break
+    assert result.done, f"expert did not finish task 0 in the eval's step limit (phase {expert.phase})"
+
+
+def _collect_demos_module():
+    spec = importlib.util.spec_from_file_location("collect_demos", REPO / "scripts" / "collect_demos.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_collect_demos_cli_parses_the_documented_flags():
+    cfg = _collect_demos_module().parse_args(
+        ["--task_suite", "libero_object", "--episodes_per_task", "3", "--out", "x", "--tasks", "0,2", "--seed", "4"]
+    )
+    assert (cfg.task_suite, cfg.episodes_per_task, cfg.out, cfg.tasks, cfg.seed) == ("libero_object", 3, "x", [0, 2], 4)
+    with pytest.raises(ValueError, match="libero_spatiall"):
+        _collect_demos_module().CollectConfig(task_suite="libero_spatiall").validate()
+
+
+@pytest.mark.libero
+@pytest.mark.slow
+def test_collect_demos_writes_a_readable_rlds_dataset(tmp_path, libero_assets_dir):
+    from vla.libero_env import list_tasks, noop_mask
+    from vla.rlds import read_rlds_episodes
+
+    collect = _collect_demos_module()
+    cfg = collect.CollectConfig(
+        task_suite="libero_spatial", episodes_per_task=1, out=str(tmp_path), num_workers=1, tasks=[0], seed=3,
+        libero_assets=libero_assets_dir,
+    )  # fmt: skip
+    summary = collect.main(cfg)
+    assert summary["tasks"][0]["successes"] == summary["tasks"][0]["attempts"] == 1
+    assert json.loads((tmp_path / "collect_summary.json").read_text())["tasks"] == summary["tasks"]
+    (episode,) = list(read_rlds_episodes(tmp_path / "libero_spatial_no_noops" / "1.0.0"))
+    steps = len(episode["action"])
+    assert steps == summary["tasks"][0]["mean_kept_steps"] <= summary["tasks"][0]["mean_steps"]
+    assert episode["image"].shape == episode["wrist_image"].shape == (steps, 256, 256, 3)
+    assert episode["state"].shape == (steps, 8) and episode["joint_state"].shape == (steps, 7)
+    assert episode["language_instruction"] == list_tasks("libero_spatial")[0].language
+    assert noop_mask(episode["action"]).all()  # no-op steps were dropped
+    assert set(np.unique(episode["action"][:, 6])) == {-1.0, 1.0} and np.abs(episode["action"]).max() <= 1
+    assert episode["reward"][-1] == 1 and episode["is_last"][-1] and episode["is_first"][0]
+    np.testing.assert_allclose(episode["state"][1:, :3] - episode["state"][:-1, :3], 0, atol=0.05)  # continuous
+    with pytest.raises(FileExistsError, match="libero_spatial_no_noops"):
+        collect.main(cfg)

@@ -1,0 +1,197 @@
+"""LIBERO set-up and observation conventions (pure numpy), and the spawned EnvPool on the real simulator."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vla.libero_env import (
+    DUMMY_ACTION,
+    NUM_STEPS_WAIT,
+    SUITE_MAX_STEPS,
+    LiberoSetupError,
+    ResetRequest,
+    libero_state,
+    noop_mask,
+    quat_to_axis_angle,
+    resolve_assets_dir,
+    upright,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _action(xyz=(0, 0, 0), rpy=(0, 0, 0), gripper=-1.0):
+    return np.array([*xyz, *rpy, gripper], dtype=np.float64)
+
+
+def test_noop_mask_follows_openvla_regeneration_rule():
+    actions = np.stack(
+        [
+            _action(gripper=-1),  # first step: only the norm test -> no-op
+            _action((0.5, 0, 0), gripper=-1),  # moves -> kept
+            _action((5e-5, 0, 0), gripper=-1),  # tiny motion, same gripper as last kept -> no-op
+            _action(gripper=1),  # still, but the gripper changes -> kept
+            _action(gripper=1),  # still, same gripper -> no-op
+            _action(rpy=(0, 0, 2e-4), gripper=1),  # rotation counts in the norm -> kept
+            _action(gripper=-1),  # gripper opens -> kept
+        ]
+    )
+    np.testing.assert_array_equal(noop_mask(actions), [False, True, False, True, False, True, True])
+
+
+def test_noop_mask_compares_with_the_previous_kept_step_not_the_previous_step():
+    # step 1 is dropped; step 2's gripper (+1) differs from the last KEPT gripper (-1) -> kept
+    actions = np.stack([_action((1, 0, 0), gripper=-1), _action(gripper=-1), _action(gripper=1), _action(gripper=1)])
+    np.testing.assert_array_equal(noop_mask(actions), [True, False, True, False])
+    assert noop_mask(np.stack([_action(gripper=1)] * 3)).tolist() == [False, False, False]
+
+
+def test_quat_to_axis_angle_matches_known_rotations():
+    half = np.sqrt(0.5)
+    np.testing.assert_allclose(quat_to_axis_angle(np.array([0, 0, half, half])), [0, 0, np.pi / 2], atol=1e-7)
+    np.testing.assert_allclose(quat_to_axis_angle(np.array([1.0, 0, 0, 0])), [np.pi, 0, 0], atol=1e-7)
+    np.testing.assert_array_equal(quat_to_axis_angle(np.array([0, 0, 0, 1.0])), np.zeros(3))
+    quat = np.array([0.1, -0.2, 0.3, 0.9])
+    quat /= np.linalg.norm(quat)
+    before = quat.copy()
+    rotvec = quat_to_axis_angle(quat)
+    np.testing.assert_array_equal(quat, before)  # robosuite's version clips its argument in place; ours must not
+    np.testing.assert_allclose(np.linalg.norm(rotvec), 2 * np.arccos(quat[3]))
+    np.testing.assert_allclose(rotvec / np.linalg.norm(rotvec), quat[:3] / np.linalg.norm(quat[:3]))
+
+
+def test_libero_state_is_eef_pos_axis_angle_and_gripper():
+    obs = {
+        "robot0_eef_pos": np.array([0.1, 0.2, 0.3]),
+        "robot0_eef_quat": np.array([1.0, 0, 0, 0]),
+        "robot0_gripper_qpos": np.array([0.04, -0.04]),
+    }
+    state = libero_state(obs)
+    assert state.dtype == np.float32 and state.shape == (8,)
+    np.testing.assert_allclose(state, [0.1, 0.2, 0.3, np.pi, 0, 0, 0.04, -0.04], rtol=1e-6)
+
+
+def test_upright_rotates_180_degrees():
+    image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    out = upright(image)
+    np.testing.assert_array_equal(out[0, 0], image[-1, -1])
+    np.testing.assert_array_equal(upright(out), image)
+    assert out.flags["C_CONTIGUOUS"]
+
+
+def test_constants_follow_the_reference():
+    assert SUITE_MAX_STEPS == {
+        "libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400
+    }  # fmt: skip
+    assert NUM_STEPS_WAIT == 10
+    np.testing.assert_array_equal(DUMMY_ACTION, [0, 0, 0, 0, 0, 0, -1])
+
+
+def test_missing_assets_give_one_error_naming_the_path(tmp_path):
+    pytest.importorskip("libero")
+    with pytest.raises(LiberoSetupError, match=str(tmp_path / "nowhere")):
+        resolve_assets_dir(tmp_path / "nowhere")
+
+
+def test_setup_writes_config_before_libero_import_and_accepts_relative_assets(tmp_path, libero_assets_dir):
+    relative = os.path.relpath(libero_assets_dir, REPO)
+    script = (
+        "import sys, yaml; from pathlib import Path; from vla.libero_env import setup_libero, list_tasks\n"
+        f"assets = setup_libero({relative!r})\n"
+        "config = yaml.safe_load((Path(sys.argv[1]) / 'config.yaml').read_text())\n"
+        "import libero.libero\n"
+        "assert config['assets'] == str(assets) == libero.libero.get_assets_path(), (config, assets)\n"
+        "assert Path(config['bddl_files']).is_dir() and len(list_tasks('libero_spatial')) == 10\n"
+        "assert 'tensorflow' not in sys.modules and 'robosuite' not in sys.modules\n"
+    )
+    env = {**os.environ, "LIBERO_CONFIG_PATH": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], cwd=REPO, env=env, stdin=subprocess.DEVNULL, capture_output=True
+    )  # stdin closed: LIBERO's input() prompt would fail with EOFError
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+def test_simulation_modules_never_import_tensorflow():
+    script = (
+        "import sys, runpy; import vla.libero_env, vla.expert\n"
+        "runpy.run_path('scripts/collect_demos.py', run_name='__mp_main__')\n"  # what a spawned worker re-imports
+        "assert 'tensorflow' not in sys.modules, 'TF beside the LIBERO renderer segfaults'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+@pytest.mark.libero
+@pytest.mark.slow
+def test_pool_steps_in_parallel_reports_errors_and_survives_a_dead_worker(libero_assets_dir):
+    from vla.libero_env import EnvPool
+
+    with EnvPool("libero_spatial", 2, assets_dir=libero_assets_dir) as pool:
+        first = pool.reset({0: ResetRequest(0, seed=1), 1: ResetRequest(0, seed=1, settle=False)})
+        assert [first[w].error for w in (0, 1)] == [None, None]
+        obs = first[0].obs
+        for key in ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "robot0_joint_pos"):
+            assert key in obs
+        assert obs["agentview_image"].shape == obs["robot0_eye_in_hand_image"].shape == (256, 256, 3)
+        assert obs["agentview_image"].dtype == np.uint8
+        assert {"akita_black_bowl_1_pos", "akita_black_bowl_1_quat", "plate_1_pos"} <= set(obs)
+        # same seed, same random placement; the settle steps let the bowl drop onto the table, worker 1 skipped them
+        settled, placed = first[0].obs["akita_black_bowl_1_pos"], first[1].obs["akita_black_bowl_1_pos"]
+        np.testing.assert_allclose(settled[:2], placed[:2], atol=0.01)
+        assert settled[2] < placed[2] - 0.005
+        up = np.array([0, 0, 1.0, 0, 0, 0, -1])
+        for _ in range(3):
+            results = pool.step({0: up, 1: DUMMY_ACTION})
+        assert results[0].obs["robot0_eef_pos"][2] > first[0].obs["robot0_eef_pos"][2] + 0.01
+        assert not results[1].done and results[1].error is None
+
+        bad = pool.step({0: np.zeros(6), 1: DUMMY_ACTION})  # robosuite rejects a 6-dim action inside worker 0
+        assert "Traceback" in bad[0].error and "action" in bad[0].error and not bad[0].obs
+        assert bad[1].error is None
+        again = pool.step({0: DUMMY_ACTION})  # the worker is alive; it wants a reset after the error
+        assert "reset" in again[0].error
+        assert pool.reset({0: ResetRequest(0, seed=1)})[0].error is None
+        assert pool.step({0: DUMMY_ACTION})[0].error is None
+
+        os.kill(pool._workers[1][0].pid, signal.SIGKILL)
+        died = pool.step({1: DUMMY_ACTION})
+        assert "died" in died[1].error
+        assert pool.reset({1: ResetRequest(2, seed=3)})[1].error is None
+        procs = [proc for proc, _ in pool._workers]
+    assert not any(proc.is_alive() for proc in procs)
+
+
+@pytest.mark.libero
+def test_workers_die_with_their_parent(libero_assets_dir):
+    script = (
+        "import os, signal, sys\n"
+        "from vla.libero_env import EnvPool\n"
+        f"pool = EnvPool('libero_spatial', 2, assets_dir={libero_assets_dir!r}, cameras=())\n"
+        "print('PIDS', *[p.pid for p, _ in pool._workers], flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, timeout=120)
+    lines = [line.split()[1:] for line in done.stdout.decode().splitlines() if line.startswith("PIDS")]
+    pids = [int(p) for p in lines[0]] if lines else []
+    assert len(pids) == 2, done.stderr.decode()[-2000:]
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.5)
+    assert not any(_alive(pid) for pid in pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie (exited, not yet reaped) counts as dead
+        return f.read().split(")")[-1].split()[0] != "Z"
