@@ -35,7 +35,7 @@ def _obs(eef, bowl=(0.1, 0.2, 0.9), plate=(0.1, -0.2, 0.9), quat=HOME_QUAT, bask
         "plate_1_pos": np.asarray(plate, float),
     }
     if basket is not None:
-        obs["basket_1_pos"] = np.asarray(basket, float)
+        obs["basket_1_pos"], obs["basket_1_quat"] = np.asarray(basket, float), np.array([0, 0, 0, 1.0])
     return obs
 
 

@@ -50,11 +50,12 @@ OBJECT_SPECS = {  # libero_object's positions are the objects' centres (their co
     "cream_cheese": _BOX,
     "butter": _BOX,
     "chocolate_pudding": ObjectSpec(height=0.0, top=0.013, bottom=0.013, align=True),
-    "salad_dressing": ObjectSpec(height=0.03, top=0.073, bottom=0.073, align=True),
+    "salad_dressing": ObjectSpec(height=0.048, top=0.073, bottom=0.073, align=True),
     "ketchup": ObjectSpec(height=0.03, top=0.072, bottom=0.072, align=True),
     "bbq_sauce": ObjectSpec(height=0.02, top=0.052, bottom=0.055, align=True),
     "milk": ObjectSpec(height=0.02, top=0.061, bottom=0.07),
     "orange_juice": ObjectSpec(height=0.02, top=0.061, bottom=0.07),
+    "wine_bottle": ObjectSpec(height=0.125, top=0.158),  # position at its base; grasped by the neck
 }
 DEFAULT_SPEC = ObjectSpec()
 
@@ -132,6 +133,9 @@ def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
     return q[:3] / sin * 2.0 * np.arctan2(sin, q[3])
 
 
+HAND_HALF_WIDTH = 0.1  # the Panda hand reaches this far either side of the fingers, along their closing axis
+HAND_CLEARANCE = 0.06  # another object's centre closer than this to the hand's footprint may be hit
+GRASP_SHIFTS = (-0.025, 0.025)  # candidate shifts (m) of a centre grasp along the object's long axis
 NEXT_PHASE = {"approach": "descend", "descend": "close", "lift": "carry", "carry": "lower", "lower": "open",
               "regrasp": "approach"}  # fmt: skip
 RETRY_TURNS = (0.0, 40.0, -40.0, 80.0, -80.0)  # degrees around the object, turned on after a blocked descent
@@ -180,15 +184,18 @@ class ScriptedExpert:
         self.last_eef: np.ndarray | None = None
 
     def _target_body(self, obs: dict[str, np.ndarray]) -> str:
-        """`target` itself, or for a region (`basket_1_contain_region`) the longest object name it starts with."""
-        if f"{self.target}_pos" in obs:
-            return self.target
-        bodies = [k[: -len("_pos")] for k in obs if k.endswith("_pos") and self.target.startswith(k[: -len("_pos")])]
-        if not bodies:
+        """The object a region belongs to (`basket_1_contain_region` -> `basket_1`, the longest object name with an
+        orientation in `obs` that it starts with), else `target` itself (an object, or a fixture's region site)."""
+        objects = [
+            k[: -len("_quat")] for k in obs if k.endswith("_quat") and self.target.startswith(k[: -len("_quat")])
+        ]
+        if objects:
+            return max(objects, key=len)
+        if f"{self.target}_pos" not in obs:
             raise UnsupportedTaskError(f"no observation gives the position of target {self.target!r}")
-        return max(bodies, key=len)
+        return self.target
 
-    def _plan_grasp(self, obj_pos: np.ndarray, obj_quat: np.ndarray) -> np.ndarray:
+    def _plan_grasp(self, obs: dict[str, np.ndarray], obj_pos: np.ndarray, obj_quat: np.ndarray) -> np.ndarray:
         """Grasp offset (3,) from the object's position: on its side facing the robot (turned further round on each
         blocked descent), fingers closing across the wall; sets the gripper orientation for it."""
         home_xy, home_quat = self.home
@@ -202,10 +209,29 @@ class ScriptedExpert:
         # The fingers close along the gripper's y axis (world y at the home pose): turn it onto the radial
         # direction, by the smaller of the two yaws (the gripper is symmetric under a half turn).
         yaw = angle % np.pi - np.pi / 2
+        offset = np.array([np.cos(angle) * self.spec.radius, np.sin(angle) * self.spec.radius, self.spec.height])
         if self.spec.align:  # the gripper's y axis onto the object's y axis: the same yaw, modulo a half turn
             yaw = (_yaw(obj_quat) + np.pi / 2) % np.pi - np.pi / 2
+            offset[:2] = self._clear_shift(obs, obj_pos, _yaw(obj_quat))
         self.quat = _quat_mul(_yaw_quat(yaw), home_quat) if self.spec.radius > 0 or self.spec.align else home_quat
-        return np.array([np.cos(angle) * self.spec.radius, np.sin(angle) * self.spec.radius, self.spec.height])
+        return offset
+
+    def _clear_shift(self, obs: dict[str, np.ndarray], obj_pos: np.ndarray, yaw: float) -> np.ndarray:
+        """Shift (2,) of a centre grasp along the object's long (x) axis that keeps the hand, which spans
+        +-HAND_HALF_WIDTH across the object, farthest from the other objects (first choice: no shift)."""
+        long_axis, across = np.array([np.cos(yaw), np.sin(yaw)]), np.array([-np.sin(yaw), np.cos(yaw)])
+        names = [
+            k[: -len("_quat")] for k in obs if k.endswith("_quat") and not k.startswith("robot0") and "_to_" not in k
+        ]
+        others = [obs[f"{n}_pos"][:2] for n in names if n not in (self.obj, self.target_name)]
+
+        def clearance(shift: float) -> float:
+            centre = obj_pos[:2] + shift * long_axis
+            rel = [p - centre for p in others]
+            return min((np.hypot(max(abs(r @ across) - HAND_HALF_WIDTH, 0), r @ long_axis) for r in rel), default=1.0)
+
+        best = 0.0 if clearance(0.0) >= HAND_CLEARANCE else max((0.0, *GRASP_SHIFTS), key=clearance)
+        return best * long_axis
 
     def _next(self, phase: str) -> None:
         self.phase, self.phase_steps, self.still_steps = phase, 0, 0
@@ -240,7 +266,9 @@ class ScriptedExpert:
         precise = phase in ("descend", "lower")
         stalled = self.still_steps >= cfg.stall_steps
         reached = distance < (cfg.tolerance if precise else cfg.hover_tolerance)
-        reached = reached or (stalled and distance < cfg.stall_tolerance) or steps > cfg.phase_timeout
+        # Lowering a held object stalls when it touches down: that is the place to let go.
+        reached = reached or (stalled and (distance < cfg.stall_tolerance or phase == "lower"))
+        reached = reached or steps > cfg.phase_timeout
         if phase == "descend" and stalled and not reached:
             self._retry(turn=True)
         elif phase == "close" and steps >= cfg.close_steps:
@@ -268,7 +296,7 @@ class ScriptedExpert:
         obj = np.asarray(obs[f"{self.obj}_pos"], float)
         target = np.asarray(obs[f"{self.target_name}_pos"], float)
         if self.phase in ("approach", "descend"):
-            self.grasp_offset = self._plan_grasp(obj, np.asarray(obs[f"{self.obj}_quat"], float))
+            self.grasp_offset = self._plan_grasp(obs, obj, np.asarray(obs[f"{self.obj}_quat"], float))
         if self.phase in ("lift", "carry", "lower") and np.linalg.norm(eef - obj - self.held) > cfg.drop_distance:
             self._retry()  # lost the object
         goal, gripper = self._waypoint(eef, obj, target)

@@ -238,13 +238,22 @@ class _WorkerEnv:
         for _ in range(NUM_STEPS_WAIT if request.settle else 0):
             obs, reward, done, _ = self.env.step(DUMMY_ACTION.copy())
         self.ready = True
-        return StepResult(_to_numpy(obs), float(reward), bool(done))
+        return StepResult(self._observe(obs), float(reward), bool(done))
 
     def step(self, action: np.ndarray) -> StepResult:
         if not self.ready:
             raise RuntimeError("step() before a successful reset(): reset this worker first")
         obs, reward, done, _ = self.env.step(np.asarray(action, dtype=np.float64))
-        return StepResult(_to_numpy(obs), float(reward), bool(done))
+        return StepResult(self._observe(obs), float(reward), bool(done))
+
+    def _observe(self, obs: dict) -> dict[str, np.ndarray]:
+        """LIBERO's observations plus `<region>_pos` for every BDDL region site (goal targets such as
+        `flat_stove_1_cook_region` that no object position gives)."""
+        out = {k: np.asarray(v) for k, v in obs.items()}
+        inner = self.env.env
+        for site in inner.object_sites_dict:
+            out.setdefault(f"{site}_pos", np.array(inner.sim.data.get_site_xpos(site)))
+        return out
 
     def handle(self, cmd: str, payload: Any) -> StepResult:
         try:
@@ -253,10 +262,6 @@ class _WorkerEnv:
             self.ready = False
             self._discard()  # the env may be broken: the next reset builds a fresh one
             return StepResult(error=traceback.format_exc())
-
-
-def _to_numpy(obs: dict) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v) for k, v in obs.items()}
 
 
 def _worker_main(conn: Connection, suite: str, assets_dir: str, image_size: int, cameras: tuple[str, ...]) -> None:

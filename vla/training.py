@@ -190,7 +190,9 @@ def _check_quantization(cfg: TrainConfig) -> None:
     if cfg.quantization not in (None, "8bit", "4bit"):
         raise ValueError(f"quantization {cfg.quantization!r} must be null, '8bit' or '4bit'")
     if cfg.int8_weight_only and cfg.quantization != "8bit":
-        raise ValueError("int8_weight_only computes with 8-bit weights: set quantization 8bit or int8_weight_only false")
+        raise ValueError(
+            "int8_weight_only computes with 8-bit weights: set quantization 8bit or int8_weight_only false"
+        )
     if cfg.quantization is None:
         return
     if not cfg.use_lora:
