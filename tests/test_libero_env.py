@@ -143,6 +143,7 @@ def test_pool_steps_in_parallel_reports_errors_and_survives_a_dead_worker(libero
         assert obs["agentview_image"].shape == obs["robot0_eye_in_hand_image"].shape == (256, 256, 3)
         assert obs["agentview_image"].dtype == np.uint8
         assert {"akita_black_bowl_1_pos", "akita_black_bowl_1_quat", "plate_1_pos"} <= set(obs)
+        assert obs["wooden_cabinet_1_top_side_pos"].shape == (3,)  # BDDL region sites: goal targets of libero_goal
         # same seed, same random placement; the settle steps let the bowl drop onto the table, worker 1 skipped them
         settled, placed = first[0].obs["akita_black_bowl_1_pos"], first[1].obs["akita_black_bowl_1_pos"]
         np.testing.assert_allclose(settled[:2], placed[:2], atol=0.01)

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-POS_SCALE = 0.05  # OSC_POSE: action 1.0 asks for a 5 cm step (robosuite's osc_pose.json output_max)
-ROT_SCALE = 0.5  # ... and a 0.5 rad turn
+ROT_SCALE = 0.5  # OSC_POSE: rotation action 1.0 asks for a 0.5 rad turn (robosuite's osc_pose.json output_max)
 
 
 class UnsupportedTaskError(ValueError):
@@ -37,10 +36,8 @@ class ObjectSpec:
 # (centred at the yaws below; the one at 77 degrees is narrow), its rim ~5 cm above its base; it weighs 5.6 g.
 BOWL_FACETS = (2.3, 22.9, 43.5, 64.0, 90.1, 111.5, 132.3, 153.4, 174.4, -165.2, -144.3, -123.1, -102.4, -81.5, -60.4,
                -39.6, -18.2)  # fmt: skip
-_CAN, _BOX = (
-    ObjectSpec(height=0.0, top=0.038, bottom=0.038),
-    ObjectSpec(height=0.0, top=0.009, bottom=0.009, align=True),
-)
+_CAN = ObjectSpec(height=0.0, top=0.038, bottom=0.038)
+_BOX = ObjectSpec(height=0.0, top=0.009, bottom=0.009, align=True)
 OBJECT_SPECS = {  # libero_object's positions are the objects' centres (their collision boxes span +-top/bottom)
     "akita_black_bowl": ObjectSpec(radius=0.047, height=0.025, top=0.04, facets=BOWL_FACETS),
     "plate": ObjectSpec(top=0.012),
@@ -64,7 +61,7 @@ DEFAULT_SPEC = ObjectSpec()
 class ExpertConfig:
     """Controller gains, heights (metres) and phase lengths (env steps at 20 Hz)."""
 
-    gain: float = 20.0  # action per metre of position error (0.05 m error -> full speed)
+    gain: float = 20.0  # action per metre of position error (0.05 m error -> full speed; 1.0 asks for a 5 cm step)
     rot_gain: float = 1.0  # rotation action per radian of orientation error / ROT_SCALE
     max_action: float = 1.0  # cap on |action[:6]| (in LIBERO units, 1.0 = 5 cm / 0.5 rad)
     lift_speed: float = 0.3  # cap on |action[:3]| for the first `slow_lift` metres of lifting (faster slips)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from vla import image_ops
+from vla.libero_env import upright
 
 IMAGE_SIZE = 224  # the towers' input size; OpenVLA's eval resizes to it before the processor sees the image
 
@@ -25,8 +26,8 @@ def libero_image(agentview: np.ndarray, *, center_crop: bool) -> np.ndarray:
         raise ValueError(
             f"agentview must be an (H, W, 3) uint8 render, got shape {agentview.shape} dtype {agentview.dtype}"
         )
-    upright = np.ascontiguousarray(agentview[::-1, ::-1])  # LIBERO renders upside down
-    image = image_ops.resize_image(image_ops.jpeg_roundtrip(upright), IMAGE_SIZE)
+    # the same 180° rotation the demonstrations were recorded with (LIBERO renders upside down)
+    image = image_ops.resize_image(image_ops.jpeg_roundtrip(upright(agentview)), IMAGE_SIZE)
     return image_ops.center_crop(image) if center_crop else image
 
 
