@@ -9,23 +9,12 @@ from pathlib import Path
 
 import pytest
 from conftest import LLAMA2_DIR
+from test_evaluation import RECORD_KEYS
 
 from vla.evaluation import EvalConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "eval.py"
-RECORD_KEYS = {
-    "task_suite",
-    "task_id",
-    "task",
-    "episode",
-    "success",
-    "steps",
-    "status",
-    "error",
-    "video",
-    "wall_time_s",
-}
 
 
 def _load_script():
