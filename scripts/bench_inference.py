@@ -3,6 +3,10 @@ vs `VLA.enable_fast_decoding` (static KV cache + CUDA graphs) in the same run, a
 
     python scripts/bench_inference.py --tokenizer DIR --quantization bf16 --quantization 8bit --batch 1 --batch 8
 
+`--fused` adds a "fast+fused" path (one q/k/v and one gate/up matmul over the same weights, lm_head's action rows
+only) and `--compile [MODE]` a "fast+compile" path (the same plus `torch.compile`d elementwise ops); a failure there
+is printed and the other rows still come.
+
 Prints one row per (quantization, path, batch): peak allocated / reserved GiB, median ms per call, calls/s, actions/s
 and the speed-up over the plain path; then the share of action tokens the fast path gives identically to the plain
 path over `--agree` fixed inputs (4 instructions of different lengths, batches of 8 with padding and single calls).
@@ -15,6 +19,7 @@ import argparse
 import gc
 import statistics
 import time
+import traceback
 
 import numpy as np
 import torch
@@ -40,7 +45,10 @@ def time_calls(vla, quantization: str, path: str, batch: int, iters: int, warmup
     each call is complete when it returns) and the peak memory of the calls (warm-up and graph capture included)."""
     frames, texts = images(batch, 0), [INSTRUCTION] * batch
     torch.cuda.reset_peak_memory_stats()
-    for _ in range(warmup):
+    start = time.perf_counter()
+    vla.predict_actions(frames, texts)  # the first call captures the graph (and compiles): reported apart
+    first = time.perf_counter() - start
+    for _ in range(warmup - 1):
         vla.predict_actions(frames, texts)
     seconds = []
     for _ in range(iters):
@@ -52,6 +60,7 @@ def time_calls(vla, quantization: str, path: str, batch: int, iters: int, warmup
         "path": path,
         "batch": batch,
         "seconds": statistics.median(seconds),
+        "first": first,
         "alloc": torch.cuda.max_memory_allocated() / 2**30,
         "reserved": torch.cuda.max_memory_reserved() / 2**30,
     }
@@ -107,6 +116,30 @@ def profile_table(vla, label: str) -> None:
     print(f"\n### profile: {label}, one batch-1 call")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=50))
     print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=50))
+    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = sum(getattr(e, "self_device_time_total", 0) for e in kernels) / 1000
+    print(f"{label}: {sum(e.count for e in kernels)} GPU kernels / copies, GPU busy {busy:.1f} ms")
+
+
+def fast_paths(args) -> list[tuple[str, dict]]:
+    """(label, `FastActionDecoder` keywords) of each fast path to time after the plain one."""
+    paths = [("fast", {})]
+    if args.fused:
+        paths.append(("fast+fused", {"fuse_projections": True}))
+    if args.compile:
+        paths.append(("fast+compile", {"compile": args.compile}))
+    return paths
+
+
+def use_decoder(vla, options: dict):
+    """Replace the model's fast decoder (its graphs and fused weights released first) by one with `options`."""
+    from vla.fast_decode import FastActionDecoder
+
+    vla.disable_fast_decoding()
+    gc.collect()
+    torch.cuda.empty_cache()  # the previous path's graph pools: each path's reserved peak is its own
+    vla.fast_decoder = FastActionDecoder(vla, max_graphs=8, **options)
+    return vla.fast_decoder
 
 
 def main() -> None:
@@ -118,9 +151,11 @@ def main() -> None:
     parser.add_argument("--plain-batch", action="append", type=int, help="batches timed on the plain path (all)")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--plain-iters", type=int, help="timed calls on the plain path (default: --iters)")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls first (>= 1; the first is reported)")
     parser.add_argument("--agree", type=int, default=32, help="inputs in the token agreement check (0: skip)")
     parser.add_argument("--profile", action="store_true", help="stage breakdown + profiler tables (first quant.)")
+    parser.add_argument("--fused", action="store_true", help="also time fused projections without compilation")
+    parser.add_argument("--compile", nargs="?", const="default", help="also time compiled decoding (inductor mode)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_inference needs a CUDA device")
@@ -144,34 +179,44 @@ def main() -> None:
             plain_8 = action_ids(vla.generate_action_ids, pixel_values, prompts, 8)
             plain_1 = action_ids(vla.generate_action_ids, pixel_values[:8], prompts[:8], 1)
             reference.setdefault("plain_1", plain_1)  # the first quantization's (bf16's) plain tokens
-        vla.enable_fast_decoding(max_graphs=8)
-        for batch in args.batch:
-            rows.append(time_calls(vla, quantization, "fast", batch, args.iters, args.warmup))
-            print(rows[-1], flush=True)
-        if vla.fast_decoder.graph_error:
-            print(f"{quantization}: CUDA graphs off ({vla.fast_decoder.graph_error})")
-        if args.profile and index == 0:
-            profile_table(vla, f"{quantization} fast")
-        if args.agree:
-            fast = vla.fast_decoder.generate_action_ids
-            loop_8 = action_ids(vla.generate_action_ids, pixel_values, prompts, 8)  # plain loop over fast's layers
-            loop_1 = action_ids(vla.generate_action_ids, pixel_values[:8], prompts[:8], 1)
-            fast_8, fast_1 = (
-                action_ids(fast, pixel_values, prompts, 8),
-                action_ids(fast, pixel_values[:8], prompts[:8], 1),
-            )
-            first = reference["plain_1"]
-            agreements.append((quantization, "batch 8 (padded)", fast_8, plain_8, loop_8, plain_1[:0]))
-            agreements.append((quantization, "batch 1", fast_1, plain_1, loop_1, first))
-            agreements.append((quantization, "plain batch 8 vs plain batch 1", plain_8[:8], plain_1, plain_1, first))
-            del fast  # it holds the decoder, which holds the model
+            agreements.append((quantization, "plain batch 8 vs plain batch 1", plain_8[:8], plain_1, plain_1,
+                               reference["plain_1"]))  # fmt: skip
+        for label, options in fast_paths(args):
+            try:
+                decoder = use_decoder(vla, options)
+                for batch in args.batch:
+                    rows.append(time_calls(vla, quantization, label, batch, args.iters, args.warmup))
+                    print(rows[-1], flush=True)
+                for name in ("graph_error", "compile_error"):
+                    if getattr(decoder, name):
+                        print(f"{quantization} {label}: {name}: {getattr(decoder, name)}")
+                if args.profile and index == 0:
+                    profile_table(vla, f"{quantization} {label}")
+                if args.agree:
+                    if label == "fast":  # the plain loop over the fast path's layers (weight-only int8 for 8-bit)
+                        loop_8 = action_ids(vla.generate_action_ids, pixel_values, prompts, 8)
+                        loop_1 = action_ids(vla.generate_action_ids, pixel_values[:8], prompts[:8], 1)
+                    fast = decoder.generate_action_ids
+                    fast_8 = action_ids(fast, pixel_values, prompts, 8)
+                    fast_1 = action_ids(fast, pixel_values[:8], prompts[:8], 1)
+                    agreements.append(
+                        (quantization, f"{label}, batch 8 (padded)", fast_8, plain_8, loop_8, plain_1[:0])
+                    )
+                    agreements.append(
+                        (quantization, f"{label}, batch 1", fast_1, plain_1, loop_1, reference["plain_1"])
+                    )
+                    del fast
+            except Exception:  # a failing path (e.g. the compiler) must not cost the rows of the others
+                print(f"{quantization} {label} failed:\n{traceback.format_exc()}", flush=True)
+            decoder = None  # it holds the model
+        vla.disable_fast_decoding()
         del vla
         gc.collect()
         torch.cuda.empty_cache()
     print(f"\n{torch.cuda.get_device_name()}  torch {torch.__version__}")
     print("| quantization | path | batch | peak alloc GiB | peak reserved GiB | ms / call | calls/s (Hz) | actions/s | "
-          "speed-up vs plain |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+          "speed-up vs plain | first call s |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         plain = [
             p["seconds"]
@@ -181,7 +226,8 @@ def main() -> None:
         ratio = f"{plain[0] / r['seconds']:.2f}x" if plain else "-"
         print(
             f"| {r['quantization']} | {r['path']} | {r['batch']} | {r['alloc']:.1f} | {r['reserved']:.1f} | "
-            f"{1000 * r['seconds']:.1f} | {1 / r['seconds']:.2f} | {r['batch'] / r['seconds']:.1f} | {ratio} |"
+            f"{1000 * r['seconds']:.1f} | {1 / r['seconds']:.2f} | {r['batch'] / r['seconds']:.1f} | {ratio} | "
+            f"{r['first']:.1f} |"
         )
     if agreements:
         print(f"\n{args.agree} fixed inputs (batch 1: the first 8), 7 tokens each; the same seed gives every")

@@ -33,16 +33,17 @@ def build_policy(cfg: EvalConfig) -> Policy:
     from vla.normalization import resolve_unnorm_key
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = getattr(torch, cfg.dtype, None)
+    dtype_name = cfg.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    dtype = getattr(torch, dtype_name, None)
     if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"unknown dtype {cfg.dtype!r}: use a torch dtype name such as bfloat16 or float32")
+        raise ValueError(f"unknown dtype {dtype_name!r}: use a torch dtype name such as bfloat16 or float32")
     vla = VLA.from_pretrained(cfg.checkpoint, device=device, dtype=dtype, quantization=cfg.quantization)
     vla.eval()
     if cfg.unnorm_key is not None:
         unnorm_key = resolve_unnorm_key(vla.norm_stats, cfg.unnorm_key)
     else:
         unnorm_key = resolve_suite_unnorm_key(vla.norm_stats, cfg.task_suite)
-    log.info("loaded %s on %s (%s); un-normalizing with %r", cfg.checkpoint, device, cfg.dtype, unnorm_key)
+    log.info("loaded %s on %s (%s); un-normalizing with %r", cfg.checkpoint, device, dtype_name, unnorm_key)
     return VLAPolicy(vla, unnorm_key, cfg.center_crop)
 
 

@@ -341,3 +341,30 @@ def test_real_simulator_short_episodes_schema_env_error_and_resume(tmp_path, lib
     assert json.loads((tmp_path / "summary.json").read_text())["tasks"][1]["errors"] == 1
     resumed = evaluate(EvalConfig(**{**cfg.__dict__, "resume": True}), WrongActionPolicy(broken))
     assert len(read_episodes(tmp_path / "episodes.jsonl")) == 2 and resumed["overall"] == summary["overall"]
+
+
+def test_an_evaluation_of_a_runs_merged_checkpoint_lands_on_its_learning_curve(tmp_path):
+    from vla.run_dir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    for step in (1, 2, 3, 4):
+        run.append_metrics({"step": step, "loss": 1 / step, "action_accuracy": step / 4, "loss_smoothed": 1 / step,
+                            "action_accuracy_smoothed": step / 4})  # fmt: skip
+    run.write_json("checkpoint.json", {"step": 4})
+
+    def summary(eval_dir: str, successes: int) -> dict:
+        overall = {"success_rate": successes / 10, "ci95": list(wilson_interval(successes, 10)), "trials": 10}
+        return {"task_suite": "libero_spatial", "overall": overall, "run_dir": eval_dir}
+
+    assert evaluation.record_in_training_run(None, summary("e", 1)) is None
+    assert evaluation.record_in_training_run(tmp_path / "elsewhere" / "merged", summary("e", 1)) is None
+    assert evaluation.record_in_training_run(run.path / "adapter", summary("e", 1)) is None
+    assert evaluation.record_in_training_run(run.path / "merged", summary("eval_a", 3)) == run.path
+    evaluation.record_in_training_run(run.path / "merged", summary("eval_a", 4))  # eval_a resumed: replaces its line
+    evaluation.record_in_training_run(str(run.path / "merged"), summary("eval_b", 6))
+    evals = run.read_evals()
+    assert [(e["step"], e["success_rate"], e["eval_dir"]) for e in evals] == [(4, 0.4, "eval_a"), (4, 0.6, "eval_b")]
+    from PIL import Image
+
+    assert Image.open(run.file("learning_curve.png")).size == (1350, 350)  # three panels: loss, accuracy, success

@@ -224,13 +224,17 @@ def test_fused_lora_computes_the_same_layer(official_checkpoint):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("quantization", [None, "8bit", "4bit"])
-def test_fast_decoding_agrees_with_plain_at_full_size(quantization):
+@pytest.mark.parametrize(
+    "quantization, compile",
+    [(None, False), ("8bit", False), ("4bit", False), pytest.param(None, True, id="bf16-compile")],
+)
+def test_fast_decoding_agrees_with_plain_at_full_size(quantization, compile):
     """Same random weights, 16 fixed inputs, 7 tokens each: the fast path's tokens equal the plain path's on >= 99 %,
     or at least as often as the plain path agrees with itself between batch 1 and batch 8 when that is lower: with
     random weights many greedy choices are near-ties that last-bit rounding (another cuBLAS/cuDNN kernel) flips, and a
     flip changes the rest of the action. For 8-bit the reference is the plain loop over the same weight-only int8
-    matmuls (LLM.int8 also quantizes activations: a different arithmetic); agreement with LLM.int8 is printed."""
+    matmuls (LLM.int8 also quantizes activations: a different arithmetic); agreement with LLM.int8 is printed.
+    compile: the fused path (compiled elementwise ops, one q/k/v and one gate/up matmul, lm_head's action rows)."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     from vla.checkpoint import load_tokenizer
@@ -250,16 +254,51 @@ def test_fast_decoding_agrees_with_plain_at_full_size(quantization):
         return np.concatenate([generate(pixel_values[i : i + batch], prompts[i : i + batch], 7) for i in chunks])
 
     plain_1, plain_8 = ids(vla.generate_action_ids, 1), ids(vla.generate_action_ids, 8)
-    vla.enable_fast_decoding(max_graphs=8)
+    vla.enable_fast_decoding(max_graphs=8, compile=compile)
     fast_1, fast_8 = ids(vla.fast_decoder.generate_action_ids, 1), ids(vla.fast_decoder.generate_action_ids, 8)
     assert vla.fast_decoder.graph_error is None
+    assert vla.fast_decoder.compile_error is None and vla.fast_decoder.compiled == compile
     if quantization == "8bit":
         llm_int8 = (fast_1 == plain_1).mean(), (fast_8 == plain_8).mean()
         plain_1, plain_8 = ids(vla.generate_action_ids, 1), ids(vla.generate_action_ids, 8)  # weight-only int8 now
         print(f"8bit: vs LLM.int8 plain: batch 1 {llm_int8[0]:.4f}, batch 8 {llm_int8[1]:.4f}")
     self_agreement = (plain_8 == plain_1).mean()
     agreement_1, agreement_8 = (fast_1 == plain_1).mean(), (fast_8 == plain_8).mean()
-    print(f"{quantization or 'bf16'}: batch 1 {agreement_1:.4f}, batch 8 {agreement_8:.4f} (plain batch 8 vs 1: "
+    print(f"{quantization or 'bf16'}{' compiled' if compile else ''}: batch 1 {agreement_1:.4f}, batch 8 {agreement_8:.4f} (plain batch 8 vs 1: "
           f"{self_agreement:.4f})")  # fmt: skip
     assert agreement_1 >= min(0.99, self_agreement)
     assert agreement_8 >= min(0.99, self_agreement)
+
+
+@pytest.mark.gpu
+def test_compiled_ops_match_the_eager_ops_in_bf16():
+    """Each fused kernel against the eager op sequence it replaces, on bf16 inputs of the full model's widths: within
+    two bf16 rounding steps (inductor reduces the RMSNorm mean in another order; the rest rounds as eager where
+    inductor emulates eager's casts), which a wrong formula exceeds by far."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from vla.fast_decode import _EAGER, _compiled_ops
+
+    torch.manual_seed(0)
+    compiled = _compiled_ops("default")
+    bf16 = {"device": "cuda", "dtype": torch.bfloat16}
+    for batch, size in [(1, 1), (1, 290), (8, 1)]:
+        hidden, delta = torch.randn(batch, size, 4096, **bf16), torch.randn(batch, size, 4096, **bf16)
+        weight = 1 + 0.1 * torch.randn(4096, **bf16)
+        qkv = torch.randn(batch, size, 3 * 4096, **bf16)
+        angles = torch.rand(batch, 1, size, 128, device="cuda") * 6.3
+        cos, sin = angles.cos().bfloat16(), angles.sin().bfloat16()
+        gate, up = torch.randn(batch, size, 11008, **bf16), torch.randn(batch, size, 11008, **bf16)
+        cases = {
+            "rms_norm": (hidden, weight, 1e-6),
+            "add_rms_norm": (hidden, delta, weight, 1e-6),
+            "rotary": (*qkv.split(4096, dim=-1), cos, sin, 128),
+            "swiglu": (gate, up),
+        }
+        for name, args in cases.items():
+            got, want = getattr(compiled, name)(*args), getattr(_EAGER, name)(*args)
+            for g, w in zip(*(t if isinstance(t, tuple) else (t,) for t in (got, want)), strict=True):
+                assert g.shape == w.shape and g.dtype == w.dtype, name
+                # two bf16 steps (8 significant bits) of the value, or of ~1 where rotary's terms cancel
+                assert ((g.float() - w.float()).abs() <= 2**-6 * (w.float().abs() + 1)).all(), (name, batch, size)
+                print(f"{name} ({batch}, {size}): identical on {(g == w).float().mean():.4f} of elements")

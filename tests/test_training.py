@@ -14,7 +14,7 @@ import torch
 
 from vla.rlds import RLDSConfig
 from vla.run_dir import RunDir
-from vla.training import NonFiniteLossError, TrainConfig, train
+from vla.training import NonFiniteLossError, TrainConfig, learning_rate_at, train
 
 pytest.importorskip("tensorflow_datasets")
 LLAMA2_DIR = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "llama2"
@@ -84,13 +84,13 @@ def test_lora_run_writes_exactly_the_run_dir_files(finetune_dataset, tmp_path, c
               "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"}  # fmt: skip
     assert _files(run_dir) == {
         "config.yaml", "dataset_statistics.json", "metrics.jsonl", "trainer_state.pt", "learning_curve.png",
-        "adapter/adapter_config.json", "adapter/adapter_model.safetensors", *(f"merged/{f}" for f in merged),
+        "checkpoint.json", "adapter/adapter_config.json", "adapter/adapter_model.safetensors", *(f"merged/{f}" for f in merged),
     }  # fmt: skip
     assert list((run_dir / "wandb").glob("offline-run-*")), "W&B offline mode writes its run under the run dir"
     records = RunDir(run_dir).read_metrics()
     assert [r["step"] for r in records] == [2, 3]  # every log_steps, and the last step
     assert all(math.isfinite(r[k]) for r in records for k in ("loss", "action_accuracy", "l1", "loss_smoothed"))
-    assert _state(run_dir)["step"] == 3
+    assert _state(run_dir)["step"] == 3 and json.loads((run_dir / "checkpoint.json").read_text()) == {"step": 3}
     statistics = json.loads((run_dir / "dataset_statistics.json").read_text())
     assert set(statistics) == {"two_episodes"} and statistics["two_episodes"]["num_trajectories"] == 2
     from vla.model import VLA
@@ -217,6 +217,9 @@ def _checkpoint_dir(tmp_path: Path) -> Path:
         ({"use_lora": True, "vla_path": "CHECKPOINT/.."}, FileNotFoundError, r"has no config.json"),
         ({"grad_accumulation_steps": 0}, ValueError, r"grad_accumulation_steps must be >= 1"),
         ({"wandb_mode": "cloud"}, ValueError, r"wandb_mode 'cloud'"),
+        ({"lr_schedule": "linear"}, ValueError, r"lr_schedule 'linear'.*one of \('constant', 'cosine'\)"),
+        ({"max_grad_norm": 0.0}, ValueError, r"max_grad_norm must be > 0 or null"),
+        ({"synthetic_data": True, "video_frames_dir": "frames"}, ValueError, r"set one of them"),
     ],
 )  # fmt: skip
 def test_bad_input_fails_before_weights_load(
@@ -294,3 +297,27 @@ def test_8bit_lora_from_a_checkpoint_merges_into_its_unquantized_weights(finetun
     torch.testing.assert_close(after[q_proj], before[q_proj] + lora_b @ lora_a, rtol=0, atol=1e-6)
     norm = "language_model.model.layers.0.input_layernorm.weight"  # no adapter: copied unchanged
     assert torch.equal(after[norm], before[norm])
+
+
+def test_learning_rate_schedule_is_applied_step_by_step(finetune_dataset, tmp_path, monkeypatch):
+    cfg = _config(finetune_dataset, tmp_path, max_steps=6, learning_rate=1e-3, lr_schedule="cosine", warmup_steps=2,
+                  max_grad_norm=1e-4)  # fmt: skip
+    expected = [learning_rate_at(cfg, step) for step in range(6)]
+    assert expected[:2] == pytest.approx([5e-4, 1e-3])  # linear warmup reaches the peak at its last step
+    assert expected[2] == pytest.approx(1e-3) and expected[4] == pytest.approx(5e-4)  # cosine: half-way is half
+    assert expected == sorted(expected[:2]) + sorted(expected[2:], reverse=True) and expected[-1] < 1.5e-4
+    constant = _config(finetune_dataset, tmp_path, learning_rate=1e-3, warmup_steps=2)
+    assert [learning_rate_at(constant, s) for s in (0, 1, 5, 10**6)] == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3])
+    clipped, original = [], torch.nn.utils.clip_grad_norm_
+
+    def clip(params, max_norm):
+        params = list(params)
+        original(params, max_norm)
+        clipped.append(
+            torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])).item()
+        )
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    run = RunDir(train(cfg))
+    assert [r["learning_rate"] for r in run.read_metrics()] == pytest.approx(expected)
+    assert len(clipped) == 6 and max(clipped) <= 1e-4 * 1.001

@@ -58,7 +58,7 @@ class EvalConfig:
     center_crop: bool = True  # center crop (area 0.9) before the model: True for models trained with image aug
     quantization: str | None = None  # None (bf16) | 8bit | 4bit (bitsandbytes)
     device: str | None = None  # torch device of the VLA; None: cuda if available, else cpu
-    dtype: str = "bfloat16"  # VLA weight dtype (torch dtype name)
+    dtype: str | None = None  # VLA weight dtype (torch dtype name); None: bfloat16 on CUDA, float32 on CPU (faster)
     num_trials_per_task: int = 50  # episodes per task, on the benchmark's fixed initial states 0..n-1 (≤ 50)
     tasks: list[int] | None = None  # task ids to evaluate (default: the whole suite)
     max_steps: int | None = None  # policy steps per episode; None: the suite's limit (SUITE_MAX_STEPS)
@@ -390,6 +390,25 @@ def _plan(cfg: EvalConfig, records: list[dict[str, Any]]):
     return tasks, pending, init_states
 
 
+def record_in_training_run(checkpoint: str | Path | None, summary: dict[str, Any]) -> Path | None:
+    """When `checkpoint` is a training run's `merged` dir, add this evaluation to the run's eval_results.jsonl at the
+    step of its last checkpoint (checkpoint.json) and redraw its learning_curve.png; returns the run dir, else None."""
+    from vla.run_dir import CHECKPOINT_FILE, MERGED_DIR, RunDir
+
+    if checkpoint is None or Path(checkpoint).name != MERGED_DIR:
+        return None
+    run = RunDir(Path(checkpoint).parent)
+    if not run.file(CHECKPOINT_FILE).is_file():
+        return None
+    overall = summary["overall"]
+    run.append_eval({
+        "step": json.loads(run.file(CHECKPOINT_FILE).read_text())["step"], "task_suite": summary["task_suite"],
+        "success_rate": overall["success_rate"], "ci95": overall["ci95"], "trials": overall["trials"],
+        "eval_dir": str(summary["run_dir"]),
+    })  # fmt: skip
+    return run.path
+
+
 def evaluate(cfg: EvalConfig, policy: Policy) -> dict[str, Any]:
     """Run (or resume) the evaluation `cfg` describes with `policy`; returns the summary also written to
     `<run_dir>/summary.json`, next to `episodes.jsonl` (one record per episode, appended as each finishes)."""
@@ -431,6 +450,8 @@ def evaluate(cfg: EvalConfig, policy: Policy) -> dict[str, Any]:
             "policy_steps_per_s": round(steps / wall, 2) if new else None,
         }
         write_json_atomic(run_dir / SUMMARY_FILE, summary)
+        if summary["complete"]:
+            record_in_training_run(cfg.checkpoint, summary)
         log.info("results in %s (%s)\n%s", run_dir, summary["this_session"], format_table(summary))
         if run is not None:
             _log_wandb(run, summary)

@@ -1,19 +1,25 @@
 """Fast greedy action decoding: a static KV cache, a Llama pass written over the model's own modules (so LoRA,
 bitsandbytes and weight-only int8 layers run as they are), and one CUDA graph per (batch, prompt length, action size)
-that replays towers -> projector -> prefill -> every decode step with no host round trip."""
+that replays towers -> projector -> prefill -> every decode step with no host round trip; optionally with the
+elementwise ops compiled into fused kernels and q/k/v, gate/up each one matmul over the same weights."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 logger = logging.getLogger(__name__)
+
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")  # inductor modes without their own CUDA graphs: the
+# decoder captures the whole action in one graph, inside which the compiled kernels replay
 
 
 @dataclass
@@ -34,25 +40,83 @@ class FastActionDecoder:
     off, or on CPU, the same static-cache pass runs eagerly. int8_weight_only: route LLM.int8 layers through
     `vla.int8_linear` (same int8 weights; needed for graphs, as bitsandbytes' outlier search syncs with the host).
     max_graphs: captured shapes kept (least recently used dropped; each holds its KV cache and activations).
+    compile: fuse the elementwise chain of each layer (RMSNorm with the residual add before it, rotary embedding,
+    SiLU * up) into `torch.compile`d kernels (True: inductor's "default" mode, or a name from `COMPILE_MODES`); the
+    matmuls stay the modules' own. If compilation fails, decoding goes on eagerly and `compile_error` says why.
+    fuse_projections (default: as `compile`): q/k/v and gate/up of plain floating-point `nn.Linear`s (no LoRA, not
+    quantized) run as one matmul each: their weights become row blocks (views) of one buffer, same values, no extra
+    memory; and lm_head computes only the action-id rows. `release()` gives each weight its own storage back.
     The graphs read the weights in place: after replacing modules or moving the model, call `reset()`.
     """
 
-    def __init__(self, vla, *, cuda_graphs: bool = True, int8_weight_only: bool = True, max_graphs: int = 4) -> None:
+    def __init__(
+        self,
+        vla,
+        *,
+        cuda_graphs: bool = True,
+        int8_weight_only: bool = True,
+        max_graphs: int = 4,
+        compile: bool | str = False,
+        fuse_projections: bool | None = None,
+    ) -> None:
         if max_graphs < 1:
             raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
+        mode = "default" if compile is True else compile or None
+        if mode is not None and mode not in COMPILE_MODES:
+            raise ValueError(f"compile={compile!r}: pass True, False or one of {COMPILE_MODES}")
+        act = getattr(vla.language_model.config, "hidden_act", "silu")
+        if mode is not None and act != "silu":
+            raise ValueError(f"compile fuses SiLU * up, but the language model's hidden_act is {act!r}; compile=False")
         self.vla = vla
         self.cuda_graphs = cuda_graphs
         self.max_graphs = max_graphs
         self.graph_error: str | None = None  # why capture failed (then decoding stays eager)
-        self._graphs: OrderedDict[tuple[int, int, int], _Graph] = OrderedDict()
+        self.compile_error: str | None = None  # why compilation failed (then the elementwise ops run eagerly)
+        self.fuse_projections = bool(mode) if fuse_projections is None else fuse_projections
+        self._ops = _EAGER if mode is None else _compiled_ops(mode)
+        self._graphs: OrderedDict[tuple[int, int, int, bool], _Graph] = OrderedDict()
+        self._fused: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []  # per layer: (qkv, gate_up) weights
         if int8_weight_only:
             from vla.int8_linear import enable_int8_weight_only
 
             enable_int8_weight_only(vla.language_model)
+        self.reset()
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the elementwise ops run compiled (False after a compilation failure)."""
+        return self._ops is not _EAGER
 
     def reset(self) -> None:
-        """Drop every captured graph (and the memory it holds)."""
+        """Drop every captured graph (and the memory it holds); fuse the projections of modules not fused yet."""
         self._graphs.clear()
+        if not self.fuse_projections:
+            return
+        previous, self._fused = self._fused, []
+        for i, layer in enumerate(self._layers):
+            pair = []
+            for which, modules in enumerate((_qkv_modules(layer), _gate_up_modules(layer))):
+                old = previous[i][which] if i < len(previous) else None
+                pair.append(old if old is not None and _is_fused(old, modules) else _fuse(modules))
+            self._fused.append((pair[0], pair[1]))
+
+    def release(self) -> None:
+        """Drop the graphs and give every fused weight its own storage again, layer by layer (e.g. before saving the
+        model: safetensors refuses tensors that share memory). Decoding goes on without fused projections."""
+        self._graphs.clear()
+        fused, self._fused = self._fused, []
+        for layer in self._layers[: len(fused)]:
+            qkv, gate_up = fused.pop(0)
+            for weight, modules in ((qkv, _qkv_modules(layer)), (gate_up, _gate_up_modules(layer))):
+                if weight is not None and _is_fused(weight, modules):
+                    for module in modules:
+                        module.weight.data = module.weight.data.clone()
+            del qkv, gate_up, weight  # the last reference to this layer's buffers: freed before the next clone
+        self.fuse_projections = False
+
+    @property
+    def _layers(self) -> nn.ModuleList:
+        return self.vla.language_model.model.layers
 
     @torch.no_grad()
     def generate_action_ids(self, pixel_values: torch.Tensor, prompts: Sequence[Sequence[int]], n: int) -> np.ndarray:
@@ -66,14 +130,15 @@ class FastActionDecoder:
         pixel_values = pixel_values.to(vla.device, vla.dtype)
         input_ids, attention_mask = input_ids.to(vla.device), attention_mask.to(vla.device)
         padded = any(len(p) != len(prompts[0]) for p in prompts)
+        args = (pixel_values, input_ids, attention_mask, n, padded)
         if not (self.cuda_graphs and vla.device.type == "cuda" and self.graph_error is None):
-            return self.decode(pixel_values, input_ids, attention_mask, n, padded).cpu().numpy()
+            return self._decode(*args).cpu().numpy()
         key = (input_ids.shape[0], input_ids.shape[1], n, padded)
         entry = self._graphs.get(key)
         if entry is None:
-            entry = self._capture(pixel_values, input_ids, attention_mask, n, padded)
+            entry = self._capture(*args)
             if entry is None:
-                return self.decode(pixel_values, input_ids, attention_mask, n, padded).cpu().numpy()
+                return self._decode(*args).cpu().numpy()
             self._graphs[key] = entry
             while len(self._graphs) > self.max_graphs:
                 self._graphs.popitem(last=False)
@@ -84,6 +149,18 @@ class FastActionDecoder:
         entry.graph.replay()
         return entry.tokens.cpu().numpy()
 
+    def _decode(self, *args) -> torch.Tensor:
+        """`decode`; if the compiled ops fail (compilation or their first run), record why and go on eagerly."""
+        if not self.compiled:
+            return self.decode(*args)
+        try:
+            return self.decode(*args)
+        except Exception as err:  # any failure of the compiler stack; a real error fails again eagerly below
+            self.compile_error = f"{type(err).__name__}: {err}"
+            logger.warning("compiled decoding failed, using the eager ops: %s", self.compile_error)
+            self._ops = _EAGER
+            return self.decode(*args)
+
     def _capture(self, pixel_values, input_ids, attention_mask, n: int, padded: bool) -> _Graph | None:
         static = [t.clone() for t in (pixel_values, input_ids, attention_mask)]
         stream = torch.cuda.Stream()
@@ -91,15 +168,21 @@ class FastActionDecoder:
         try:
             with torch.cuda.stream(stream):  # warm-up off the default stream: kernels compile, autotune, allocate
                 for _ in range(2):
-                    self.decode(*static, n, padded)
+                    self._decode(*static, n, padded)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 tokens = self.decode(*static, n, padded)
         except RuntimeError as err:  # a layer that syncs with the host (e.g. LLM.int8's outlier search)
-            self.graph_error = f"{type(err).__name__}: {err}"
-            logger.warning("CUDA graph capture failed, decoding eagerly with the static cache: %s", self.graph_error)
+            error = f"{type(err).__name__}: {err}"
             torch.cuda.synchronize()
+            if self.compiled:  # keep the graphs, lose the fused kernels
+                self.compile_error = f"CUDA graph capture of the compiled ops failed: {error}"
+                logger.warning("%s; capturing the eager ops", self.compile_error)
+                self._ops = _EAGER
+                return self._capture(pixel_values, input_ids, attention_mask, n, padded)
+            self.graph_error = error
+            logger.warning("CUDA graph capture failed, decoding eagerly with the static cache: %s", self.graph_error)
             return None
         return _Graph(graph, *static, tokens)
 
@@ -124,11 +207,10 @@ class FastActionDecoder:
         causal = torch.ones((length, length), dtype=torch.bool, device=mask.device).tril()
         prefill_mask = causal[None, None] & key_mask[:, None, None, :length] if padded else None
         hidden = self._forward(embeds, positions, prefill_mask, cache, 0)
-        lo, hi = vla.action_tokenizer.id_range
+        lo = vla.action_tokenizer.id_range[0]
         tokens = []
         for step in range(n):
-            logits = lm.lm_head(hidden[:, -1])  # (B, V)
-            token = lo + logits[:, lo : hi + 1].argmax(-1)  # (B,)
+            token = lo + self._action_logits(hidden[:, -1]).argmax(-1)  # (B,)
             tokens.append(token)
             if step == n - 1:
                 break
@@ -140,25 +222,31 @@ class FastActionDecoder:
             hidden = self._forward(embeds, positions, step_mask, cache, slot)
         return torch.stack(tokens, dim=1)
 
+    def _action_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden (B, H) -> logits of the action ids (B, n_bins); with fused projections only those rows of lm_head
+        are computed (the same rows, 1 / 125 of the weight bytes)."""
+        lm_head = self.vla.language_model.lm_head
+        lo, hi = self.vla.action_tokenizer.id_range
+        if self.fuse_projections and type(lm_head) is nn.Linear and lm_head.bias is None:
+            return F.linear(hidden, lm_head.weight[lo : hi + 1])
+        return lm_head(hidden)[:, lo : hi + 1]
+
     def _forward(self, hidden, positions, attn_mask, cache, start: int) -> torch.Tensor:
         """Llama decoder over `hidden` (B, S, H) at `positions` (B, S), writing K/V into cache slots start..start+S-1
         and attending to slots 0..start+S-1 under `attn_mask` (B, 1, S, start + S) bool, or causally when it is None
-        -> final-norm hidden (B, S, H)."""
-        llama = self.vla.language_model.model
+        -> final-norm hidden (B, S, H). Each residual add is fused with the RMSNorm after it."""
+        llama, ops = self.vla.language_model.model, self._ops
         batch, size, _ = hidden.shape
         end = start + size
         cos, sin = llama.rotary_emb(hidden, position_ids=positions)  # (B, S, head_dim) each
         cos, sin = cos[:, None], sin[:, None]
+        x = ops.rms_norm(hidden, *_norm_args(llama.layers[0].input_layernorm))
         for i, layer in enumerate(llama.layers):
             attn = layer.self_attn
-            x = layer.input_layernorm(hidden)
-            q = attn.q_proj(x).view(batch, size, -1, attn.head_dim).transpose(1, 2)  # (B, heads, S, d)
-            k = attn.k_proj(x).view(batch, size, -1, attn.head_dim).transpose(1, 2)  # (B, kv_heads, S, d)
-            v = attn.v_proj(x).view(batch, size, -1, attn.head_dim).transpose(1, 2)
-            q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin  # as transformers' Llama
-            cache[i, 0, :, :, start:end] = k
-            cache[i, 1, :, :, start:end] = v
-            keys, values = (k, v) if start == 0 else (cache[i, 0, :, :, :end], cache[i, 1, :, :, :end])
+            q, k, v = self._project(x, i, 0, _qkv_modules(layer))
+            q, kv = ops.rotary(q, k, v, cos, sin, attn.head_dim)  # (B, heads, S, d), (2, B, kv_heads, S, d)
+            cache[i, :, :, :, start:end] = kv
+            keys, values = (kv[0], kv[1]) if start == 0 else (cache[i, 0, :, :, :end], cache[i, 1, :, :, :end])
             groups = q.shape[1] // keys.shape[1]
             if groups > 1:
                 keys, values = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
@@ -166,11 +254,120 @@ class FastActionDecoder:
             out = F.scaled_dot_product_attention(
                 q, keys, values, attn_mask=attn_mask, is_causal=causal, scale=attn.scaling
             )
-            hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(batch, size, -1))
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        return llama.norm(hidden)
+            out = attn.o_proj(out.transpose(1, 2).reshape(batch, size, -1))
+            hidden, x = ops.add_rms_norm(hidden, out, *_norm_args(layer.post_attention_layernorm))
+            gate, up = self._project(x, i, 1, _gate_up_modules(layer))
+            out = layer.mlp.down_proj(ops.swiglu(gate, up))
+            after = llama.layers[i + 1].input_layernorm if i + 1 < len(llama.layers) else llama.norm
+            hidden, x = ops.add_rms_norm(hidden, out, *_norm_args(after))
+        return x
+
+    def _project(self, x: torch.Tensor, layer: int, which: int, modules: Sequence[nn.Module]) -> list[torch.Tensor]:
+        """x (B, S, K) through `modules` (the layer's q/k/v or gate/up): one matmul over their fused weight while it
+        is still theirs, else each module."""
+        fused = self._fused[layer][which] if self._fused else None
+        if fused is not None and _is_fused(fused, modules):
+            return F.linear(x, fused).split([m.weight.shape[0] for m in modules], dim=-1)
+        return [module(x) for module in modules]
+
+
+def _qkv_modules(layer: nn.Module) -> tuple[nn.Module, ...]:
+    return layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj
+
+
+def _gate_up_modules(layer: nn.Module) -> tuple[nn.Module, ...]:
+    return layer.mlp.gate_proj, layer.mlp.up_proj
+
+
+def _fuse(modules: Sequence[nn.Module]) -> torch.Tensor | None:
+    """One (sum of N, K) weight holding the modules' weights as row blocks, each module's weight rebound to a view of
+    its block (same values; the old storage is freed); None unless all are bias-free floating-point `nn.Linear`s
+    of one dtype, device and input size (LoRA-wrapped or quantized layers keep their own matmuls)."""
+    if not all(type(m) is nn.Linear and m.bias is None for m in modules):
+        return None
+    weights = [m.weight for m in modules]
+    if len({(w.dtype, w.device, w.shape[1]) for w in weights}) > 1 or not weights[0].is_floating_point():
+        return None
+    fused = torch.cat([w.detach() for w in weights])
+    start = 0
+    for module in modules:
+        rows = module.weight.shape[0]
+        module.weight.data = fused[start : start + rows]
+        start += rows
+    return fused
+
+
+def _is_fused(fused: torch.Tensor, modules: Sequence[nn.Module]) -> bool:
+    """Whether the modules are plain Linears whose weights are still the consecutive row blocks of `fused`."""
+    if fused.dim() != 2 or not fused.is_contiguous():
+        return False
+    address, row_bytes, rows = fused.data_ptr(), fused.shape[1] * fused.element_size(), 0
+    for module in modules:
+        weight = module.weight if type(module) is nn.Linear else None
+        if weight is None or weight.dtype != fused.dtype or weight.data_ptr() != address + rows * row_bytes:
+            return False
+        rows += weight.shape[0]
+    return rows == fused.shape[0]
+
+
+def _norm_args(norm: nn.Module) -> tuple[torch.Tensor, float]:
+    return norm.weight, norm.variance_epsilon
+
+
+def _rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' LlamaRMSNorm, op for op: (..., H) -> (..., H)."""
+    x = hidden.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(hidden.dtype)
+
+
+def _add_rms_norm(hidden, delta, weight, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual add and the RMSNorm after it: (hidden + delta, its norm), (..., H) each."""
+    hidden = hidden + delta
+    return hidden, _rms_norm(hidden, weight, eps)
+
+
+def _rotary(q, k, v, cos, sin, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """q (B, S, heads * d), k / v (B, S, kv_heads * d), cos / sin (B, 1, S, d) -> rotated q (B, heads, S, d) and
+    [rotated k, v] (2, B, kv_heads, S, d), as transformers' Llama rotates."""
+    batch, size = q.shape[:2]
+    q, k, v = (t.view(batch, size, -1, head_dim).transpose(1, 2) for t in (q, k, v))
+    q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+    return q, torch.stack((k, v))
+
+
+def _swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """LlamaMLP's act_fn(gate) * up for hidden_act "silu"."""
+    return F.silu(gate) * up
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+@dataclass(frozen=True)
+class _Ops:
+    """The elementwise steps of a Llama layer, eager or compiled."""
+
+    rms_norm: Callable
+    add_rms_norm: Callable
+    rotary: Callable
+    swiglu: Callable
+
+
+_EAGER = _Ops(_rms_norm, _add_rms_norm, _rotary, _swiglu)
+
+
+@functools.cache  # one set per mode for every decoder: dynamo's cache entries (and their limit) are per code object
+def _compiled_ops(mode: str) -> _Ops:
+    """The ops through inductor: one graph each (fullgraph), static shapes first and a dynamic-size kernel once a
+    second batch or prompt length shows up (dynamic=None; sizes 1 stay specialized), so the batch-1 decode step keeps
+    fully static kernels while prompts of many lengths stay within dynamo's recompile limit (~6 graphs per op)."""
+    import torch._inductor
+
+    options = dict(torch._inductor.list_mode_options(mode))
+    if hasattr(torch._inductor.config, "emulate_precision_casts"):
+        options["emulate_precision_casts"] = True  # round bf16 intermediates where eager does: eager's numbers
+    compile_op = functools.partial(torch.compile, fullgraph=True, dynamic=None, options=options)
+    return _Ops(*(compile_op(op) for op in (_rms_norm, _add_rms_norm, _rotary, _swiglu)))

@@ -26,6 +26,9 @@ _TINY_TOWERS = (
     {"depth": 3, "embed_dim": 64, "num_heads": 2},
     {"depth": 4, "embed_dim": 96, "num_heads": 2},
 )
+# "small": ViT-Tiny-width towers with 28-px patches (8 x 8 = 64 patch tokens at 224 px), a 4-layer Llama: trains from
+# scratch on one GPU in minutes and runs ~6 actions/s for 2 LIBERO envs on one CPU core (docs/RESULTS.md)
+_SMALL_TOWERS = ({"depth": 6, "embed_dim": 192, "num_heads": 3, "patch_size": 28},) * 2
 
 
 @dataclass
@@ -47,13 +50,18 @@ class VLAConfig:
     @classmethod
     def preset(cls, name: str) -> VLAConfig:
         """`"full"`: the 7.5B OpenVLA shapes. `"tiny"`: the same classes (timm ViTs, Llama) at test size; the towers
-        still yield 256 patch tokens, the vocabulary is the real 32064 ids."""
+        still yield 256 patch tokens. `"small"`: 27M parameters (16M of them the two vocabulary matrices) for training from
+        scratch, 64 patch tokens. All use
+        the real 32064-id vocabulary, 224-px images and the same processor, prompt and action tokenizer."""
         if name == "full":
             return cls()
         if name == "tiny":
             vision = VisionConfig(overrides=tuple(dict(o) for o in _TINY_TOWERS))
             return cls(vision, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
-        raise ValueError(f"unknown preset {name!r}; choose 'tiny' or 'full'")
+        if name == "small":
+            vision = VisionConfig(overrides=tuple(dict(o) for o in _SMALL_TOWERS))
+            return cls(vision, hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4)
+        raise ValueError(f"unknown preset {name!r}; choose 'tiny', 'small' or 'full'")
 
     def llama_config(self):
         """The `transformers.LlamaConfig` of the language model (untied lm_head, SDPA attention)."""
@@ -234,17 +242,24 @@ class VLA(nn.Module):
         token_ids = generate(self.image_processor(list(images)), prompts, len(stats["q01"]))
         return unnormalize_actions(self.action_tokenizer.decode(token_ids), stats)
 
-    def enable_fast_decoding(self, cuda_graphs: bool = True, max_graphs: int = 4) -> None:
+    def enable_fast_decoding(self, cuda_graphs: bool = True, max_graphs: int = 4, compile: bool | str = False) -> None:
         """Make `predict_action(s)` decode with `vla.fast_decode.FastActionDecoder` (static KV cache, CUDA graphs on
-        GPU; LLM.int8 layers switch to weight-only int8 matmuls over the same int8 weights)."""
+        GPU; LLM.int8 layers switch to weight-only int8 matmuls over the same int8 weights). compile: also fuse each
+        layer's elementwise ops with `torch.compile` and run q/k/v and gate/up of unquantized, LoRA-free layers as one
+        matmul each over their (then shared) weights (True, or an inductor mode of `fast_decode.COMPILE_MODES`)."""
         from vla.fast_decode import FastActionDecoder
 
-        self.fast_decoder = FastActionDecoder(self, cuda_graphs=cuda_graphs, max_graphs=max_graphs)
+        if self.fast_decoder is not None:
+            self.fast_decoder.release()  # unfuse layer by layer before the new decoder fuses: no second copy
+        self.fast_decoder = FastActionDecoder(self, cuda_graphs=cuda_graphs, max_graphs=max_graphs, compile=compile)
 
     def disable_fast_decoding(self) -> None:
-        """Back to the plain `generate_action_ids` (LLM.int8 layers back to bitsandbytes' matmul)."""
+        """Back to the plain `generate_action_ids` (LLM.int8 layers back to bitsandbytes' matmul, fused weights back
+        to one storage each)."""
         from vla.int8_linear import disable_int8_weight_only
 
+        if self.fast_decoder is not None:
+            self.fast_decoder.release()
         self.fast_decoder = None
         disable_int8_weight_only(self.language_model)
 

@@ -40,6 +40,7 @@ class ImageProcessor:
         mean = torch.tensor([*self.means[0], *self.means[1]]).view(6, 1, 1)
         std = torch.tensor([*self.stds[0], *self.stds[1]]).view(6, 1, 1)
         self._mean, self._std = mean, std
+        self._tables: dict[torch.device, torch.Tensor] = {}  # normalize_batch's lookup table per device
 
     def resize(self, image: ImageLike) -> Image.Image:
         if isinstance(image, np.ndarray):
@@ -57,6 +58,26 @@ class ImageProcessor:
         arrays = np.stack([np.asarray(self.resize(im), dtype=np.uint8) for im in images])  # (B, S, S, 3)
         pixels = torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, S, S)
         return (pixels.repeat(1, 2, 1, 1) - self._mean) / self._std  # (B, 6, S, S)
+
+    def normalize_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, S, S, 3) already at `image_size`, on any device -> float32 pixel_values (B, 6, S, S) on that
+        device, bit-equal to `__call__` on the same images: a (6, 256) table of `__call__`'s arithmetic, computed on
+        the CPU (a GPU rounds `x / 255` differently), is looked up on the device."""
+        if not isinstance(images, torch.Tensor):
+            raise ValueError(f"normalize_batch expects a uint8 (B, S, S, 3) tensor, got {type(images).__name__}")
+        size = self.image_size
+        if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (size, size, 3):
+            raise ValueError(
+                f"normalize_batch expects uint8 (B, {size}, {size}, 3), got {images.dtype} {tuple(images.shape)}: it "
+                "does not resize; pass images of image_size (or use __call__, which resizes)"
+            )
+        if images.device not in self._tables:
+            levels = torch.arange(256, dtype=torch.uint8).float().div_(255.0).view(1, 256)
+            table = (levels - self._mean.view(6, 1)) / self._std.view(6, 1)  # (6, 256)
+            self._tables[images.device] = table.flatten().to(images.device)
+        channels = images.permute(0, 3, 1, 2).repeat(1, 2, 1, 1).long()  # (B, 6, S, S) levels of RGB RGB
+        offsets = torch.arange(0, 6 * 256, 256, device=images.device).view(1, 6, 1, 1)
+        return self._tables[images.device][channels + offsets]  # (B, 6, S, S)
 
     def to_preprocessor_config(self) -> dict[str, Any]:
         """The official `preprocessor_config.json` content (reference §7)."""

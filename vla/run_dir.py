@@ -25,6 +25,8 @@ METRICS_FILE = "metrics.jsonl"
 STATE_FILE = "trainer_state.pt"
 STATISTICS_FILE = "dataset_statistics.json"
 CURVE_FILE = "learning_curve.png"
+CHECKPOINT_FILE = "checkpoint.json"  # {"step": N} of the last checkpoint (adapter / merged / trainer state)
+EVALS_FILE = "eval_results.jsonl"  # one line per LIBERO evaluation of this run's merged checkpoint (scripts/eval.py)
 ADAPTER_DIR = "adapter"
 MERGED_DIR = "merged"
 
@@ -124,9 +126,21 @@ class RunDir:
         kept = [r for r in self.read_metrics() if r["step"] <= last_step]
         atomic_write_text(self.file(METRICS_FILE), "".join(json.dumps(r) + "\n" for r in kept))
 
+    def read_evals(self) -> list[dict[str, Any]]:
+        path = self.file(EVALS_FILE)
+        return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+
+    def append_eval(self, record: dict[str, Any]) -> None:
+        """Record one evaluation (`step`, `task_suite`, `success_rate`, `ci95`, `trials`, `eval_dir`), replacing an
+        earlier record of the same `eval_dir` (a resumed evaluation), and redraw the learning curve."""
+        kept = [r for r in self.read_evals() if r.get("eval_dir") != record.get("eval_dir")]
+        atomic_write_text(self.file(EVALS_FILE), "".join(json.dumps(r) + "\n" for r in [*kept, record]))
+        self.plot_learning_curve()
+
     def plot_learning_curve(self) -> Path | None:
-        """`learning_curve.png`: training loss and action-token accuracy vs optimizer step (from metrics.jsonl)."""
-        records = self.read_metrics()
+        """`learning_curve.png`: training loss and action-token accuracy vs optimizer step (from metrics.jsonl), and
+        LIBERO success rate vs step (95 % Wilson interval) when eval_results.jsonl holds evaluations."""
+        records, evals = self.read_metrics(), self.read_evals()
         if not records:
             return None
         try:
@@ -137,18 +151,31 @@ class RunDir:
             return None
 
         steps = [r["step"] for r in records]
-        fig = Figure(figsize=(9, 3.5), dpi=100)
+        fig = Figure(figsize=(13.5 if evals else 9, 3.5), dpi=100)
         FigureCanvasAgg(fig)
+        axes = fig.subplots(1, 3 if evals else 2)
         for ax, key, label in zip(
-            fig.subplots(1, 2),
+            axes,
             ("loss", "action_accuracy"),
             ("loss (cross-entropy)", "action-token accuracy"),
-            strict=True,
+            strict=False,
         ):
             ax.plot(steps, [r[key] for r in records], alpha=0.35, label="per step")
             ax.plot(steps, [r[f"{key}_smoothed"] for r in records], label="smoothed")
             ax.set_xlabel("optimizer step")
             ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        if evals:
+            ax = axes[2]
+            for suite in sorted({e["task_suite"] for e in evals}):
+                points = sorted((e["step"], e["success_rate"], *e["ci95"]) for e in evals if e["task_suite"] == suite)
+                x, y, low, high = (np.array(v, dtype=float) for v in zip(*points, strict=True))
+                ax.errorbar(x, y, yerr=[y - low, high - y], marker="o", capsize=3, label=suite)
+            ax.set_xlim(0, max(steps[-1], max(e["step"] for e in evals)) * 1.05)
+            ax.set_ylim(0, 1)
+            ax.set_xlabel("optimizer step")
+            ax.set_ylabel("LIBERO success rate")
             ax.grid(alpha=0.3)
             ax.legend()
         fig.suptitle(self.path.name, fontsize=9)

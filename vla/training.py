@@ -30,6 +30,7 @@ from vla.distributed import Distributed, average_over_ranks, gather, init_distri
 from vla.rlds import RLDSConfig, check_rlds_dir
 from vla.run_dir import (
     ADAPTER_DIR,
+    CHECKPOINT_FILE,
     MERGED_DIR,
     STATISTICS_FILE,
     RunDir,
@@ -43,6 +44,18 @@ from vla.synthetic_data import SYNTHETIC_NAME
 logger = logging.getLogger(__name__)
 
 METRICS = ("loss", "action_accuracy", "l1")  # per optimizer step, averaged over micro-batches and ranks
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate_at(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of optimizer step `step` (0-based): linear warmup over `warmup_steps`, then constant or a
+    cosine decay that reaches 0 at `max_steps`. A pure function of the step, so a resumed run continues it exactly."""
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.learning_rate
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -55,7 +68,7 @@ class TrainConfig:
 
     # Model
     vla_path: str | None = "openvla/openvla-7b"  # official-format checkpoint dir or HF hub id; None = random init
-    model_preset: str = "tiny"  # VLAConfig preset ("tiny" | "full") for random init, used only when vla_path is None
+    model_preset: str = "tiny"  # VLAConfig preset ("tiny" | "small" | "full") for random init (vla_path None only)
     tokenizer_path: Path | None = None  # Llama-2 tokenizer dir, needed only for random init (vla_path None)
     quantization: str | None = None  # frozen LLM weights: None (bf16 on GPU), "8bit" (LLM.int8) or "4bit" (nf4)
     use_lora: bool = True  # train LoRA adapters only (official recipe); False = full fine-tuning, no quantization
@@ -67,11 +80,16 @@ class TrainConfig:
     # Data
     synthetic_data: bool = False  # random LIBERO-shaped frames instead of data.* (benchmarks and multi-GPU checks on a
     # machine without TensorFlow or a dataset); only data.seed and data.image_size apply
+    video_frames_dir: Path | None = None  # read an export of scripts/export_video_frames.py instead of the RLDS
+    # dataset (no TensorFlow needed: the GPU machine); of data.* only seed and image_aug apply
     data: RLDSConfig = field(default_factory=lambda: RLDSConfig(data_root_dir=Path("datasets/modified_libero_rlds")))
     # Optimization
     batch_size: int = 16  # frames per micro-batch per process
     grad_accumulation_steps: int = 1  # micro-batches per optimizer step (global batch = batch x this x world size)
-    learning_rate: float = 5e-4  # AdamW, constant: no warmup, no schedule, no gradient clipping (reference §8)
+    learning_rate: float = 5e-4  # AdamW peak learning rate
+    lr_schedule: str = "constant"  # "constant" (reference §8) | "cosine" (decay to 0 at max_steps, after warmup)
+    warmup_steps: int = 0  # linear warmup from 0 over this many optimizer steps (reference §8: none)
+    max_grad_norm: float | None = None  # clip the global gradient norm to this (reference §8: no clipping)
     weight_decay: float = 0.01  # AdamW decoupled weight decay (PyTorch default, as the official script)
     max_steps: int = 200_000  # optimizer steps in total (a resumed run continues up to this)
     save_steps: int = 5_000  # checkpoint every this many optimizer steps (and at max_steps)
@@ -118,9 +136,20 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.lr_schedule not in LR_SCHEDULES or self.warmup_steps < 0:
+            raise ValueError(f"lr_schedule {self.lr_schedule!r} / warmup_steps {self.warmup_steps}: the schedule must "
+                             f"be one of {LR_SCHEDULES} and warmup_steps >= 0")  # fmt: skip
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0 or null (no clipping), got {self.max_grad_norm}")
         if self.wandb_mode not in ("online", "offline", "disabled"):
             raise ValueError(f"wandb_mode {self.wandb_mode!r} must be 'online', 'offline' or 'disabled'")
-        if not self.synthetic_data:
+        if self.synthetic_data and self.video_frames_dir is not None:
+            raise ValueError("synthetic_data and video_frames_dir both pick the data: set one of them")
+        if self.video_frames_dir is not None:
+            from vla.video_frames import read_index
+
+            read_index(Path(self.video_frames_dir))  # names the missing piece and the export command
+        elif not self.synthetic_data:
             if self.data.split != "train":
                 raise ValueError(f"data.split is {self.data.split!r}; fine-tuning reads the 'train' split")
             _check_dataset(self.data)
@@ -255,6 +284,7 @@ def save_checkpoint(run: RunDir, model: nn.Module, cfg: TrainConfig, state: dict
 
         save_adapter(model, run.file(ADAPTER_DIR))
     run.save_state(state)
+    run.write_json(CHECKPOINT_FILE, {"step": state["step"]})
     if cfg.save_merged:
         from vla.checkpoint import save_official_checkpoint
 
@@ -340,6 +370,12 @@ def _train(cfg: TrainConfig, env: Distributed) -> Path:
     if cfg.synthetic_data:
         dataset = SyntheticDataset(model.sequence_builder, model.image_processor, cfg.data.seed, env.rank,
                                    env.world_size, image_size=cfg.data.image_size)  # fmt: skip
+    elif cfg.video_frames_dir is not None:
+        from vla.video_frames import VideoFrameDataset
+
+        dataset = VideoFrameDataset(cfg.video_frames_dir, model.sequence_builder, model.image_processor,
+                                    seed=cfg.data.seed, image_aug=cfg.data.image_aug, rank=env.rank,
+                                    world_size=env.world_size, device=device)  # fmt: skip
     else:
         dataset = RLDSDataset(cfg.data, model.sequence_builder, model.image_processor, env.rank, env.world_size)
     if cfg.unnorm_key is not None:
@@ -370,6 +406,7 @@ class _Loop:
     def __init__(self, cfg, env, run, model, wrapped, optimizer, dataset, device, state) -> None:
         self.cfg, self.env, self.run, self.model, self.wrapped = cfg, env, run, model, wrapped
         self.optimizer, self.dataset, self.device = optimizer, dataset, device
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.step = state["step"] if state else 0
         self.history = {k: deque(state["history"][k] if state else [], maxlen=cfg.smoothing_window) for k in METRICS}
         self.wandb_id = state.get("wandb_id") if state else None
@@ -423,6 +460,10 @@ class _Loop:
                         f"nothing; the last good checkpoint is {where} (--resume from it, perhaps with a lower "
                         "learning_rate)"
                     )
+                if cfg.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = learning_rate_at(cfg, self.step)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1

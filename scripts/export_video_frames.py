@@ -1,0 +1,39 @@
+"""Export an RLDS dataset as H.264 videos of its pre-augmentation frames (+ index and statistics), the compact,
+TensorFlow-free training data that `vla.video_frames.VideoFrameDataset` reads.
+
+    python scripts/export_video_frames.py --data_root_dir ~/modified_libero_rlds \
+        --dataset_name libero_spatial_no_noops --out data/libero_spatial_video
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from vla.rlds import RLDSConfig
+from vla.video_frames import describe_export, export_video_frames
+
+
+def main() -> None:
+    defaults = RLDSConfig(data_root_dir=Path("."))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_root_dir", type=Path, required=True, help="folder holding <dataset_name>/<version>/")
+    parser.add_argument("--dataset_name", default=defaults.dataset_name)
+    parser.add_argument("--out", type=Path, required=True, help="export folder (must not exist or be empty)")
+    parser.add_argument("--crf", type=int, default=23, help="libx264 quality: lower = larger and closer (0-51)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = RLDSConfig(data_root_dir=args.data_root_dir, dataset_name=args.dataset_name)
+    out = export_video_frames(cfg, args.out, crf=args.crf)
+    info = describe_export(out)
+    print(
+        f"{out}: {info['frames']} frames, {info['episodes']} episodes "
+        f"({info['train_episodes']} train, {info['val_episodes']} val), {info['bytes']} bytes, "
+        f"{info['bytes'] / 1024 / info['frames']:.2f} KB/frame, worst episode mean abs error "
+        f"{info['max_mean_abs_error']:.2f} grey levels"
+    )
+
+
+if __name__ == "__main__":
+    main()
