@@ -194,3 +194,18 @@ def test_from_components_pads_the_vocabulary(tmp_path, vla_tokenizer):
 def test_tiny_dims_are_what_the_fixture_declares(tiny_vla):
     assert tiny_vla.vision_backbone.feature_dim == TINY_DIMS["dino_dim"] + TINY_DIMS["siglip_dim"]
     assert len(tiny_vla.language_model.model.layers) == TINY_DIMS["layers"]
+
+
+def test_small_preset_round_trips_its_patch_size(vla_tokenizer, tiny_vla, tmp_path):
+    """The "small" preset's 28-px patches (64 tokens) live only in config.json's `timm_overrides`: a saved and
+    reloaded small VLA must rebuild the same towers and predict the same actions."""
+    from vla.model import build_vla
+
+    torch.manual_seed(0)
+    small = build_vla(VLAConfig.preset("small"), vla_tokenizer, norm_stats=tiny_vla.norm_stats)
+    assert small.vision_backbone.num_patches == 64 and small.config.hidden_size == 256
+    out = save_official_checkpoint(small, tmp_path / "small")
+    assert {o["patch_size"] for o in json.loads((out / "config.json").read_text())["timm_overrides"]} == {28}
+    loaded = VLA.from_pretrained(out, dtype=torch.float32)
+    assert loaded.vision_backbone.num_patches == 64
+    np.testing.assert_array_equal(predictions(loaded), predictions(small))

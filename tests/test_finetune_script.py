@@ -64,6 +64,15 @@ def test_real_run_config_holds_the_brief_settings(script):
     assert cfg.wandb_mode in ("offline", "disabled")  # no network needed by default
 
 
+def test_from_scratch_config_trains_the_small_preset_and_reads_a_video_export_when_asked(script):
+    path = str(REPO / "configs" / "small_libero_spatial.yaml")
+    cfg = script.parse(["--config", path])
+    assert (cfg.vla_path, cfg.model_preset, cfg.use_lora, cfg.quantization) == (None, "small", False, None)
+    assert cfg.data.image_aug and cfg.lr_schedule == "cosine" and cfg.warmup_steps > 0 and cfg.save_merged
+    assert cfg.video_frames_dir is None  # the RLDS dataset by default
+    assert script.parse(["--config", path, "--video_frames_dir", "frames"]).video_frames_dir == Path("frames")
+
+
 def test_main_runs_the_tiny_config_and_resumes_to_more_steps(script, finetune_dataset, tmp_path):
     args = _tiny_args(finetune_dataset, tmp_path, "--max_steps", "2", "--save_steps", "2", "--log_steps", "1")
     run_dir = script.main(script.parse(args))

@@ -66,3 +66,14 @@ def test_collate_right_pads(llama_tokenizer, action_tokenizer):
     assert (batch["labels"][0, short:] == IGNORE_INDEX).all()
     assert batch["attention_mask"][0].tolist() == [1] * short + [0] * (long - short)
     assert batch["attention_mask"][1].all()
+
+
+def test_prompt_ids_are_cached_per_instruction_without_aliasing(llama_tokenizer, action_tokenizer, monkeypatch):
+    builder = SequenceBuilder(llama_tokenizer, action_tokenizer)
+    first = builder.prompt_ids("put the bowl on the plate")
+    first.append(-1)  # a caller's edit must not reach the cache
+    calls = []
+    monkeypatch.setattr(builder, "tokenizer", lambda *a, **k: calls.append(a) or llama_tokenizer(*a, **k))
+    assert builder.prompt_ids("put the bowl on the plate") == first[:-1] and calls == []  # served from the cache
+    other = builder.prompt_ids("put the bowl on the stove")
+    assert len(calls) == 1 and other != first[:-1] and other[0] == llama_tokenizer.bos_token_id

@@ -36,10 +36,15 @@ class SequenceBuilder:
         if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
             raise ValueError("tokenizer needs BOS and EOS tokens (load Llama's with add_bos_token=True)")
         self.bos_id, self.eos_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+        self._prompt_cache: dict[str, tuple[int, ...]] = {}  # instruction -> ids: datasets repeat few instructions
 
     def prompt_ids(self, instruction: str) -> list[int]:
-        ids = self.tokenizer(build_prompt(instruction), add_special_tokens=False).input_ids
-        return [self.bos_id, *ids]
+        ids = self._prompt_cache.get(instruction)
+        if ids is None:
+            ids = (self.bos_id, *self.tokenizer(build_prompt(instruction), add_special_tokens=False).input_ids)
+            if len(self._prompt_cache) < PROMPT_CACHE_SIZE:
+                self._prompt_cache[instruction] = ids
+        return list(ids)
 
     def inference_ids(self, instruction: str) -> list[int]:
         """BOS, the prompt up to `Out:`, then `▁`: the model's next 7 tokens are the action."""
@@ -52,6 +57,9 @@ class SequenceBuilder:
         labels = np.full_like(input_ids, IGNORE_INDEX)
         labels[-(len(action_ids) + 1) :] = input_ids[-(len(action_ids) + 1) :]
         return input_ids, labels
+
+
+PROMPT_CACHE_SIZE = 100_000  # distinct instructions remembered by a SequenceBuilder (OXE has far fewer per dataset)
 
 
 def collate(samples: Sequence[dict], pad_token_id: int = PAD_TOKEN_ID) -> dict[str, torch.Tensor]:
