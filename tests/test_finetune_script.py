@@ -83,6 +83,7 @@ def test_main_runs_the_tiny_config_and_resumes_to_more_steps(script, finetune_da
         "metrics.jsonl",
         "trainer_state.pt",
         "learning_curve.png",
+        "checkpoint.json",
         "merged",
     }  # fmt: skip  (full fine-tuning: no adapter dir)
     from vla.model import VLA
