@@ -379,7 +379,8 @@ def _train(cfg: TrainConfig, env: Distributed) -> Path:
     else:
         dataset = RLDSDataset(cfg.data, model.sequence_builder, model.image_processor, env.rank, env.world_size)
     if cfg.unnorm_key is not None:
-        dataset.dataset_statistics = {cfg.data.dataset_name: checkpoint_statistics(cfg.vla_path, cfg.unnorm_key)}
+        name = getattr(dataset, "dataset_name", cfg.data.dataset_name)  # a video export carries its own name
+        dataset.dataset_statistics = {name: checkpoint_statistics(cfg.vla_path, cfg.unnorm_key)}
     model.norm_stats.update(dataset.dataset_statistics)  # merged checkpoints carry the fine-tune's statistics
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(trainable.values(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
