@@ -35,6 +35,12 @@ def decode_inputs(vla, n: int = 4, seed: int = 0) -> tuple[torch.Tensor, list[li
     return vla.image_processor(images(n, seed)), [vla.sequence_builder.inference_ids(t) for t in texts]
 
 
+def batched_ids(generate, pixel_values: torch.Tensor, prompts: list[list[int]], batch: int) -> np.ndarray:
+    """Action ids (N, 7) of `generate` over the inputs in consecutive batches of `batch`."""
+    chunks = range(0, len(prompts), batch)
+    return np.concatenate([generate(pixel_values[i : i + batch], prompts[i : i + batch], 7) for i in chunks])
+
+
 def test_static_cache_decoder_matches_plain_decoding(tiny_vla):
     from vla.fast_decode import FastActionDecoder
 
@@ -252,18 +258,23 @@ def test_fast_decoding_agrees_with_plain_at_full_size(quantization, compile):
                     dtype=torch.bfloat16)  # fmt: skip
     pixel_values, prompts = decode_inputs(vla, n=16, seed=7)
 
-    def ids(generate, batch: int) -> np.ndarray:
-        chunks = range(0, len(prompts), batch)
-        return np.concatenate([generate(pixel_values[i : i + batch], prompts[i : i + batch], 7) for i in chunks])
-
-    plain_1, plain_8 = ids(vla.generate_action_ids, 1), ids(vla.generate_action_ids, 8)
+    plain_1, plain_8 = (
+        batched_ids(vla.generate_action_ids, pixel_values, prompts, 1),
+        batched_ids(vla.generate_action_ids, pixel_values, prompts, 8),
+    )
     vla.enable_fast_decoding(max_graphs=8, compile=compile)
-    fast_1, fast_8 = ids(vla.fast_decoder.generate_action_ids, 1), ids(vla.fast_decoder.generate_action_ids, 8)
+    fast_1, fast_8 = (
+        batched_ids(vla.fast_decoder.generate_action_ids, pixel_values, prompts, 1),
+        batched_ids(vla.fast_decoder.generate_action_ids, pixel_values, prompts, 8),
+    )
     assert vla.fast_decoder.graph_error is None
     assert vla.fast_decoder.compile_error is None and vla.fast_decoder.compiled == compile
     if quantization == "8bit":
         llm_int8 = (fast_1 == plain_1).mean(), (fast_8 == plain_8).mean()
-        plain_1, plain_8 = ids(vla.generate_action_ids, 1), ids(vla.generate_action_ids, 8)  # weight-only int8 now
+        plain_1, plain_8 = (
+            batched_ids(vla.generate_action_ids, pixel_values, prompts, 1),
+            batched_ids(vla.generate_action_ids, pixel_values, prompts, 8),
+        )  # weight-only int8 now
         print(f"8bit: vs LLM.int8 plain: batch 1 {llm_int8[0]:.4f}, batch 8 {llm_int8[1]:.4f}")
     self_agreement = (plain_8 == plain_1).mean()
     agreement_1, agreement_8 = (fast_1 == plain_1).mean(), (fast_8 == plain_8).mean()
@@ -322,13 +333,15 @@ def test_fast_decoding_agrees_on_a_trained_checkpoint(compile):
     pixel_values = vla.image_processor(list(data["images"]))
     prompts = [vla.sequence_builder.inference_ids(str(t)) for t in data["instructions"]]
 
-    def ids(generate, batch: int) -> np.ndarray:
-        chunks = range(0, len(prompts), batch)
-        return np.concatenate([generate(pixel_values[i : i + batch], prompts[i : i + batch], 7) for i in chunks])
-
-    plain_1, plain_8 = ids(vla.generate_action_ids, 1), ids(vla.generate_action_ids, 8)
+    plain_1, plain_8 = (
+        batched_ids(vla.generate_action_ids, pixel_values, prompts, 1),
+        batched_ids(vla.generate_action_ids, pixel_values, prompts, 8),
+    )
     vla.enable_fast_decoding(max_graphs=8, compile=compile)
-    fast_1, fast_8 = ids(vla.fast_decoder.generate_action_ids, 1), ids(vla.fast_decoder.generate_action_ids, 8)
+    fast_1, fast_8 = (
+        batched_ids(vla.fast_decoder.generate_action_ids, pixel_values, prompts, 1),
+        batched_ids(vla.fast_decoder.generate_action_ids, pixel_values, prompts, 8),
+    )
     assert vla.fast_decoder.graph_error is None and vla.fast_decoder.compile_error is None
     agreement = {"plain 8 vs 1": (plain_8 == plain_1).mean(), "batch 1": (fast_1 == plain_1).mean(),
                  "batch 8": (fast_8 == plain_8).mean()}  # fmt: skip
