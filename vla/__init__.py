@@ -34,9 +34,9 @@ from vla.libero_io import libero_action, libero_image  # noqa: E402  (LIBERO eva
 
 __all__ += ["libero_action", "libero_image"]
 
-from vla.checkpoint import load_official_checkpoint, load_tokenizer, save_official_checkpoint  # noqa: E402
+from vla.checkpoint import load_tokenizer, save_official_checkpoint  # noqa: E402
 from vla.lora import LoraSettings, load_adapter, merge_lora, save_adapter  # noqa: E402
-from vla.model import VLA, VLAConfig, build_vla  # noqa: E402
+from vla.model import VLA, VLAConfig, build_vla, load_official_checkpoint  # noqa: E402
 from vla.vision import VisionConfig  # noqa: E402
 
 __all__ += ["VLA", "LoraSettings", "VLAConfig", "VisionConfig", "build_vla", "load_adapter", "load_official_checkpoint",

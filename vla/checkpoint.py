@@ -1,40 +1,57 @@
-"""Official OpenVLA checkpoint directories (reference §7), read and written natively (safetensors + JSON, no remote
-code, no pickle), and the build-from-components source (a Llama-2 HF directory + timm towers)."""
+"""The official OpenVLA checkpoint directory format (config.json with the Llama settings stored as a diff against
+transformers-4.40 defaults, safetensors shards + index, tokenizer and preprocessor JSON), read and written natively:
+no remote code, no pickle. Reading returns the parts of a model (`CheckpointParts`); `vla.model` builds the VLA from
+them, so this module never imports the model class. Also reads the build-from-components source (a Llama-2 HF
+directory + timm towers)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from vla.lora import LoraSettings, Quantization, lora_layers
-from vla.model import VLA, VLAConfig, build_vla
+from vla.files import replace_directory
+from vla.lora import lora_layers
+from vla.model_config import VLAConfig
 from vla.normalization import load_dataset_statistics, save_dataset_statistics
 from vla.processor import ImageProcessor
 from vla.projector import Projector
+from vla.prompt import PAD_TOKEN, PAD_TOKEN_ID
 from vla.vision import FusedVisionBackbone, VisionConfig
 
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "model.safetensors.index.json"
-PAD_TOKEN, PAD_ID = "<PAD>", 32000
 # transformers-4.40 `LlamaConfig()` defaults: the official `text_config` is stored as a diff against them.
 LLAMA_DEFAULTS = {
     "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
-    "rms_norm_eps": 1e-6, "max_position_embeddings": 2048, "vocab_size": 32000,
+    "rms_norm_eps": 1e-6, "max_position_embeddings": 2048, "vocab_size": 32000,  # Llama-2's own vocabulary size
 }  # fmt: skip
 _TEXT_CONFIG_BOOKKEEPING = {"model_type", "torch_dtype", "dtype", "pad_token_id", "architectures", "_name_or_path",
                             "transformers_version", "bos_token_id", "eos_token_id", "tie_word_embeddings"}  # fmt: skip
 _REMOTE_CODE = "openvla/openvla-7b--"  # official fine-tunes point their auto_map at the base repo's code
 _HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model"]
+
+
+@dataclass
+class CheckpointParts:
+    """Everything a VLA is built from, as read from a directory (weights under our parameter names)."""
+
+    config: VLAConfig
+    tokenizer: Any  # Llama-2 tokenizer with <PAD>
+    state_dict: dict[str, torch.Tensor]
+    image_processor: ImageProcessor | None = None  # None: the default one for config.vision.image_size
+    norm_stats: dict[str, Any] = field(default_factory=dict)
+    weight_sources: dict[str, tuple[Path, str]] = field(default_factory=dict)  # official key -> (file, key in it)
 
 
 def official_key(name: str) -> str:
@@ -86,7 +103,7 @@ def config_from_official(config: dict[str, Any]) -> VLAConfig:
         overrides=tuple(config.get("timm_overrides", [{}, {}])),  # our extension, written for non-standard sizes
     )
     sizes = {k: text[k] for k in LLAMA_DEFAULTS}
-    return VLAConfig(vision=vision, pad_token_id=int(config.get("pad_token_id", PAD_ID)),
+    return VLAConfig(vision=vision, pad_token_id=int(config.get("pad_token_id", PAD_TOKEN_ID)),
                      n_action_bins=int(config.get("n_action_bins", 256)), llm_extra=extra, **sizes)  # fmt: skip
 
 
@@ -160,22 +177,15 @@ def load_tokenizer(directory: str | Path):
     if tokenizer.convert_tokens_to_ids(PAD_TOKEN) in (None, tokenizer.unk_token_id):
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     tokenizer.pad_token = PAD_TOKEN
-    if tokenizer.pad_token_id != PAD_ID or tokenizer.vocab_size != PAD_ID:
-        raise ValueError(f"{directory}: expected Llama-2's 32000 pieces + <PAD> = {PAD_ID}, got vocab_size "
+    if tokenizer.pad_token_id != PAD_TOKEN_ID or tokenizer.vocab_size != PAD_TOKEN_ID:
+        raise ValueError(f"{directory}: expected Llama-2's 32000 pieces + <PAD> = {PAD_TOKEN_ID}, got vocab_size "
                          f"{tokenizer.vocab_size} and <PAD> = {tokenizer.pad_token_id}")  # fmt: skip
     tokenizer.padding_side, tokenizer.model_max_length = "right", 2048
     return tokenizer
 
 
-def load_official_checkpoint(
-    path_or_hub_id: str | Path,
-    *,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.bfloat16,
-    quantization: Quantization | None = None,
-    lora: LoraSettings | None = None,
-) -> VLA:
-    """Build a VLA from an official-format directory: config.json (+ norm_stats), safetensors shards, tokenizer files,
+def read_official_checkpoint(path_or_hub_id: str | Path, dtype: torch.dtype = torch.bfloat16) -> CheckpointParts:
+    """The parts of an official-format directory: config.json (+ norm_stats), safetensors shards, tokenizer files,
     preprocessor_config.json; a local dataset_statistics.json replaces config.json's norm_stats (as the official
     eval loader does). Every tensor must be present with its config-implied shape; none may be left over."""
     directory = resolve_directory(path_or_hub_id)
@@ -187,28 +197,18 @@ def load_official_checkpoint(
     image_processor = ImageProcessor.from_preprocessor_config(read_json(directory / "preprocessor_config.json"))
     files = weight_files(directory)
     check_weights(files, expected_shapes(config), directory)
-    vla = build_vla(
-        config, load_tokenizer(directory), state_dict=read_weights(files, dtype), image_processor=image_processor,
-        norm_stats=norm_stats, quantization=quantization, lora=lora, device=device, dtype=dtype,
+    parts = CheckpointParts(
+        config, load_tokenizer(directory), read_weights(files, dtype), image_processor, norm_stats,
+        weight_sources={key: (file, key) for key, file in files.items()},
     )  # fmt: skip
-    vla.weight_sources = {key: (file, key) for key, file in files.items()}
-    logger.info("loaded %s (%d tensors, %d shards)", directory, len(files), len(set(files.values())))
-    return vla
+    logger.info("read %s (%d tensors, %d shards)", directory, len(files), len(set(files.values())))
+    return parts
 
 
-def load_components(
-    llm_path: str | Path,
-    *,
-    vision: VisionConfig | None = None,
-    pretrained_towers: bool = True,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.bfloat16,
-    quantization: Quantization | None = None,
-    lora: LoraSettings | None = None,
-) -> VLA:
-    """A VLA from a Llama-2 HF directory (or hub id) + timm towers + a freshly initialised projector. The embeddings
-    and lm_head get rows for <PAD> and padding up to a multiple of 64 (32064), initialised N(0, 0.02) as the
-    official resize did."""
+def read_components(llm_path: str | Path, vision: VisionConfig, dtype: torch.dtype = torch.bfloat16) -> CheckpointParts:
+    """The LLM parts from a Llama-2 HF directory (or hub id); the towers and projector are left to random / timm init.
+    The embeddings and lm_head get rows for <PAD> and padding up to a multiple of 64 (32064), initialised
+    N(0, 0.02) as the official resize did."""
     directory = resolve_directory(llm_path)
     llama = read_json(directory / "config.json")
     if llama.get("model_type") != "llama":
@@ -217,33 +217,18 @@ def load_components(
         )
     sizes = {k: llama.get(k, v) for k, v in LLAMA_DEFAULTS.items() if k != "vocab_size"}
     extra = {k: llama[k] for k in ("num_key_value_heads", "rope_theta") if k in llama}
-    config = VLAConfig(vision=vision or VisionConfig(), llm_extra=extra, **sizes)
+    config = VLAConfig(vision=vision, llm_extra=extra, **sizes)
     files = weight_files(directory)
     weights = read_weights(files, dtype, rename=lambda k: f"language_model.{k}")
     for key in ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight"):
         rows = weights[key]
         extra_rows = torch.randn(config.vocab_size - rows.shape[0], rows.shape[1], dtype=torch.float32) * 0.02
         weights[key] = torch.cat([rows, extra_rows.to(rows.dtype)])
-    vla = build_vla(
-        config, load_tokenizer(directory), state_dict=weights, pretrained_towers=pretrained_towers,
-        quantization=quantization, lora=lora, device=device, dtype=dtype,
-    )  # fmt: skip
-    vla.weight_sources = {f"language_model.{key}": (file, key) for key, file in files.items()}
-    return vla
+    sources = {f"language_model.{key}": (file, key) for key, file in files.items()}
+    return CheckpointParts(config, load_tokenizer(directory), weights, weight_sources=sources)
 
 
-def replace_directory(source: Path, target: Path) -> None:
-    """Move the finished directory `source` to `target`; an existing `target` is swapped out, then deleted."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(source, target)
-    if old is not None:
-        shutil.rmtree(old)
-
-
-def official_config(vla: VLA, dtype: torch.dtype) -> dict[str, Any]:
+def official_config(vla: nn.Module, dtype: torch.dtype) -> dict[str, Any]:
     """The official `config.json` for this model (text_config as a diff against the 4.40 defaults)."""
     config, dtype_name = vla.config, str(dtype).removeprefix("torch.")
     sizes = {k: getattr(config, k) for k in LLAMA_DEFAULTS}
@@ -295,7 +280,7 @@ def save_tokenizer(tokenizer, directory: Path) -> None:
         "tokenizer_class": "LlamaTokenizer", "use_default_system_prompt": False, **special,
     }  # fmt: skip
     for name, obj in (("tokenizer_config.json", tokenizer_config), ("special_tokens_map.json", special),
-                      ("added_tokens.json", {PAD_TOKEN: PAD_ID})):  # fmt: skip
+                      ("added_tokens.json", {PAD_TOKEN: PAD_TOKEN_ID})):  # fmt: skip
         (directory / name).write_text(json.dumps(obj, indent=2) + "\n")
 
 
@@ -314,7 +299,7 @@ class _SourceFiles(contextlib.ExitStack):
         return self.handles[file].get_tensor(key)
 
 
-def _export_tensor(vla: VLA, key: str, layers: dict, sources: _SourceFiles, dtype: torch.dtype) -> torch.Tensor:
+def _export_tensor(vla: nn.Module, key: str, layers: dict, sources: _SourceFiles, dtype: torch.dtype) -> torch.Tensor:
     """The value to save under official `key`: the module's tensor, with its LoRA delta merged in; a quantized
     weight comes from the unquantized file it was loaded from (never from the rounded int8/nf4 values)."""
     module_name, _, attr = internal_key(key).rpartition(".")
@@ -334,7 +319,7 @@ def _export_tensor(vla: VLA, key: str, layers: dict, sources: _SourceFiles, dtyp
 
 
 def save_official_checkpoint(
-    vla: VLA,
+    vla: nn.Module,
     directory: str | Path,
     *,
     dtype: torch.dtype | None = None,

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vla.prompt import pad_prompts
+
 logger = logging.getLogger(__name__)
 
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")  # inductor modes without their own CUDA graphs: the
@@ -121,8 +123,6 @@ class FastActionDecoder:
     @torch.no_grad()
     def generate_action_ids(self, pixel_values: torch.Tensor, prompts: Sequence[Sequence[int]], n: int) -> np.ndarray:
         """pixel_values (B, 6, S, S); prompts: B id lists starting with BOS -> greedy action ids (B, n) int64."""
-        from vla.model import pad_prompts
-
         vla = self.vla
         if vla.training:  # dropout would differ from what a graph captured: decode as the plain path does
             return vla.generate_action_ids(pixel_values, prompts, n)

@@ -12,6 +12,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from vla.files import replace_directory
+
 Quantization = Literal["8bit", "4bit"]
 
 # Base names that peft 0.11.1's "all-linear" collected on OpenVLA (reference §8): every Linear of both towers (incl.
@@ -130,8 +132,6 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
     """Write `adapter_config.json` + `adapter_model.safetensors` (peft's format: `PeftModel.from_pretrained` reads
     it) atomically into `directory`, replacing an earlier adapter there."""
     from safetensors.torch import save_file
-
-    from vla.checkpoint import replace_directory
 
     if not lora_layers(model):
         raise ValueError("model has no LoRA adapters to save; build it with lora=LoraSettings()")

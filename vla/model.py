@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,78 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from vla.action_tokenizer import ActionTokenizer
+from vla.checkpoint import CheckpointParts, read_components, read_official_checkpoint
 from vla.lora import LoraSettings, Quantization, apply_lora, quantization_config, reset_cpu_4bit_packing
+from vla.model_config import VLAConfig
 from vla.normalization import resolve_unnorm_key, unnormalize_actions
 from vla.processor import ImageLike, ImageProcessor
 from vla.projector import Projector
-from vla.prompt import IGNORE_INDEX, SequenceBuilder
+from vla.prompt import IGNORE_INDEX, SequenceBuilder, pad_prompts
 from vla.vision import FusedVisionBackbone, VisionConfig
-
-_TINY_TOWERS = (
-    {"depth": 3, "embed_dim": 64, "num_heads": 2},
-    {"depth": 4, "embed_dim": 96, "num_heads": 2},
-)
-# "small": ViT-Tiny-width towers with 28-px patches (8 x 8 = 64 patch tokens at 224 px), a 4-layer Llama: trains from
-# scratch on one GPU in minutes and runs ~6 actions/s for 2 LIBERO envs on one CPU core (docs/RESULTS.md)
-_SMALL_TOWERS = ({"depth": 6, "embed_dim": 192, "num_heads": 3, "patch_size": 28},) * 2
-
-
-@dataclass
-class VLAConfig:
-    """Sizes of the three parts. Defaults are OpenVLA-7B's (Llama values as the official config.json yields them)."""
-
-    vision: VisionConfig = field(default_factory=VisionConfig)
-    hidden_size: int = 4096  # Llama width; also the projector's output size
-    intermediate_size: int = 11008  # Llama SwiGLU MLP width
-    num_hidden_layers: int = 32
-    num_attention_heads: int = 32
-    vocab_size: int = 32064  # 32000 Llama-2 pieces + <PAD>, padded to a multiple of 64
-    pad_token_id: int = 32000  # <PAD>
-    rms_norm_eps: float = 1e-6  # the transformers-4.40 default the official config.json falls back to (not 1e-5)
-    max_position_embeddings: int = 2048
-    n_action_bins: int = 256
-    llm_extra: dict[str, Any] = field(default_factory=dict)  # any other LlamaConfig field (e.g. rope_theta)
-
-    @classmethod
-    def preset(cls, name: str) -> VLAConfig:
-        """`"full"`: the 7.5B OpenVLA shapes. `"tiny"`: the same classes (timm ViTs, Llama) at test size; the towers
-        still yield 256 patch tokens. `"small"`: 27M parameters (16M of them the two vocabulary matrices) for training from
-        scratch, 64 patch tokens. All use
-        the real 32064-id vocabulary, 224-px images and the same processor, prompt and action tokenizer."""
-        if name == "full":
-            return cls()
-        if name == "tiny":
-            vision = VisionConfig(overrides=tuple(dict(o) for o in _TINY_TOWERS))
-            return cls(vision, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
-        if name == "small":
-            vision = VisionConfig(overrides=tuple(dict(o) for o in _SMALL_TOWERS))
-            return cls(vision, hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4)
-        raise ValueError(f"unknown preset {name!r}; choose 'tiny', 'small' or 'full'")
-
-    def llama_config(self):
-        """The `transformers.LlamaConfig` of the language model (untied lm_head, SDPA attention)."""
-        from transformers import LlamaConfig
-
-        config = LlamaConfig(
-            hidden_size=self.hidden_size,
-            intermediate_size=self.intermediate_size,
-            num_hidden_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads,
-            num_key_value_heads=self.llm_extra.get("num_key_value_heads", self.num_attention_heads),
-            vocab_size=self.vocab_size,
-            pad_token_id=self.pad_token_id,
-            bos_token_id=1,
-            eos_token_id=2,
-            rms_norm_eps=self.rms_norm_eps,
-            max_position_embeddings=self.max_position_embeddings,
-            tie_word_embeddings=False,
-            **{k: v for k, v in self.llm_extra.items() if k != "num_key_value_heads"},
-        )
-        config._attn_implementation = "sdpa"
-        return config
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class VLA(nn.Module):
@@ -94,7 +29,7 @@ class VLA(nn.Module):
     the official checkpoint's. Holds the text/image/action codecs and the dataset statistics it un-normalizes with.
 
     Build it with `build_vla`, `VLA.from_pretrained` (official checkpoint directory or hub id) or
-    `VLA.from_components` (a Llama-2 HF directory + timm towers).
+    `VLA.from_components` (a Llama-2 HF directory + timm towers). The sizes live in `vla.model_config.VLAConfig`.
     """
 
     def __init__(
@@ -136,12 +71,9 @@ class VLA(nn.Module):
         quantization: Quantization | None = None,
         lora: LoraSettings | None = None,
     ) -> VLA:
-        """Load an official-format OpenVLA checkpoint (local directory, else hub id); see `vla.checkpoint`."""
-        from vla.checkpoint import load_official_checkpoint
-
-        return load_official_checkpoint(
-            path_or_hub_id, device=device, dtype=dtype, quantization=quantization, lora=lora
-        )
+        """Load an official-format OpenVLA checkpoint (local directory, else hub id; files read by
+        `vla.checkpoint.read_official_checkpoint`), quantize the LLM and add LoRA adapters when asked."""
+        return _build_from(read_official_checkpoint(path_or_hub_id, dtype), quantization, lora, device, dtype)
 
     @classmethod
     def from_components(
@@ -156,13 +88,9 @@ class VLA(nn.Module):
         lora: LoraSettings | None = None,
     ) -> VLA:
         """A Llama-2 HF directory + timm towers (pretrained weights from the hub when `pretrained_towers`) + a fresh
-        projector; see `vla.checkpoint.load_components`."""
-        from vla.checkpoint import load_components
-
-        return load_components(
-            llm_path, vision=vision, pretrained_towers=pretrained_towers, device=device, dtype=dtype,
-            quantization=quantization, lora=lora,
-        )  # fmt: skip
+        projector; see `vla.checkpoint.read_components`."""
+        parts = read_components(llm_path, vision or VisionConfig(), dtype)
+        return _build_from(parts, quantization, lora, device, dtype, pretrained_towers=pretrained_towers)
 
     @property
     def device(self) -> torch.device:
@@ -297,19 +225,6 @@ class VLA(nn.Module):
         return torch.stack(generated, dim=1).cpu().numpy()
 
 
-def pad_prompts(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """B id lists starting with BOS -> input_ids, attention_mask (B, L) int64, padded *after BOS* (`[BOS | pad... |
-    text]`) so that the image inserted after BOS is followed by each row's text without a gap of pads."""
-    length = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), length), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for row, ids in enumerate(prompts):
-        input_ids[row, 0], attention_mask[row, 0] = ids[0], 1  # BOS stays first: the image follows it
-        input_ids[row, length - len(ids) + 1 :] = torch.as_tensor(ids[1:])
-        attention_mask[row, length - len(ids) + 1 :] = 1
-    return input_ids, attention_mask
-
-
 def _new_cache():
     from transformers import DynamicCache
 
@@ -394,6 +309,19 @@ def build_vla(
     if lora is not None:
         apply_lora(vla, lora)  # injects the adapters, freezes everything else
     return vla.eval()  # as transformers' from_pretrained; a training loop calls .train()
+
+
+def _build_from(parts: CheckpointParts, quantization, lora, device, dtype, pretrained_towers: bool = False) -> VLA:
+    vla = build_vla(
+        parts.config, parts.tokenizer, state_dict=parts.state_dict, image_processor=parts.image_processor,
+        norm_stats=parts.norm_stats, pretrained_towers=pretrained_towers, quantization=quantization, lora=lora,
+        device=device, dtype=dtype,
+    )  # fmt: skip
+    vla.weight_sources = parts.weight_sources
+    return vla
+
+
+load_official_checkpoint = VLA.from_pretrained  # the package-level name (`vla.load_official_checkpoint`)
 
 
 def _part(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

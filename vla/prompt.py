@@ -11,7 +11,8 @@ from vla.action_tokenizer import ActionTokenizer
 
 PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
 IGNORE_INDEX = -100  # label value that cross-entropy skips
-PAD_TOKEN_ID = 32000  # OpenVLA adds "<PAD>" right after Llama-2's 32000 pieces
+PAD_TOKEN = "<PAD>"  # the one token OpenVLA adds to Llama-2's vocabulary
+PAD_TOKEN_ID = 32000  # its id: right after Llama-2's 32000 pieces (the one place this number is written)
 
 
 def build_prompt(instruction: str) -> str:
@@ -76,3 +77,18 @@ def collate(samples: Sequence[dict], pad_token_id: int = PAD_TOKEN_ID) -> dict[s
         attention_mask[i, :n] = 1
     pixel_values = torch.stack([torch.as_tensor(s["pixel_values"]) for s in samples])
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "pixel_values": pixel_values}
+
+
+def pad_prompts(
+    prompts: Sequence[Sequence[int]], pad_token_id: int = PAD_TOKEN_ID
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """B id lists starting with BOS -> input_ids, attention_mask (B, L) int64, padded *after BOS* (`[BOS | pad... |
+    text]`) so that the image inserted after BOS is followed by each row's text without a gap of pads."""
+    length = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, ids in enumerate(prompts):
+        input_ids[row, 0], attention_mask[row, 0] = ids[0], 1  # BOS stays first: the image follows it
+        input_ids[row, length - len(ids) + 1 :] = torch.as_tensor(ids[1:])
+        attention_mask[row, length - len(ids) + 1 :] = 1
+    return input_ids, attention_mask

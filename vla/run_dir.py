@@ -7,16 +7,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import random
-import tempfile
-from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from vla.files import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -29,24 +28,6 @@ CHECKPOINT_FILE = "checkpoint.json"  # {"step": N} of the last checkpoint (adapt
 EVALS_FILE = "eval_results.jsonl"  # one line per LIBERO evaluation of this run's merged checkpoint (scripts/eval.py)
 ADAPTER_DIR = "adapter"
 MERGED_DIR = "merged"
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp_path)` on a temp file next to `path`, then rename it onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _plain(value: Any) -> Any:
