@@ -1,10 +1,13 @@
-"""LoRA fine-tuning of an OpenVLA checkpoint on an RLDS dataset (or training a small VLA from random weights).
+"""LoRA fine-tuning of an OpenVLA checkpoint (or training a small VLA from random weights).
 
-    python scripts/finetune.py --config configs/libero_spatial.yaml [--field value ...] [--resume]
+    python scripts/finetune.py --config configs/libero_spatial.yaml [--section.field value ...] [--resume]
     torchrun --standalone --nnodes 1 --nproc-per-node 2 scripts/finetune.py --config configs/libero_spatial.yaml
+    python scripts/finetune.py --vla_path openvla/openvla-7b --data_root_dir datasets/modified_libero_rlds \
+        --dataset_name libero_spatial_no_noops --batch_size 16        # the official flags work as they are
 
 `--config` and `--config_path` are the same flag; nested fields are set like `--data.dataset_name NAME`. `--resume`
-continues the run directory from its last checkpoint. Every field is documented in `vla.training.TrainConfig`.
+continues the run directory from its last checkpoint. Every field: `vla.train_config.TrainConfig`; the official
+flag names and the defaults that differ from the official script: docs/DROP_IN.md.
 """
 
 from __future__ import annotations
@@ -14,25 +17,12 @@ import os
 import sys
 from pathlib import Path
 
-import draccus
+from vla.runtime import configure_logging
+from vla.train_cli import parse
+from vla.train_config import TrainConfig
+from vla.training import train
 
-from vla.training import TrainConfig, train
-
-
-def normalize_argv(argv: list[str]) -> list[str]:
-    """`--config X` -> `--config_path X` (draccus only knows the latter); a bare `--resume` -> `--resume true`."""
-    out = []
-    for i, arg in enumerate(argv):
-        if arg == "--config" or arg.startswith("--config="):
-            arg = arg.replace("--config", "--config_path", 1)
-        if arg == "--resume" and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
-            arg = "--resume=true"
-        out.append(arg)
-    return out
-
-
-def parse(argv: list[str]) -> TrainConfig:
-    return draccus.parse(TrainConfig, args=normalize_argv(argv))
+__all__ = ["main", "parse"]
 
 
 def main(cfg: TrainConfig) -> Path:
@@ -44,8 +34,5 @@ def main(cfg: TrainConfig) -> Path:
 
 
 if __name__ == "__main__":
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(int(os.environ.get("RANK", "0")))
     main(parse(sys.argv[1:]))

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from vla.rlds import RLDSConfig
 from vla.run_dir import RunDir
-from vla.training import NonFiniteLossError, TrainConfig, learning_rate_at, train
+from vla.train_config import TrainConfig
+from vla.training import NonFiniteLossError, learning_rate_at, train
 
 pytest.importorskip("tensorflow_datasets")
 LLAMA2_DIR = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "llama2"
@@ -22,18 +22,30 @@ if not (LLAMA2_DIR / "tokenizer.model").is_file():
     pytest.skip(f"real Llama-2 vocabulary not found at {LLAMA2_DIR}", allow_module_level=True)
 
 
-def _config(dataset, tmp_path: Path, **overrides) -> TrainConfig:
-    """Tiny random VLA, full fine-tuning, no shuffle (the stream is the storage order), W&B off."""
+def _config(dataset, tmp_path: Path, **sections) -> TrainConfig:
+    """Tiny random VLA, full fine-tuning, no shuffle (the stream is the storage order), W&B off. `sections`: per
+    section, the fields to change, e.g. `lora={"enabled": True}`."""
+    from vla.data import DataConfig
+    from vla.lora import LoraConfig
+    from vla.model_source import ModelConfig
+    from vla.optim import OptimConfig
+    from vla.run_dir import RunConfig
+    from vla.speedups import SpeedConfig
+    from vla.train_metrics import LoggingConfig
+
     root, name = dataset
-    data = RLDSConfig(
-        **{"data_root_dir": root, "dataset_name": name, "shuffle_buffer_size": 1, **overrides.pop("data", {})}
-    )
-    fields = dict(
-        vla_path=None, model_preset="tiny", tokenizer_path=LLAMA2_DIR, use_lora=False, data=data, batch_size=2,
-        learning_rate=1e-3, max_steps=2, save_steps=100, log_steps=1, run_root_dir=tmp_path / "runs", run_id="run",
-        wandb_mode="disabled",
-    )  # fmt: skip
-    return TrainConfig(**{**fields, **overrides})
+    base = {
+        "model": (ModelConfig, {"vla_path": None, "preset": "tiny", "tokenizer_path": LLAMA2_DIR}),
+        "lora": (LoraConfig, {"enabled": False}),
+        "data": (DataConfig, {"data_root_dir": root, "dataset_name": name, "shuffle_buffer_size": 1, "image_aug": False}),
+        "optim": (OptimConfig, {"batch_size": 2, "learning_rate": 1e-3, "max_steps": 2, "save_steps": 100}),
+        "speed": (SpeedConfig, {}),
+        "logging": (LoggingConfig, {"log_steps": 1, "wandb_mode": "disabled"}),
+        "run": (RunConfig, {"root_dir": tmp_path / "runs", "id": "run", "save_merged": False}),
+    }  # fmt: skip
+    unknown = set(sections) - set(base)
+    assert not unknown, unknown
+    return TrainConfig(**{k: cls(**{**fields, **sections.get(k, {})}) for k, (cls, fields) in base.items()})
 
 
 def _losses(run_dir: Path) -> list[tuple[int, float]]:
@@ -72,12 +84,12 @@ def _patch_forward(monkeypatch, on_call: int, action: str) -> None:
 
 def test_lora_run_writes_exactly_the_run_dir_files(finetune_dataset, tmp_path, caplog):
     caplog.set_level("INFO", logger="vla.training")
-    cfg = _config(finetune_dataset, tmp_path, use_lora=True, lora_rank=4, max_steps=3, save_steps=2, log_steps=2,
-                  save_merged=True, wandb_mode="offline")  # fmt: skip
+    cfg = _config(finetune_dataset, tmp_path, lora={"enabled": True, "rank": 4}, optim={"max_steps": 3, "save_steps": 2},
+                  logging={"log_steps": 2, "wandb_mode": "offline"}, run={"save_merged": True})  # fmt: skip
     run_dir = train(cfg)
     assert run_dir == tmp_path / "runs" / "run"
     logged = caplog.text
-    assert "resolved config:" in logged and "lora_rank: 4" in logged
+    assert "resolved config:" in logged and "rank: 4" in logged
     assert "trainable params: " in logged and " || all params: " in logged and " || trainable%: " in logged
     merged = {"config.json", "generation_config.json", "preprocessor_config.json", "dataset_statistics.json",
               "model.safetensors.index.json", "model-00001-of-00001.safetensors", "tokenizer.json",
@@ -100,11 +112,15 @@ def test_lora_run_writes_exactly_the_run_dir_files(finetune_dataset, tmp_path, c
     import yaml
 
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert saved["run_id"] == "run" and saved["lora_rank"] == 4 and saved["data"]["dataset_name"] == "two_episodes"
+    assert (
+        saved["run"]["id"] == "run" and saved["lora"]["rank"] == 4 and saved["data"]["dataset_name"] == "two_episodes"
+    )
 
 
 def test_lora_trains_only_the_adapters(finetune_dataset, tmp_path):
-    cfg = _config(finetune_dataset, tmp_path, use_lora=True, lora_rank=4, max_steps=1, save_steps=1)
+    cfg = _config(
+        finetune_dataset, tmp_path, lora={"enabled": True, "rank": 4}, optim={"max_steps": 1, "save_steps": 1}
+    )
     trainable = _state(train(cfg))["trainable"]
     assert trainable and all("lora_" in name for name in trainable)
     assert any(name.startswith("language_model.") for name in trainable)
@@ -113,7 +129,7 @@ def test_lora_trains_only_the_adapters(finetune_dataset, tmp_path):
 @pytest.mark.slow
 def test_overfits_two_episodes_without_augmentation(finetune_dataset, tmp_path):
     # 8 frames, one batch of all of them per step: the last batches' teacher-forced action accuracy must be >= 95 %
-    cfg = _config(finetune_dataset, tmp_path, batch_size=8, learning_rate=3e-3, max_steps=90, data={"image_aug": False})
+    cfg = _config(finetune_dataset, tmp_path, optim={"batch_size": 8, "learning_rate": 3e-3, "max_steps": 90})
     records = RunDir(train(cfg)).read_metrics()
     assert records[0]["action_accuracy"] < 0.5
     assert min(r["action_accuracy"] for r in records[-3:]) >= 0.95, records[-3:]
@@ -125,9 +141,11 @@ def test_accumulation_equals_one_large_batch(finetune_dataset, tmp_path):
     1/N scaling makes the accumulated gradient the mean over the N micro-batches, i.e. over the same 4 samples.
     AdamW's first update is ~lr * sign(grad), blind to the gradient's scale, so the gradient itself is compared
     through the optimizer's first moment (exp_avg = (1 - beta1) * grad)."""
-    big = _state(train(_config(finetune_dataset, tmp_path / "a", batch_size=4, max_steps=1, save_steps=1)))
-    small = _state(train(_config(finetune_dataset, tmp_path / "b", batch_size=1, grad_accumulation_steps=4,
-                                 max_steps=1, save_steps=1)))  # fmt: skip
+    big = _state(
+        train(_config(finetune_dataset, tmp_path / "a", optim={"batch_size": 4, "max_steps": 1, "save_steps": 1}))
+    )
+    small = _state(train(_config(finetune_dataset, tmp_path / "b", optim={"batch_size": 1, "grad_accumulation_steps": 4,
+                                                                          "max_steps": 1, "save_steps": 1})))  # fmt: skip
     # Adam divides by sqrt(v): where a coordinate's gradient is tiny, float noise moves it by a sizeable fraction of
     # lr, so parameters agree to ~1 % of lr while the gradients agree to ~1e-6 of their scale.
     for name, weight in big["trainable"].items():
@@ -142,9 +160,10 @@ def test_accumulation_equals_one_large_batch(finetune_dataset, tmp_path):
 
 
 def test_activation_checkpointing_gives_the_same_step(finetune_dataset, tmp_path):
-    plain = _state(train(_config(finetune_dataset, tmp_path / "a", max_steps=1, save_steps=1)))
-    recomputed = _state(train(_config(finetune_dataset, tmp_path / "b", max_steps=1, save_steps=1,
-                                      activation_checkpointing=True)))  # fmt: skip
+    one_step = {"max_steps": 1, "save_steps": 1}
+    plain = _state(train(_config(finetune_dataset, tmp_path / "a", optim=one_step)))
+    recomputed = _state(train(_config(finetune_dataset, tmp_path / "b", optim=one_step,
+                                      speed={"activation_checkpointing": True})))  # fmt: skip
     for i, state in plain["optimizer"]["state"].items():
         expected = state["exp_avg"]
         torch.testing.assert_close(recomputed["optimizer"]["state"][i]["exp_avg"], expected, rtol=0,
@@ -152,17 +171,17 @@ def test_activation_checkpointing_gives_the_same_step(finetune_dataset, tmp_path
 
 
 def test_kill_and_resume_follow_the_uninterrupted_trajectory(finetune_dataset, tmp_path, monkeypatch):
-    kwargs = dict(batch_size=1, grad_accumulation_steps=2, max_steps=6, save_steps=3, learning_rate=3e-3)
-    straight = train(_config(finetune_dataset, tmp_path / "straight", **kwargs))
+    optim = {"batch_size": 1, "grad_accumulation_steps": 2, "max_steps": 6, "save_steps": 3, "learning_rate": 3e-3}
+    straight = train(_config(finetune_dataset, tmp_path / "straight", optim=optim))
     _patch_forward(monkeypatch, on_call=9, action="kill")  # forward 9 = step 5: after the step-3 checkpoint
-    cfg = _config(finetune_dataset, tmp_path / "killed", **kwargs)
+    cfg = _config(finetune_dataset, tmp_path / "killed", optim=optim)
     with pytest.raises(_Killed):
         train(cfg)
     assert _state(cfg.run_dir)["step"] == 3 and [s for s, _ in _losses(cfg.run_dir)] == [1, 2, 3, 4]
     monkeypatch.undo()
     with pytest.raises(FileExistsError, match="--resume"):
         train(cfg)
-    resumed = train(_config(finetune_dataset, tmp_path / "killed", resume=True, **kwargs))
+    resumed = train(_config(finetune_dataset, tmp_path / "killed", run={"resume": True}, optim=optim))
     expected, got = _losses(straight), _losses(resumed)
     assert [s for s, _ in got] == [1, 2, 3, 4, 5, 6]  # step 4 of the killed run was dropped and redone
     assert [loss for _, loss in got] == pytest.approx([loss for _, loss in expected], rel=1e-5)
@@ -172,7 +191,7 @@ def test_kill_and_resume_follow_the_uninterrupted_trajectory(finetune_dataset, t
 
 
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(finetune_dataset, tmp_path, monkeypatch):
-    cfg = _config(finetune_dataset, tmp_path, max_steps=5, save_steps=2)
+    cfg = _config(finetune_dataset, tmp_path, optim={"max_steps": 5, "save_steps": 2})
     _patch_forward(monkeypatch, on_call=3, action="nan")  # step 3
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 3.*checkpoint is step 2"):
         train(cfg)
@@ -188,7 +207,7 @@ def no_weights(monkeypatch):
     def build_model(*args, **kwargs):
         raise AssertionError("weights were loaded before the bad input was reported")
 
-    monkeypatch.setattr("vla.training.build_model", build_model)
+    monkeypatch.setattr("vla.model_source.build_model", build_model)
 
 
 def _checkpoint_dir(tmp_path: Path) -> Path:
@@ -207,31 +226,52 @@ def _checkpoint_dir(tmp_path: Path) -> Path:
         ({"data": {"dataset_name": "libero_object_no_noops"}}, FileNotFoundError,
          r"unknown dataset 'libero_object_no_noops'.*\['two_episodes'\]"),
         ({"data": {"version": "2.0.0"}}, FileNotFoundError, r"no version folder .*2\.0\.0 \(versions found: \['1\.0\.0'\]"),
-        ({"unnorm_key": "libero_goal", "vla_path": "CHECKPOINT"}, KeyError,
+        ({"data": {"source": "hdf5"}}, ValueError, r"'hdf5'"),
+        ({"data": {"split": "val"}}, ValueError, r"fine-tuning reads the 'train' split"),
+        ({"model": {"unnorm_key": "libero_goal", "vla_path": "CHECKPOINT"}}, KeyError,
          r"no statistics for unnorm_key 'libero_goal'; it holds \['bridge_orig', 'libero_spatial'\]"),
-        ({"use_lora": True, "quantization": "8bit"}, ImportError, r"quantization '8bit' needs bitsandbytes"),
-        ({"use_lora": True, "quantization": "4bit"}, ImportError, r"quantization '4bit' needs bitsandbytes"),
-        ({"quantization": "8bit"}, ValueError, r"set use_lora true"),
-        ({"tokenizer_path": "nowhere"}, FileNotFoundError, r"needs tokenizer_path"),
-        ({"vla_path": "runs/old/merged"}, FileNotFoundError, r"vla_path runs/old/merged does not exist"),
-        ({"use_lora": True, "vla_path": "CHECKPOINT/.."}, FileNotFoundError, r"has no config.json"),
-        ({"grad_accumulation_steps": 0}, ValueError, r"grad_accumulation_steps must be >= 1"),
-        ({"wandb_mode": "cloud"}, ValueError, r"wandb_mode 'cloud'"),
-        ({"lr_schedule": "linear"}, ValueError, r"lr_schedule 'linear'.*one of \('constant', 'cosine'\)"),
-        ({"max_grad_norm": 0.0}, ValueError, r"max_grad_norm must be > 0 or null"),
-        ({"synthetic_data": True, "video_frames_dir": "frames"}, ValueError, r"set one of them"),
+        ({"lora": {"enabled": True}, "model": {"quantization": "8bit"}}, ImportError,
+         r"quantization '8bit' needs bitsandbytes"),
+        ({"lora": {"enabled": True}, "model": {"quantization": "4bit"}}, ImportError,
+         r"quantization '4bit' needs bitsandbytes"),
+        ({"model": {"quantization": "8bit"}}, ValueError, r"set lora.enabled true"),
+        ({"model": {"quantization": "int4"}}, ValueError, r"quantization 'int4' must be null, '8bit' or '4bit'"),
+        ({"speed": {"int8_weight_only": True}}, ValueError, r"set model.quantization 8bit"),
+        ({"model": {"tokenizer_path": "nowhere"}}, FileNotFoundError, r"needs tokenizer_path"),
+        ({"model": {"vla_path": "runs/old/merged"}}, FileNotFoundError, r"vla_path runs/old/merged does not exist"),
+        ({"lora": {"enabled": True}, "model": {"vla_path": "CHECKPOINT/.."}}, FileNotFoundError, r"has no config.json"),
+        ({"optim": {"grad_accumulation_steps": 0}}, ValueError, r"grad_accumulation_steps must be >= 1"),
+        ({"logging": {"wandb_mode": "cloud"}}, ValueError, r"wandb_mode 'cloud'"),
+        ({"logging": {"log_steps": 0}}, ValueError, r"logging.log_steps must be >= 1"),
+        ({"optim": {"lr_schedule": "linear"}}, ValueError, r"lr_schedule 'linear'.*one of \('constant', 'cosine'\)"),
+        ({"optim": {"max_grad_norm": 0.0}}, ValueError, r"max_grad_norm must be > 0 or null"),
     ],
 )  # fmt: skip
 def test_bad_input_fails_before_weights_load(
     finetune_dataset, tmp_path, monkeypatch, no_weights, overrides, error, message
 ):
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # `import bitsandbytes` now raises ImportError
-    if str(overrides.get("vla_path")).startswith("CHECKPOINT"):
-        overrides["vla_path"] = overrides["vla_path"].replace("CHECKPOINT", str(_checkpoint_dir(tmp_path)))
+    model = overrides.get("model", {})
+    if str(model.get("vla_path")).startswith("CHECKPOINT"):
+        model["vla_path"] = model["vla_path"].replace("CHECKPOINT", str(_checkpoint_dir(tmp_path)))
     cfg = _config(finetune_dataset, tmp_path, **overrides)
     with pytest.raises(error, match=message):
         train(cfg)
     assert not cfg.run_dir.exists()
+
+
+def test_a_failed_hub_download_is_reported_not_skipped(finetune_dataset, tmp_path, monkeypatch, no_weights):
+    """Statistics of a hub checkpoint: a download that fails (offline, no cache) names the repo, the file and the fix
+    instead of silently reading no statistics."""
+    import huggingface_hub
+
+    def offline(repo_id, filename, **kwargs):
+        raise huggingface_hub.errors.LocalEntryNotFoundError("no cached file and outgoing traffic is disabled")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    cfg = _config(finetune_dataset, tmp_path, model={"vla_path": "openvla/openvla-7b", "unnorm_key": "libero_spatial"})
+    with pytest.raises(OSError, match=r"cannot fetch config.json of openvla/openvla-7b.*HF_HUB_OFFLINE=0"):
+        train(cfg)
 
 
 def test_existing_run_dir_is_never_overwritten(finetune_dataset, tmp_path, no_weights):
@@ -247,11 +287,11 @@ def test_resume_with_another_batch_layout_is_refused(finetune_dataset, tmp_path,
     cfg = _config(finetune_dataset, tmp_path)
     RunDir(cfg.run_dir).save_state({"step": 1, "batch_size": 4, "grad_accumulation_steps": 1, "world_size": 1})
     with pytest.raises(ValueError, match=r"cannot resume a run saved with .*'batch_size': 4"):
-        train(_config(finetune_dataset, tmp_path, resume=True))
+        train(_config(finetune_dataset, tmp_path, run={"resume": True}))
 
 
 def test_synthetic_data_needs_no_dataset(finetune_dataset, tmp_path):
-    cfg = _config(finetune_dataset, tmp_path, synthetic_data=True, data={"data_root_dir": tmp_path / "none"})
+    cfg = _config(finetune_dataset, tmp_path, data={"source": "synthetic", "data_root_dir": tmp_path / "none"})
     run = RunDir(train(cfg))
     assert [r["step"] for r in run.read_metrics()] == [1, 2]
     assert set(json.loads(run.file("dataset_statistics.json").read_text())) == {"synthetic"}
@@ -279,9 +319,10 @@ def test_8bit_lora_from_a_checkpoint_merges_into_its_unquantized_weights(finetun
     pytest.importorskip("bitsandbytes")
     stats = {"action": {"q01": [-0.5] * 6 + [0.0], "q99": [0.5] * 6 + [1.0], "mask": [True] * 6 + [False]}}
     checkpoint = _official_checkpoint(tmp_path, {"libero_spatial": stats})
-    cfg = _config(finetune_dataset, tmp_path, vla_path=str(checkpoint), quantization="8bit", use_lora=True,
-                  lora_rank=4, batch_size=1, grad_accumulation_steps=2, max_steps=2, save_steps=2, save_merged=True,
-                  unnorm_key="libero_spatial", learning_rate=1e-2)  # fmt: skip
+    cfg = _config(finetune_dataset, tmp_path, model={"vla_path": str(checkpoint), "quantization": "8bit",
+                  "unnorm_key": "libero_spatial"}, lora={"enabled": True, "rank": 4}, run={"save_merged": True},
+                  optim={"batch_size": 1, "grad_accumulation_steps": 2, "max_steps": 2, "save_steps": 2,
+                         "learning_rate": 1e-2})  # fmt: skip
     run_dir = train(cfg)
     assert json.loads((run_dir / "dataset_statistics.json").read_text()) == {"two_episodes": stats}
     merged = json.loads((run_dir / "merged" / "config.json").read_text())["norm_stats"]
@@ -300,14 +341,14 @@ def test_8bit_lora_from_a_checkpoint_merges_into_its_unquantized_weights(finetun
 
 
 def test_learning_rate_schedule_is_applied_step_by_step(finetune_dataset, tmp_path, monkeypatch):
-    cfg = _config(finetune_dataset, tmp_path, max_steps=6, learning_rate=1e-3, lr_schedule="cosine", warmup_steps=2,
-                  max_grad_norm=1e-4)  # fmt: skip
-    expected = [learning_rate_at(cfg, step) for step in range(6)]
+    cfg = _config(finetune_dataset, tmp_path, optim={"max_steps": 6, "learning_rate": 1e-3, "lr_schedule": "cosine",
+                                                      "warmup_steps": 2, "max_grad_norm": 1e-4})  # fmt: skip
+    expected = [learning_rate_at(cfg.optim, step) for step in range(6)]
     assert expected[:2] == pytest.approx([5e-4, 1e-3])  # linear warmup reaches the peak at its last step
     assert expected[2] == pytest.approx(1e-3) and expected[4] == pytest.approx(5e-4)  # cosine: half-way is half
     assert expected == sorted(expected[:2]) + sorted(expected[2:], reverse=True) and expected[-1] < 1.5e-4
-    constant = _config(finetune_dataset, tmp_path, learning_rate=1e-3, warmup_steps=2)
-    assert [learning_rate_at(constant, s) for s in (0, 1, 5, 10**6)] == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3])
+    constant = _config(finetune_dataset, tmp_path, optim={"learning_rate": 1e-3, "warmup_steps": 2})
+    assert [learning_rate_at(constant.optim, s) for s in (0, 1, 5, 10**6)] == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3])
     clipped, original = [], torch.nn.utils.clip_grad_norm_
 
     def clip(params, max_norm):

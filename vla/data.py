@@ -45,10 +45,47 @@ class DataConfig:
 
 def check_data(cfg: DataConfig) -> None:
     """Every check of the data that needs neither TensorFlow nor weights; raises one clear error."""
-    raise NotImplementedError  # implemented by the data-interface work (issue 17)
+    # TEMP: replaced by the data branch (a dispatch to the existing readers so the training branch can run)
+    if cfg.source not in DATA_SOURCES:
+        raise ValueError(f"data.source {cfg.source!r} must be one of {DATA_SOURCES}")
+    if cfg.source in ("video_frames", "frames"):
+        if cfg.frames_dir is None:
+            raise ValueError(f"data.source {cfg.source!r} needs data.frames_dir")
+        from vla.video_frames import read_index
+
+        read_index(Path(cfg.frames_dir))
+    elif cfg.source == "rlds":
+        from vla.rlds import check_rlds_dir
+
+        root = Path(cfg.data_root_dir)
+        if not root.is_dir():
+            raise FileNotFoundError(f"data.data_root_dir {root} does not exist; point it at the folder that holds "
+                                    f"<dataset_name>/{cfg.version}/ (e.g. the modified_libero_rlds download)")  # fmt: skip
+        if not (root / cfg.dataset_name).is_dir():
+            found = sorted(p.name for p in root.iterdir() if (p / cfg.version).is_dir())
+            raise FileNotFoundError(f"unknown dataset {cfg.dataset_name!r}: no {root / cfg.dataset_name}; datasets in "
+                                    f"{root}: {found or 'none'}")  # fmt: skip
+        check_rlds_dir(root / cfg.dataset_name / cfg.version)
 
 
 def make_dataset(cfg: DataConfig, sequence_builder, image_processor, *, rank: int = 0, world_size: int = 1,
                  device=None):  # fmt: skip
     """The frame stream of `cfg.source` (see the module docstring for its interface)."""
-    raise NotImplementedError  # implemented by the data-interface work (issue 17)
+    # TEMP: replaced by the data branch (a dispatch to the existing readers so the training branch can run)
+    if cfg.source == "synthetic":
+        from vla.synthetic_data import SyntheticDataset
+
+        return SyntheticDataset(sequence_builder, image_processor, cfg.seed, rank, world_size,
+                                image_size=cfg.image_size)  # fmt: skip
+    if cfg.source in ("video_frames", "frames"):
+        from vla.video_frames import VideoFrameDataset
+
+        return VideoFrameDataset(cfg.frames_dir, sequence_builder, image_processor, seed=cfg.seed,
+                                 image_aug=cfg.image_aug, rank=rank, world_size=world_size,
+                                 device=device or "cpu")  # fmt: skip
+    from dataclasses import asdict
+
+    from vla.rlds import RLDSConfig, RLDSDataset
+
+    fields = {k: v for k, v in asdict(cfg).items() if k not in ("source", "frames_dir")}
+    return RLDSDataset(RLDSConfig(**fields), sequence_builder, image_processor, rank, world_size)

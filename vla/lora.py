@@ -16,7 +16,7 @@ from vla.files import replace_directory
 
 Quantization = Literal["8bit", "4bit"]
 
-# Base names that peft 0.11.1's "all-linear" collected on OpenVLA (reference §8): every Linear of both towers (incl.
+# Base names that peft 0.11.1's "all-linear" collected on OpenVLA's official fine-tuning: every Linear of both towers (incl.
 # SigLIP's unused attn_pool), the projector, every Llama projection and lm_head; `proj` also catches both towers'
 # Conv2d `patch_embed.proj`. Listed explicitly because current peft's "all-linear" skips lm_head and convolutions.
 LORA_TARGETS = (
@@ -41,15 +41,28 @@ class LoraSettings:
             raise ValueError(f"LoRA rank must be positive, got {self.rank}")
 
     def peft_config(self):
-        from peft import LoraConfig
+        from peft import LoraConfig as PeftLoraConfig
 
-        return LoraConfig(
+        return PeftLoraConfig(
             r=self.rank,
             lora_alpha=min(self.rank, 16) if self.alpha is None else self.alpha,
             lora_dropout=self.dropout,
             target_modules=list(LORA_TARGETS),
             init_lora_weights=self.init,
         )
+
+
+@dataclass
+class LoraConfig:
+    """Fine-tuning section `lora`: adapters only (the official recipe) or every weight."""
+
+    enabled: bool = True  # train LoRA adapters only; false = full fine-tuning (every weight, no quantization)
+    rank: int = 32  # LoRA r; the scale numerator alpha is min(r, 16), as the official script
+    dropout: float = 0.0  # dropout probability on each adapter's input
+
+    def settings(self) -> LoraSettings | None:
+        """The adapters to inject, or None for full fine-tuning."""
+        return LoraSettings(rank=self.rank, dropout=self.dropout) if self.enabled else None
 
 
 def quantization_config(quantization: Quantization | None, compute_dtype: torch.dtype = torch.bfloat16):
@@ -149,13 +162,14 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
 
 def load_adapter(model: nn.Module, directory: str | Path) -> None:
     """Inject the adapters saved in `directory` (by `save_adapter` or peft's `save_pretrained`) and freeze the rest."""
-    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import inject_adapter_in_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
     directory = Path(directory)
     if not (directory / ADAPTER_WEIGHTS).is_file() or not (directory / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{directory} lacks adapter_config.json / {ADAPTER_WEIGHTS}; pass an adapter directory")
-    config = LoraConfig.from_pretrained(str(directory))
+    config = PeftLoraConfig.from_pretrained(str(directory))
     inject_adapter_in_model(config, model)
     weights = {k.removeprefix(_PEFT_PREFIX): v for k, v in load_file(str(directory / ADAPTER_WEIGHTS)).items()}
     result = set_peft_model_state_dict(model, weights)

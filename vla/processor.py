@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 # ImageNet statistics as official OpenVLA checkpoints actually apply them: rounded to bf16 by the conversion script
-# and serialized in preprocessor_config.json's `tvf_normalize_params` (reference §4).
+# and serialized in preprocessor_config.json's `tvf_normalize_params`.
 DINO_MEAN = (0.484375, 0.455078125, 0.40625)
 DINO_STD = (0.228515625, 0.2236328125, 0.224609375)
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
@@ -80,7 +80,7 @@ class ImageProcessor:
         return self._tables[images.device][channels + offsets]  # (B, 6, S, S)
 
     def to_preprocessor_config(self) -> dict[str, Any]:
-        """The official `preprocessor_config.json` content (reference §7)."""
+        """The official `preprocessor_config.json` content."""
         size = [self.image_size, self.image_size]
         return {
             "auto_map": {},

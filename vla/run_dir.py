@@ -1,5 +1,5 @@
-"""A training run's directory: atomic writes, the resolved config, `metrics.jsonl`, the trainer state for resume,
-and the learning-curve plot. Every file is written through a temp file + rename, so a crash never leaves half a file.
+"""A training run's directory (`RunConfig`: where it is and what a save writes): the resolved config,
+`metrics.jsonl`, the trainer state for resume, and the learning-curve plot. Every file is written through a temp file + rename, so a crash never leaves half a file.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import random
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,26 @@ CHECKPOINT_FILE = "checkpoint.json"  # {"step": N} of the last checkpoint (adapt
 EVALS_FILE = "eval_results.jsonl"  # one line per LIBERO evaluation of this run's merged checkpoint (scripts/eval.py)
 ADAPTER_DIR = "adapter"
 MERGED_DIR = "merged"
+
+
+@dataclass
+class RunConfig:
+    """Fine-tuning section `run`: where the run is written, what each save writes, and the device."""
+
+    root_dir: Path = Path("runs")  # runs are written to root_dir/<id>
+    id: str | None = None  # null = "<model>+<dataset>+b<batch x accumulation>+lr-<lr>..." (the official pattern)
+    id_note: str | None = None  # appended to the default id as "--<note>"
+    resume: bool = False  # continue root_dir/<id> from its trainer_state.pt (else the dir must not exist yet)
+    save_merged: bool = True  # also write the merged model (official checkpoint format) at every save
+    save_latest_only: bool = True  # merged model replaced at each save; false = keep each as merged--<step>_chkpt
+    adapter_dir: Path | None = None  # null = <run dir>/adapter; else the adapter goes to adapter_dir/<id>
+    device: str = "auto"  # "auto" = cuda:LOCAL_RANK when CUDA is available, else "cpu"
+
+    def adapter_path(self, run_dir: Path) -> Path:
+        return run_dir / ADAPTER_DIR if self.adapter_dir is None else Path(self.adapter_dir) / run_dir.name
+
+    def merged_path(self, run_dir: Path, step: int) -> Path:
+        return run_dir / (MERGED_DIR if self.save_latest_only else f"{MERGED_DIR}--{step}_chkpt")
 
 
 def _plain(value: Any) -> Any:

@@ -6,11 +6,44 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SpeedConfig:
+    """Fine-tuning section `speed`: switches that trade compute for memory or run the same math faster. None changes
+    the stored weights or the loss beyond last-bit rounding (docs/PERFORMANCE.md measures each)."""
+
+    activation_checkpointing: bool = False  # recompute Llama layer activations in backward: less memory, slower
+    checkpoint_llm_layers: int | None = None  # with activation_checkpointing: recompute only the first N layers
+    checkpoint_vision: bool = False  # recompute the vision towers' blocks in backward (~0.5 GiB less per sample)
+    lora_bf16_inputs: bool = False  # skip peft's float32 copy of each adapter input (CUDA autocast only; same result)
+    lora_fused: bool = False  # LoRA scale on the rank-r side and the add fused into the matmul (last-bit rounding)
+    int8_weight_only: bool = False  # 8bit only: bf16 matmuls over the int8 weights instead of LLM.int8's (faster)
+    expandable_segments: bool = False  # CUDA allocator grows memory segments in place: lower peak reserved memory
+
+    def check(self, quantization: str | None) -> None:
+        if self.int8_weight_only and quantization != "8bit":
+            raise ValueError("speed.int8_weight_only computes with 8-bit weights: set model.quantization 8bit or "
+                             "speed.int8_weight_only false")  # fmt: skip
+
+    def apply(self, model: nn.Module, device: torch.device) -> list[str]:
+        """Turn the switches on for `model` (after it is built, before the optimizer sees it)."""
+        llm_layers = None  # leave the Llama layers as they are
+        if self.activation_checkpointing:
+            llm_layers = self.checkpoint_llm_layers
+            if llm_layers is None:
+                llm_layers = len(model.language_model.model.layers)
+        return apply_training_speedups(
+            model, checkpoint_llm_layers=llm_layers, checkpoint_vision=self.checkpoint_vision,
+            lora_bf16_inputs=self.lora_bf16_inputs and device.type == "cuda", lora_fused=self.lora_fused,
+            int8_weight_only=self.int8_weight_only, expandable_segments=self.expandable_segments,
+        )  # fmt: skip
 
 
 def checkpoint_llm(model: nn.Module, layers: int) -> int:
@@ -93,7 +126,7 @@ def apply_training_speedups(
     int8_weight_only: bool = False,
     expandable_segments: bool = False,
 ) -> list[str]:
-    """Apply the switches `vla.training.TrainConfig` exposes, after the model is built. checkpoint_llm_layers: None =
+    """Apply the switches of `SpeedConfig`, after the model is built. checkpoint_llm_layers: None =
     leave Llama checkpointing as it is, N = checkpoint exactly the first N layers. Returns a description of each
     change, for the log."""
     applied = []

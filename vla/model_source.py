@@ -1,0 +1,136 @@
+"""Where a fine-tuning run's model comes from: an official-format checkpoint (`vla_path`: a directory or hub id) or
+a random initialisation of a named size preset, optionally with its Llama weights quantized. Every check here runs
+before any weight is read, so a bad path or a missing package fails in seconds, not after loading 15 GB."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vla.lora import LoraConfig
+from vla.normalization import load_dataset_statistics
+from vla.run_dir import STATISTICS_FILE
+from vla.runtime import check_quantization
+
+
+@dataclass
+class ModelConfig:
+    """Fine-tuning section `model`: the starting weights and how the frozen ones are stored."""
+
+    vla_path: str | None = "openvla/openvla-7b"  # official-format checkpoint dir or HF hub id; null = random init
+    preset: str = "tiny"  # size preset for a random init (vla_path null only): "tiny", "small" or "full"
+    tokenizer_path: Path | None = None  # Llama-2 tokenizer dir (with tokenizer.model); needed only for a random init
+    quantization: str | None = None  # frozen LLM weights: null (bf16 on GPU), "8bit" (LLM.int8) or "4bit" (nf4)
+    unnorm_key: str | None = None  # use the checkpoint's action statistics under this key; null = the data's own
+
+    @property
+    def name(self) -> str:
+        """The model's part of a run id: the checkpoint's folder name, or `<preset>-random`."""
+        return Path(self.vla_path).name if self.vla_path else f"{self.preset}-random"
+
+
+def check_model(cfg: ModelConfig, lora: LoraConfig, save_merged: bool) -> None:
+    """Raise one clear error for a model source, quantization or statistics key that cannot work (no weights read)."""
+    if cfg.vla_path is None:
+        if cfg.tokenizer_path is None or not (Path(cfg.tokenizer_path) / "tokenizer.model").is_file():
+            raise FileNotFoundError(
+                f"random init (vla_path null) needs tokenizer_path = a Llama-2 tokenizer dir with tokenizer.model; "
+                f"got {cfg.tokenizer_path}"
+            )
+        if cfg.unnorm_key is not None:
+            raise ValueError(f"unnorm_key {cfg.unnorm_key!r} needs a checkpoint (vla_path) to take statistics from")
+    else:
+        looks_local = cfg.vla_path.startswith((".", "/", "~")) or cfg.vla_path.count("/") != 1  # hub ids: "org/name"
+        if looks_local and not Path(cfg.vla_path).expanduser().exists():
+            raise FileNotFoundError(
+                f"vla_path {cfg.vla_path} does not exist (and is not a hub id like openvla/openvla-7b)"
+            )
+        if Path(cfg.vla_path).exists() and not (Path(cfg.vla_path) / "config.json").is_file():
+            raise FileNotFoundError(f"vla_path {cfg.vla_path} has no config.json; point it at an OpenVLA checkpoint")
+        if cfg.unnorm_key is not None:
+            checkpoint_statistics(cfg.vla_path, cfg.unnorm_key)
+    _check_quantization(cfg, lora, save_merged)
+
+
+def _check_quantization(cfg: ModelConfig, lora: LoraConfig, save_merged: bool) -> None:
+    check_quantization(cfg.quantization)
+    if cfg.quantization is None:
+        return
+    if not lora.enabled:
+        raise ValueError(f"quantization {cfg.quantization!r} freezes the LLM weights: set lora.enabled true")
+    if save_merged and cfg.vla_path is None:
+        raise ValueError("run.save_merged re-reads unquantized weights from vla_path; a random init has none: set "
+                         "model.quantization null or run.save_merged false")  # fmt: skip
+    try:
+        importlib.import_module("bitsandbytes")
+    except Exception as err:  # noqa: BLE001 - a broken install raises more than ImportError; re-raised with the fix
+        raise ImportError(
+            f"quantization {cfg.quantization!r} needs bitsandbytes, which does not import ({type(err).__name__}: "
+            f"{err}); `pip install bitsandbytes==0.50.2`, or set quantization null"
+        ) from None
+
+
+def _hub_file(vla_path: str, name: str) -> Path | None:
+    """One small file of a hub checkpoint; None if the repository has no such file. Any other failure (offline with
+    nothing cached, unknown repository, network) is raised with what to do about it."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(vla_path, name))
+    except RemoteEntryNotFoundError:  # the repository exists but has no such file (dataset_statistics.json is optional)
+        return None
+    except Exception as err:
+        raise OSError(
+            f"cannot fetch {name} of {vla_path} from the Hugging Face hub ({type(err).__name__}: {err}); download the "
+            "checkpoint once with network (HF_HUB_OFFLINE=0) or point vla_path at a local checkpoint directory"
+        ) from err
+
+
+def checkpoint_statistics(vla_path: str, unnorm_key: str) -> dict[str, Any]:
+    """The statistics entry `unnorm_key` of a checkpoint (its dataset_statistics.json or config.json `norm_stats`),
+    read without loading weights. KeyError lists the keys it holds."""
+    stats: dict[str, Any] = {}
+    local = Path(vla_path).exists()
+    for name in ("config.json", STATISTICS_FILE):
+        path = Path(vla_path) / name if local else _hub_file(vla_path, name)
+        if (
+            path is not None
+            and path.is_file()
+            and (name != "config.json" or "norm_stats" in json.loads(path.read_text()))
+        ):
+            stats.update(load_dataset_statistics(path))
+    if unnorm_key not in stats:
+        raise KeyError(
+            f"checkpoint {vla_path} has no statistics for unnorm_key {unnorm_key!r}; it holds {sorted(stats)}. "
+            "Set unnorm_key to one of them, or to null to use the dataset's own statistics"
+        )
+    return stats[unnorm_key]
+
+
+def build_model(cfg: ModelConfig, lora: LoraConfig, device: torch.device) -> nn.Module:
+    """The VLA to fine-tune (with LoRA adapters when `lora.enabled`), on `device`: weights bf16 on CUDA, fp32 on CPU."""
+    from vla.checkpoint import load_tokenizer
+    from vla.model import VLA, build_vla
+    from vla.model_config import VLAConfig
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if cfg.vla_path is not None:
+        return VLA.from_pretrained(
+            cfg.vla_path, device=device, dtype=dtype, quantization=cfg.quantization, lora=lora.settings()
+        )
+    config, tokenizer = VLAConfig.preset(cfg.preset), load_tokenizer(cfg.tokenizer_path)
+    return build_vla(config, tokenizer, quantization=cfg.quantization, lora=lora.settings(), device=device, dtype=dtype)
+
+
+def parameter_line(model: nn.Module) -> str:
+    """peft's `print_trainable_parameters` line (4-bit weights count twice their packed size, as peft counts)."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() * (2 if type(p).__name__ == "Params4bit" else 1) for p in model.parameters())
+    return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
