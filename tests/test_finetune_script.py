@@ -34,8 +34,8 @@ def script():
 def _tiny_args(dataset, run_root: Path, *extra: str) -> list[str]:
     root, name = dataset
     return [
-        "--config", str(REPO / "configs" / "tiny.yaml"), "--tokenizer_path", str(LLAMA2_DIR),
-        "--data.data_root_dir", str(root), "--data.dataset_name", name, "--run_root_dir", str(run_root), *extra,
+        "--config", str(REPO / "configs" / "tiny.yaml"), "--model.tokenizer_path", str(LLAMA2_DIR),
+        "--data.data_root_dir", str(root), "--data.dataset_name", name, "--run.root_dir", str(run_root), *extra,
     ]  # fmt: skip
 
 
@@ -44,37 +44,45 @@ def test_config_and_config_path_are_the_same_flag(script):
     assert (
         script.parse(["--config", path]) == script.parse(["--config_path", path]) == script.parse([f"--config={path}"])
     )
-    assert script.parse(["--config", path]).model_preset == "tiny"
+    assert script.parse(["--config", path]).model.preset == "tiny"
 
 
 def test_overrides_nested_fields_and_bare_resume(script):
-    cfg = script.parse(["--config", str(REPO / "configs" / "libero_spatial.yaml"), "--max_steps", "7", "--resume",
-                        "--data.dataset_name", "libero_object_no_noops", "--lora_rank", "8"])  # fmt: skip
-    assert (cfg.max_steps, cfg.resume, cfg.data.dataset_name, cfg.lora_rank) == (7, True, "libero_object_no_noops", 8)
-    assert cfg.data.image_aug is True  # the rest of the nested block still comes from the file
-    assert script.parse(["--config", str(REPO / "configs" / "tiny.yaml"), "--resume", "false"]).resume is False
+    cfg = script.parse(["--config", str(REPO / "configs" / "libero_spatial.yaml"), "--optim.max_steps", "7", "--resume",
+                        "--data.dataset_name", "libero_object_no_noops", "--lora.rank", "8"])  # fmt: skip
+    assert (cfg.optim.max_steps, cfg.run.resume, cfg.data.dataset_name, cfg.lora.rank) == (
+        7, True, "libero_object_no_noops", 8)  # fmt: skip
+    assert cfg.data.image_aug is True and cfg.optim.batch_size == 1  # the rest of each section comes from the file
+    assert script.parse(["--config", str(REPO / "configs" / "tiny.yaml"), "--resume", "false"]).run.resume is False
 
 
 def test_real_run_config_holds_the_brief_settings(script):
     cfg = script.parse(["--config", str(REPO / "configs" / "libero_spatial.yaml")])
-    assert cfg.vla_path == "openvla/openvla-7b" and cfg.data.dataset_name == "libero_spatial_no_noops"
-    assert (cfg.batch_size, cfg.grad_accumulation_steps, cfg.quantization) == (1, 4, "8bit")
-    assert (cfg.use_lora, cfg.lora_rank, cfg.lora_dropout) == (True, 32, 0.0)
-    assert (cfg.learning_rate, cfg.weight_decay) == (5e-4, 0.01)
-    assert cfg.wandb_mode in ("offline", "disabled")  # no network needed by default
+    assert cfg.model.vla_path == "openvla/openvla-7b" and cfg.data.dataset_name == "libero_spatial_no_noops"
+    assert (cfg.optim.batch_size, cfg.optim.grad_accumulation_steps, cfg.model.quantization) == (1, 4, "8bit")
+    assert (cfg.lora.enabled, cfg.lora.rank, cfg.lora.dropout) == (True, 32, 0.0)
+    assert (cfg.optim.learning_rate, cfg.optim.weight_decay) == (5e-4, 0.01)
+    assert cfg.logging.wandb_mode in ("offline", "disabled")  # no network needed by default
 
 
 def test_from_scratch_config_trains_the_small_preset_and_reads_a_video_export_when_asked(script):
     path = str(REPO / "configs" / "small_libero_spatial.yaml")
     cfg = script.parse(["--config", path])
-    assert (cfg.vla_path, cfg.model_preset, cfg.use_lora, cfg.quantization) == (None, "small", False, None)
-    assert cfg.data.image_aug and cfg.lr_schedule == "cosine" and cfg.warmup_steps > 0 and cfg.save_merged
-    assert cfg.video_frames_dir is None  # the RLDS dataset by default
-    assert script.parse(["--config", path, "--video_frames_dir", "frames"]).video_frames_dir == Path("frames")
+    assert (cfg.model.vla_path, cfg.model.preset, cfg.lora.enabled, cfg.model.quantization) == (
+        None,
+        "small",
+        False,
+        None,
+    )
+    assert cfg.data.image_aug and cfg.optim.lr_schedule == "cosine" and cfg.optim.warmup_steps > 0
+    assert cfg.run.save_merged and cfg.data.source == "rlds"  # the RLDS dataset by default
+    frames = script.parse(["--config", path, "--data.source", "video_frames", "--data.frames_dir", "frames"]).data
+    assert (frames.source, frames.frames_dir) == ("video_frames", Path("frames"))
 
 
 def test_main_runs_the_tiny_config_and_resumes_to_more_steps(script, finetune_dataset, tmp_path):
-    args = _tiny_args(finetune_dataset, tmp_path, "--max_steps", "2", "--save_steps", "2", "--log_steps", "1")
+    args = _tiny_args(finetune_dataset, tmp_path, "--optim.max_steps", "2", "--optim.save_steps", "2",
+                      "--logging.log_steps", "1")  # fmt: skip
     run_dir = script.main(script.parse(args))
     assert run_dir == tmp_path / "tiny"
     assert {p.name for p in run_dir.iterdir()} == {
@@ -92,7 +100,7 @@ def test_main_runs_the_tiny_config_and_resumes_to_more_steps(script, finetune_da
     action = VLA.from_pretrained(run_dir / "merged", dtype=torch.float32).predict_action(image, "pick up the bowl")
     assert action.shape == (7,)
     # The run describes itself: its config.yaml alone resumes it
-    script.main(script.parse(["--config_path", str(run_dir / "config.yaml"), "--resume", "--max_steps", "3"]))
+    script.main(script.parse(["--config_path", str(run_dir / "config.yaml"), "--resume", "--optim.max_steps", "3"]))
     assert [r["step"] for r in RunDir(run_dir).read_metrics()] == [1, 2, 3]
 
 
@@ -112,11 +120,13 @@ def test_torchrun_two_processes_match_one_process(script, finetune_dataset, tmp_
     """DDP on gloo, batch 1 on each of 2 ranks vs batch 2 in one process. With shuffle_buffer_size 1 the frames come
     in storage order and ranks take every other frame, so each step sees the same 2 frames in both runs; DDP averages
     the two ranks' gradients and the loop averages their losses, which must give the one-process numbers."""
-    common = ["--data.shuffle_buffer_size", "1", "--max_steps", "3", "--save_steps", "3", "--log_steps", "1",
-              "--learning_rate", "0.003", "--save_merged", "false"]  # fmt: skip
-    single = script.main(script.parse(_tiny_args(finetune_dataset, tmp_path / "one", *common, "--batch_size", "2")))
+    common = ["--data.shuffle_buffer_size", "1", "--optim.max_steps", "3", "--optim.save_steps", "3",
+              "--logging.log_steps", "1", "--optim.learning_rate", "0.003", "--run.save_merged", "false"]  # fmt: skip
+    single = script.main(
+        script.parse(_tiny_args(finetune_dataset, tmp_path / "one", *common, "--optim.batch_size", "2"))
+    )
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", "2"]
-    args = _tiny_args(finetune_dataset, tmp_path / "two", *common, "--batch_size", "1")
+    args = _tiny_args(finetune_dataset, tmp_path / "two", *common, "--optim.batch_size", "1")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([*launcher, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
