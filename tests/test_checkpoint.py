@@ -27,7 +27,7 @@ def predictions(vla) -> np.ndarray:
 
 
 def test_reference_key_layout_has_the_official_counts():
-    """The test's own key generator (reference §7) at full size: 982 tensors, 7,541,237,184 parameters."""
+    """The test's own key generator (the official layout) at full size: 982 tensors, 7,541,237,184 parameters."""
     shapes = official_key_shapes(FULL_DIMS)
     assert len(shapes) == 982
     assert sum(int(np.prod(s)) for s in shapes.values()) == 7_541_237_184

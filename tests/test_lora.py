@@ -53,7 +53,7 @@ def perturb_adapters(vla, seed: int = 0, scale: float = 0.5) -> None:
 def test_full_size_trainable_count_matches_the_official_run(vla_tokenizer):
     """Reference §8: 'trainable params: 110,828,288 || all params: 7,652,065,472 || trainable%: 1.4483'."""
     vla = build_vla(VLAConfig.preset("full"), vla_tokenizer, device="meta")
-    assert count_parameters(vla)[1] == 7_541_237_184  # reference §6
+    assert count_parameters(vla)[1] == 7_541_237_184  # the official OpenVLA-7B parameter count
     assert lora_parameter_count(vla, rank=32) == 110_828_288
     apply_lora(vla, LoraSettings())
     trainable, total = count_parameters(vla)

@@ -46,8 +46,8 @@ def test_full_size_parts_on_meta():
     assert len(vision.featurizer.blocks) == 24 and len(vision.fused_featurizer.blocks) == 27
     sizes = [(m.in_features, m.out_features) for m in (projector.fc1, projector.fc2, projector.fc3)]
     assert sizes == [(2176, 8704), (8704, 4096), (4096, 4096)]
-    assert sum(p.numel() for p in projector.parameters()) == 71_385_600  # reference §5
-    assert sum(p.numel() for p in vision.featurizer.parameters()) == 303_230_976  # reference §6
+    assert sum(p.numel() for p in projector.parameters()) == 71_385_600  # the official projector (fc1-fc3)
+    assert sum(p.numel() for p in vision.featurizer.parameters()) == 303_230_976  # the official DINOv2 ViT-L/14 tower
     assert sum(p.numel() for p in vision.fused_featurizer.parameters()) == 427_680_704
 
 
@@ -114,7 +114,7 @@ def test_forward_loss_and_metrics_match_full_logits(tiny_vla):
     preds = logits.argmax(-1)
     accuracy = (preds[action] == gt[action]).float().mean().item()
 
-    def center(ids):  # reference §1: clamp(32000 - id - 1, 0, 254) -> -1 + (2k + 1) / 255
+    def center(ids):  # the official bin centers: clamp(32000 - id - 1, 0, 254) -> -1 + (2k + 1) / 255
         return -1 + (2 * np.clip(32000 - ids - 1, 0, 254) + 1) / 255
 
     l1 = np.abs(center(preds[action].numpy()) - center(gt[action].numpy())).mean()
@@ -184,9 +184,9 @@ def test_unnormalization_matches_hand_computation(tiny_vla):
         tiny_vla.image_processor(image), [tiny_vla.sequence_builder.inference_ids(INSTRUCTIONS[2])], 7
     )[0]
     assert ((ids >= 31744) & (ids <= 31999)).all()
-    normalized = -1 + (2 * np.clip(32000 - ids - 1, 0, 254) + 1) / 255  # reference §1 bin centers
+    normalized = -1 + (2 * np.clip(32000 - ids - 1, 0, 254) + 1) / 255  # the official bin centers
     q01, q99 = np.array(SPATIAL_STATS["q01"]), np.array(SPATIAL_STATS["q99"])
-    expected = 0.5 * (normalized + 1) * (q99 - q01) + q01  # reference §2, no epsilon
+    expected = 0.5 * (normalized + 1) * (q99 - q01) + q01  # the official un-normalization, no epsilon
     expected[6] = normalized[6]  # gripper (mask False) keeps the bin-center value
     np.testing.assert_allclose(tiny_vla.predict_action(image, INSTRUCTIONS[2], "libero_spatial"), expected, rtol=1e-12)
 
