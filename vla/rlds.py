@@ -6,7 +6,6 @@ TensorFlow is imported inside functions only: `import vla.rlds` stays light and 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import inspect
 import itertools
@@ -30,6 +29,8 @@ from vla.normalization import (
     write_json_atomic,
 )
 
+from vla.tf_import import import_tf  # noqa: F401  (re-exported: older code imports it from here)
+
 logger = logging.getLogger(__name__)
 
 RLDS_VERSION = "1.0.0"  # every modified_libero_rlds dataset is stored as version 1.0.0
@@ -43,23 +44,6 @@ _EPISODE_ARRAYS = {  # Episode contract (docs/DESIGN.md): key -> (per-step shape
     "joint_state": ((7,), np.float32),
     "action": ((7,), np.float32),
 }
-
-
-def import_tf():
-    """TensorFlow and tfds, with TF kept off any GPU (the GPUs belong to torch).
-
-    Triton is imported first when installed: importing it (torch._dynamo does, e.g. via timm -> torchvision) in a
-    process that already imported TensorFlow segfaults (both bundle LLVM); the other order works.
-    """
-    with contextlib.suppress(ImportError):
-        import triton  # noqa: F401
-
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-
-    with contextlib.suppress(RuntimeError):  # raised once TF has initialized its devices: nothing to change then
-        tf.config.set_visible_devices([], "GPU")
-    return tf, tfds
 
 
 def rlds_features():
