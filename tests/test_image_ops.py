@@ -49,7 +49,8 @@ def _smooth_scenes(count: int, size: int = 256) -> np.ndarray:
     out = []
     for _ in range(count):
         freq, phase = rng.uniform(0.5, 2.0, (3, 2)), rng.uniform(0, 2 * np.pi, 3)
-        image = 128 + 90 * np.stack([np.sin(2 * np.pi * (f[0] * yy + f[1] * xx) + p) for f, p in zip(freq, phase)], -1)
+        waves = [np.sin(2 * np.pi * (f[0] * yy + f[1] * xx) + p) for f, p in zip(freq, phase, strict=True)]
+        image = 128 + 90 * np.stack(waves, -1)
         for _ in range(4):
             r, c = rng.integers(0, size - 40, 2)
             image[r : r + 31, c : c + 17] = rng.integers(0, 256, 3)

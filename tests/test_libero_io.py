@@ -167,8 +167,10 @@ def test_numpy_backend_is_close_to_the_official_tf_pipeline(center_crop):
     # IDCT, Pillow: accurate), max ~5-14, mean ~1 grey level (see vla.image_ops).
     for seed in (0, 1):
         image = _scene(seed)
-        error = np.abs(libero_image(image, center_crop=center_crop, backend="numpy").astype(int) - _official_pipeline(
-            image, center_crop))
+        error = np.abs(
+            libero_image(image, center_crop=center_crop, backend="numpy").astype(int)
+            - _official_pipeline(image, center_crop)
+        )
         assert error.mean() < 1.5 and error.max() <= 16, (error.mean(), error.max())
 
 
