@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla.data import SPLITS, STANDARDIZE_FNS, train_episodes
+from vla.data_config import SPLITS, STANDARDIZE_FNS, train_episodes
 from vla.frame_stream import IndexedFrameStream
 from vla.normalization import dataset_statistics, load_dataset_statistics, save_dataset_statistics, write_json_atomic
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla.data import SPLITS, STANDARDIZE_FNS
+from vla.data_config import SPLITS, STANDARDIZE_FNS
 from vla.normalization import normalize_actions
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from vla.data import (  # noqa: F401  (SPLITS, standardization and RLDS_VERSION re-exported for older imports)
+from vla.data_config import (  # noqa: F401  (SPLITS, standardization and RLDS_VERSION re-exported for older imports)
     RLDS_VERSION,
     SPLITS,
     STANDARDIZE_FNS,

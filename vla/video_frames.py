@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla.data import SPLITS, STANDARDIZE_FNS, DataConfig
+from vla.data_config import SPLITS, STANDARDIZE_FNS, DataConfig
 from vla.frame_stream import IndexedFrameStream
 from vla.normalization import load_dataset_statistics, save_dataset_statistics
 from vla.rlds import check_rlds_dir, load_statistics
