@@ -264,3 +264,16 @@ def test_flags_are_validated_before_weights_load(official_checkpoint, tmp_path, 
         ServeConfig(**kwargs).validate()
     directory, stats = ServeConfig(openvla_path=str(official_checkpoint[0])).validate()
     assert directory == official_checkpoint[0] and set(stats) == {"libero_spatial", "bridge_orig"}
+
+
+def test_bench_serve_starts_a_server_and_prints_a_table(official_checkpoint):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, str(REPO / "scripts" / "bench_serve.py"), "--checkpoint", str(official_checkpoint[0]),
+           "--clients", "1", "3", "--seconds", "2", "--device", "cpu", "--dtype", "float32", "--unnorm_key", KEY,
+           "--max_wait_ms", "50"]  # fmt: skip
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = [line.split("|") for line in result.stdout.splitlines() if "|" in line]
+    assert [c.strip() for c in table[0]] == ["clients", "actions/s", "p50 ms", "p99 ms", "errors", "mean batch"]
+    rows = [[float(c) for c in row] for row in table[1:]]
+    assert [r[0] for r in rows] == [1, 3] and all(r[1] > 0 and r[4] == 0 for r in rows)
