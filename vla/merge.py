@@ -29,8 +29,8 @@ class MergeConfig:
     out: Path = Path("merged")  # output directory (official layout); must not exist unless overwrite
     overwrite: bool = False  # replace an existing `out`
     dtype: str = "bfloat16"  # dtype of the merged weights (and of the base while merging): bfloat16 | float32
-    max_shard_gb: float = 5.0  # bytes per safetensors shard, in GB (official checkpoints: ~5 GB); also the extra
-    # host memory the merge needs on top of the base model
+    max_shard_gb: float = 1.0  # GB per safetensors shard (official checkpoints use ~5; any size loads the same).
+    # Peak host memory ~ the base model + 2 shards (tensors + serialized bytes) + a few float32 copies of lm_head
 
     def resolve(self) -> tuple[Path, str, Path | None]:
         """(adapter dir, base name, statistics file or None), validated without loading weights."""
