@@ -39,7 +39,6 @@ LLAMA_DEFAULTS = {
 _TEXT_CONFIG_BOOKKEEPING = {"model_type", "torch_dtype", "dtype", "pad_token_id", "architectures", "_name_or_path",
                             "transformers_version", "bos_token_id", "eos_token_id", "tie_word_embeddings"}  # fmt: skip
 _REMOTE_CODE = "openvla/openvla-7b--"  # official fine-tunes point their auto_map at the base repo's code
-_HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model"]
 
 
 @dataclass
