@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from vla.gl_check import RenderConfig, check_gl, worker_gl_envs
 from vla.libero_env import CAMERAS, DUMMY_ACTION, NUM_STEPS_WAIT, TaskInfo, list_tasks, make_env, setup_libero
 
 
@@ -259,3 +260,15 @@ class EnvPool:
     def __del__(self) -> None:
         if getattr(self, "_workers", None):
             self.close()
+
+
+def open_pool(
+    suite: str, num_workers: int, cameras: tuple[str, ...], render: RenderConfig, assets: str | Path | None
+) -> EnvPool:
+    """An EnvPool whose workers render `cameras` with the GL set-up of `render`, checked here first (when any camera
+    is rendered) so a missing GL library is one clear error before any worker starts."""
+    gl_envs = worker_gl_envs(num_workers, render)
+    if cameras:
+        for env in {tuple(sorted(e.items())): e for e in gl_envs}.values():
+            check_gl(env)
+    return EnvPool(suite, num_workers, assets_dir=assets, cameras=cameras, gl_envs=gl_envs)

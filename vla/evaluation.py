@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from vla.env_pool import EnvPool, ResetRequest
+from vla.env_pool import ResetRequest, open_pool
 from vla.env_scheduler import Episode, Job, Scheduler
-from vla.gl_check import RenderConfig, check_gl, worker_gl_envs
+from vla.gl_check import RenderConfig
 from vla.libero_env import SUITE_MAX_STEPS, TaskInfo, check_suite, list_tasks, load_init_states, setup_libero
 from vla.normalization import write_json_atomic
 from vla.policies import Policy
@@ -195,16 +195,6 @@ def eval_cameras(policy: Policy, save_videos: bool) -> tuple[str, ...]:
     """The cameras the workers render: the policy's own, plus agentview for videos (none: several times faster)."""
     cameras = tuple(policy.cameras)
     return cameras + ("agentview",) if save_videos and "agentview" not in cameras else cameras
-
-
-def open_pool(suite: str, num_workers: int, cameras: tuple[str, ...], render: RenderConfig, assets: str | None):
-    """An EnvPool whose workers render `cameras` with the GL set-up of `render`, checked here first (when any camera
-    is rendered) so a missing GL library is one clear error before any worker starts."""
-    gl_envs = worker_gl_envs(num_workers, render)
-    if cameras:
-        for env in {tuple(sorted(e.items())): e for e in gl_envs}.values():
-            check_gl(env)
-    return EnvPool(suite, num_workers, assets_dir=assets, cameras=cameras, gl_envs=gl_envs)
 
 
 def evaluate(cfg: EvalConfig, policy: Policy) -> dict[str, Any]:

@@ -113,7 +113,6 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-
 def log_wandb(run, summary: dict[str, Any]) -> None:
     """OpenVLA's W&B keys: success_rate/<task>, num_episodes/<task>, success_rate/total (errors logged apart)."""
     metrics = {"success_rate/total": summary["overall"]["success_rate"], "errors/total": summary["overall"]["errors"]}
@@ -121,7 +120,6 @@ def log_wandb(run, summary: dict[str, Any]) -> None:
         metrics[f"success_rate/{task['task']}"] = task["success_rate"]
         metrics[f"num_episodes/{task['task']}"] = task["trials"]
     run.log({k: v for k, v in metrics.items() if v is not None})
-
 
 
 def record_in_training_run(checkpoint: str | Path | None, summary: dict[str, Any]) -> Path | None:
@@ -141,5 +139,3 @@ def record_in_training_run(checkpoint: str | Path | None, summary: dict[str, Any
         "eval_dir": str(summary["run_dir"]),
     })  # fmt: skip
     return run.path
-
-
