@@ -409,3 +409,20 @@ def test_an_evaluation_of_a_runs_merged_checkpoint_lands_on_its_learning_curve(t
     from PIL import Image
 
     assert Image.open(run.file("learning_curve.png")).size == (1350, 350)  # three panels: loss, accuracy, success
+
+
+@pytest.mark.libero
+def test_expert_outcomes_are_the_same_with_one_or_two_workers(tmp_path, libero_assets_dir):
+    """The asynchronous scheduler changes when each episode runs and on which worker, never its outcome."""
+    outcomes = {}
+    for workers in (1, 2):
+        cfg = EvalConfig(
+            policy="expert", tasks=[0], num_trials_per_task=2, num_envs=workers, out_dir=str(tmp_path / str(workers)),
+            libero_assets=libero_assets_dir,
+        )  # fmt: skip
+        summary = evaluate(cfg, ExpertPolicy())
+        assert summary["timing"]["num_workers"] == workers and summary["overall"]["errors"] == 0
+        records = read_episodes(tmp_path / str(workers) / "episodes.jsonl")
+        outcomes[workers] = sorted((r["episode"], r["status"], r["steps"]) for r in records)
+    assert outcomes[1] == outcomes[2] and len(outcomes[1]) == 2
+    assert any(status == "success" for _, status, _ in outcomes[1])  # the expert solves this task
