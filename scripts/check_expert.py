@@ -9,8 +9,9 @@ import argparse
 import time
 from dataclasses import dataclass
 
+from vla.env_pool import EnvPool, ResetRequest
 from vla.expert import ScriptedExpert, UnsupportedTaskError
-from vla.libero_env import SUITE_MAX_STEPS, EnvPool, ResetRequest, list_tasks, load_init_states, setup_libero
+from vla.libero_env import SUITE_MAX_STEPS, list_tasks, load_init_states, setup_libero
 
 
 @dataclass

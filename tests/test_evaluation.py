@@ -8,8 +8,9 @@ import pytest
 
 import vla.env_pool as env_pool
 import vla.evaluation as evaluation
+from vla.env_pool import ResetRequest, StepResult
 from vla.evaluation import EvalConfig, evaluate, format_table, read_episodes, wilson_interval
-from vla.libero_env import ResetRequest, StepResult, TaskInfo
+from vla.libero_env import TaskInfo
 from vla.policies import ExpertPolicy, RandomPolicy, VLAPolicy
 
 # Fake tasks: how each behaves in FakePool.

@@ -196,7 +196,8 @@ def test_expert_resolves_a_region_target_to_its_object_and_reset_restarts():
 
 @pytest.mark.libero
 def test_expert_solves_a_libero_spatial_episode_through_the_pool(libero_assets_dir):
-    from vla.libero_env import SUITE_MAX_STEPS, EnvPool, ResetRequest
+    from vla.env_pool import EnvPool, ResetRequest
+    from vla.libero_env import SUITE_MAX_STEPS
 
     with EnvPool("libero_spatial", 1, assets_dir=libero_assets_dir, cameras=()) as pool:
         expert = ScriptedExpert.from_bddl(pool.task_info(0).bddl_file)
@@ -211,7 +212,8 @@ def test_expert_solves_a_libero_spatial_episode_through_the_pool(libero_assets_d
 
 @pytest.mark.libero
 def test_expert_turns_the_stove_on_in_a_libero_goal_episode(libero_assets_dir):
-    from vla.libero_env import SUITE_MAX_STEPS, EnvPool, ResetRequest
+    from vla.env_pool import EnvPool, ResetRequest
+    from vla.libero_env import SUITE_MAX_STEPS
 
     with EnvPool("libero_goal", 1, assets_dir=libero_assets_dir, cameras=()) as pool:
         task = next(t for t in pool.tasks if t.language == "turn on the stove")

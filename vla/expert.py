@@ -15,7 +15,9 @@ from vla.expert_skills import (
     ROT_SCALE,
     KnobSkill,
     UnsupportedTaskError,
+    _quat_mul,
     is_drawer_region,
+    rotation_error,
 )
 
 __all__ = ["ScriptedExpert", "SequenceExpert", "UnsupportedTaskError", "parse_goal", "plan_task", "rotation_error"]
@@ -105,34 +107,6 @@ def parse_goal(bddl: str) -> list[tuple[str, ...]]:
 def object_spec(name: str) -> ObjectSpec:
     """The spec of an instance name such as `akita_black_bowl_1` (its category is the name without `_<n>`)."""
     return OBJECT_SPECS.get(re.sub(r"_\d+$", "", name), DEFAULT_SPEC)
-
-
-def _quat_conj(q: np.ndarray) -> np.ndarray:
-    return np.array([-q[0], -q[1], -q[2], q[3]])
-
-
-def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # (x, y, z, w) quaternions, as robosuite
-    ax, ay, az, aw = a
-    bx, by, bz, bw = b
-    return np.array(
-        [
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-            aw * bw - ax * bx - ay * by - az * bz,
-        ]
-    )
-
-
-def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
-    """Axis-angle (3,) of the world-frame rotation taking quaternion `current` to `target` (shortest way)."""
-    q = _quat_mul(target, _quat_conj(current))
-    if q[3] < 0:
-        q = -q
-    sin = np.linalg.norm(q[:3])
-    if sin < 1e-9:
-        return np.zeros(3)
-    return q[:3] / sin * 2.0 * np.arctan2(sin, q[3])
 
 
 HAND_HALF_WIDTH = 0.1  # the Panda hand reaches this far either side of the fingers, along their closing axis

@@ -53,10 +53,32 @@ def is_drawer_region(name: str) -> bool:
     return "cabinet" in category(name) and name.endswith("_region")
 
 
-def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    from vla.expert import _quat_mul as mul
+def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # (x, y, z, w) quaternions, as robosuite
+    ax, ay, az, aw = a
+    bx, by, bz, bw = b
+    return np.array(
+        [
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+            aw * bw - ax * bx - ay * by - az * bz,
+        ]
+    )
 
-    return mul(a, b)
+
+def _quat_conj(q: np.ndarray) -> np.ndarray:
+    return np.array([-q[0], -q[1], -q[2], q[3]])
+
+
+def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """Axis-angle (3,) of the world-frame rotation taking quaternion `current` to `target` (shortest way)."""
+    q = _quat_mul(target, _quat_conj(current))
+    if q[3] < 0:
+        q = -q
+    sin = np.linalg.norm(q[:3])
+    if sin < 1e-9:
+        return np.zeros(3)
+    return q[:3] / sin * 2.0 * np.arctan2(sin, q[3])
 
 
 class Skill:
@@ -87,8 +109,6 @@ class Skill:
         return eef, quat
 
     def _action(self, eef: np.ndarray, quat: np.ndarray, goal: np.ndarray, gripper: float, speed: float = 1.0):
-        from vla.expert import rotation_error
-
         move = np.clip(self.gain * (goal - eef), -speed, speed)
         rotation = np.clip(rotation_error(self.quat, quat) / ROT_SCALE, -1, 1)
         return np.concatenate([move, rotation, [gripper]])

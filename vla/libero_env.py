@@ -8,7 +8,6 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -180,12 +179,3 @@ def noop_mask(actions: np.ndarray, threshold: float = 1e-4) -> np.ndarray:
         if not (still and (last_gripper is None or action[6] == last_gripper)):
             keep[t], last_gripper = True, action[6]
     return keep
-
-
-def __getattr__(name: str) -> Any:
-    """`EnvPool`, `ResetRequest` and `StepResult` moved to `vla.env_pool`; imported lazily here (no import cycle)."""
-    if name in ("EnvPool", "ResetRequest", "StepResult"):
-        from vla import env_pool
-
-        return getattr(env_pool, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
