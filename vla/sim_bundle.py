@@ -74,7 +74,7 @@ class BundleConfig:
     assets_dir: Path | None = None  # default: $VLA_LIBERO_ASSETS (vla.libero_env.resolve_assets_dir)
 
     def resolved_python(self) -> str:
-        here = "%d.%d" % sys.version_info[:2]
+        here = f"{sys.version_info[0]}.{sys.version_info[1]}"
         if self.from_installed:
             if self.python_version not in (None, here):
                 raise ValueError(f"--from_installed copies this Python {here}'s packages: drop --python_version")
@@ -293,7 +293,7 @@ class _Writer:
             return
         path.write_bytes(data)
         self.by_hash[digest] = path
-        top = rel.split("/")[0]
+        top = rel.split("/")[0] + "/" if "/" in rel else rel
         self.sizes[top] = self.sizes.get(top, 0) + len(data)
 
     def symlink(self, rel: str, target: str) -> None:
@@ -387,7 +387,7 @@ def make_archive(folder: Path) -> Path:
 
 def size_table(manifest: dict) -> str:
     mib = 2**20
-    rows = [f"| {top}/ | {size / mib:.1f} |" for top, size in manifest["bytes"].items()]
+    rows = [f"| {top} | {size / mib:.1f} |" for top, size in manifest["bytes"].items()]
     rows.append(f"| **folder total** | **{manifest['total_bytes'] / mib:.1f}** |")
     if "archive_bytes" in manifest:
         rows.append(f"| **{Path(manifest['archive']).name}** | **{manifest['archive_bytes'] / mib:.1f}** |")
