@@ -40,6 +40,7 @@ OFFICIAL_FLAGS: dict[str, Mapping] = {
     "vla_path": _to("model.vla_path"),
     "data_root_dir": _to("data.data_root_dir"),
     "dataset_name": _to("data.dataset_name"),
+    "data_mix": _to("data.mix"),  # the official pre-training flag (--vla.data_mix there): a mixture name
     "run_root_dir": _to("run.root_dir"),
     "adapter_tmp_dir": _to("run.adapter_dir"),
     "batch_size": _to("optim.batch_size"),
