@@ -110,11 +110,18 @@ class RandomPolicy:
 
 
 def build_policy(cfg: EvalConfig) -> Policy:
-    """The policy `cfg.policy` names; for "vla", the checkpoint loaded with the suite's action statistics."""
+    """The policy `cfg.policy` names; for "vla", the checkpoint (directory or hub id) loaded with the suite's action
+    statistics; for "server", a `RemotePolicy` of `cfg.server_url`."""
     if cfg.policy == "random":
         return RandomPolicy(cfg.seed)
     if cfg.policy == "expert":
         return ExpertPolicy()
+    if cfg.policy == "server":
+        from vla.remote_policy import RemotePolicy
+
+        unnorm_key = cfg.unnorm_key or server_unnorm_key(cfg.server_url, cfg.task_suite)
+        log.info("policy server %s; un-normalizing with %r", cfg.server_url, unnorm_key)
+        return RemotePolicy(cfg.server_url, unnorm_key=unnorm_key, center_crop=cfg.center_crop)
     import torch
 
     from vla.libero_io import resolve_suite_unnorm_key
@@ -136,3 +143,20 @@ def build_policy(cfg: EvalConfig) -> Policy:
     log.info("loaded %s on %s (%s); un-normalizing with %r; fast decoding %s", cfg.checkpoint, device, dtype_name,
              unnorm_key, fast)  # fmt: skip
     return VLAPolicy(vla, unnorm_key, cfg.center_crop, fast_decoding=fast)
+
+
+def server_unnorm_key(server_url: str, suite: str) -> str:
+    """The statistics key to send a server for `suite`: resolved against the keys its `/info` lists (scripts/serve.py),
+    else the suite name itself, as OpenVLA's eval sends (its deploy.py has no `/info`)."""
+    import httpx
+
+    from vla.libero_io import resolve_suite_unnorm_key
+
+    url = f"{server_url.rstrip('/')}/info"
+    try:
+        keys = httpx.get(url, timeout=10.0).raise_for_status().json()["unnorm_keys"]
+    except httpx.TransportError as err:  # nothing listening: fail now, not once per episode
+        raise ConnectionError(f"no policy server answers at {server_url} ({err}): start scripts/serve.py first") from None
+    except (httpx.HTTPStatusError, ValueError, KeyError, TypeError):
+        return suite
+    return resolve_suite_unnorm_key(dict.fromkeys(keys), suite)
