@@ -41,7 +41,7 @@ EPISODES_FILE, SUMMARY_FILE, CONFIG_FILE = "episodes.jsonl", "summary.json", "ev
 VIDEO_FPS = 30  # OpenVLA's replay videos
 # Settings whose change makes old episodes incomparable: `resume` refuses to mix runs that differ in them.
 RESUME_KEYS = ("task_suite", "policy", "checkpoint", "server_url", "unnorm_key", "center_crop", "quantization",
-               "max_steps", "seed")
+               "max_steps", "seed")  # fmt: skip
 
 
 @dataclass
@@ -116,6 +116,12 @@ class EvalConfig:
 
     def _validate_policy_source(self) -> None:
         """The checkpoint (policy=vla) or server URL (policy=server) is given and well formed; none of them otherwise."""
+        if self.policy == "server":
+            if not self.server_url:
+                raise ValueError("policy=server needs --server_url http://HOST:PORT (see scripts/serve.py)")
+            check_server_url(self.server_url)
+        elif self.server_url is not None:
+            raise ValueError(f"server_url applies to policy=server only (policy is {self.policy!r})")
         if self.policy == "vla":
             if not self.checkpoint:
                 raise ValueError("policy=vla needs --checkpoint (= --pretrained_checkpoint): a directory or a hub id")
@@ -124,12 +130,6 @@ class EvalConfig:
             check_checkpoint(self.checkpoint)  # a local dir, or a hub id (cached when HF_HUB_OFFLINE=1); loads nothing
         elif self.checkpoint is not None or self.quantization is not None:
             raise ValueError(f"checkpoint and quantization apply to policy=vla only (policy is {self.policy!r})")
-        if self.policy == "server":
-            if not self.server_url:
-                raise ValueError("policy=server needs --server_url http://HOST:PORT (see scripts/serve.py)")
-            check_server_url(self.server_url)
-        elif self.server_url is not None:
-            raise ValueError(f"server_url applies to policy=server only (policy is {self.policy!r})")
         if self.out_dir is not None and self.local_log_dir != EvalConfig.local_log_dir:
             raise ValueError("pass --out_dir (the results folder) or --local_log_dir (its parent), not both")
 

@@ -156,7 +156,9 @@ def server_unnorm_key(server_url: str, suite: str) -> str:
     try:
         keys = httpx.get(url, timeout=10.0).raise_for_status().json()["unnorm_keys"]
     except httpx.TransportError as err:  # nothing listening: fail now, not once per episode
-        raise ConnectionError(f"no policy server answers at {server_url} ({err}): start scripts/serve.py first") from None
+        raise ConnectionError(
+            f"no policy server answers at {server_url} ({err}): start scripts/serve.py first"
+        ) from None
     except (httpx.HTTPStatusError, ValueError, KeyError, TypeError):
         return suite
     return resolve_suite_unnorm_key(dict.fromkeys(keys), suite)
