@@ -212,10 +212,13 @@ def test_build_policy_for_a_server_resolves_the_suite_statistics_from_info(serve
     explicit = build_policy(dataclasses.replace(cfg, unnorm_key="bridge_orig"))
     assert explicit.unnorm_key == "bridge_orig"
     explicit.close()
+    with pytest.raises(KeyError, match="'nope' not found"):  # checked against /info before any episode
+        build_policy(dataclasses.replace(cfg, unnorm_key="nope"))
 
 
 def test_build_policy_fails_at_once_when_no_server_listens():
     from vla.policies import build_policy
 
-    with pytest.raises(ConnectionError, match="start scripts/serve.py"):
-        build_policy(EvalConfig(policy="server", server_url=f"http://127.0.0.1:{free_port()}"))
+    for key in (None, "libero_spatial"):
+        with pytest.raises(ConnectionError, match="start scripts/serve.py"):
+            build_policy(EvalConfig(policy="server", server_url=f"http://127.0.0.1:{free_port()}", unnorm_key=key))

@@ -119,7 +119,7 @@ def build_policy(cfg: EvalConfig) -> Policy:
     if cfg.policy == "server":
         from vla.remote_policy import RemotePolicy
 
-        unnorm_key = cfg.unnorm_key or server_unnorm_key(cfg.server_url, cfg.task_suite)
+        unnorm_key = server_unnorm_key(cfg.server_url, cfg.task_suite, cfg.unnorm_key)
         log.info("policy server %s; un-normalizing with %r", cfg.server_url, unnorm_key)
         return RemotePolicy(cfg.server_url, unnorm_key=unnorm_key, center_crop=cfg.center_crop)
     import torch
@@ -145,20 +145,22 @@ def build_policy(cfg: EvalConfig) -> Policy:
     return VLAPolicy(vla, unnorm_key, cfg.center_crop, fast_decoding=fast)
 
 
-def server_unnorm_key(server_url: str, suite: str) -> str:
-    """The statistics key to send a server for `suite`: resolved against the keys its `/info` lists (scripts/serve.py),
-    else the suite name itself, as OpenVLA's eval sends (its deploy.py has no `/info`)."""
+def server_unnorm_key(server_url: str, suite: str, unnorm_key: str | None = None) -> str:
+    """The statistics key to send a server: `unnorm_key`, else the suite's (`<suite>` or `<suite>_no_noops`), checked
+    against the keys its `/info` lists (scripts/serve.py); a server without `/info` (OpenVLA's deploy.py) gets the
+    key unchecked, the suite name by default, as OpenVLA's eval sends. No server listening: ConnectionError, now."""
     import httpx
 
     from vla.libero_io import resolve_suite_unnorm_key
+    from vla.normalization import resolve_unnorm_key
 
-    url = f"{server_url.rstrip('/')}/info"
     try:
-        keys = httpx.get(url, timeout=10.0).raise_for_status().json()["unnorm_keys"]
-    except httpx.TransportError as err:  # nothing listening: fail now, not once per episode
+        keys = httpx.get(f"{server_url.rstrip('/')}/info", timeout=10.0).raise_for_status().json()["unnorm_keys"]
+    except httpx.TransportError as err:  # nothing listening: fail before the simulator starts, not once per episode
         raise ConnectionError(
             f"no policy server answers at {server_url} ({err}): start scripts/serve.py first"
         ) from None
     except (httpx.HTTPStatusError, ValueError, KeyError, TypeError):
-        return suite
-    return resolve_suite_unnorm_key(dict.fromkeys(keys), suite)
+        return unnorm_key or suite
+    stats = dict.fromkeys(keys)
+    return resolve_unnorm_key(stats, unnorm_key) if unnorm_key else resolve_suite_unnorm_key(stats, suite)
