@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,16 @@ FRAMES_NAME = "frames.u8"
 ACTIONS_NAME = "actions.npy"
 STATS_NAME = "dataset_statistics.json"
 IMAGE_SIZE = 224  # the towers' input size: frames are stored already resized to it
-_RESIZE_BATCH = 32  # frames resized together (bounds the float32 working memory to ~25 MB)
+_ENCODE_THREADS = 4  # encoder threads: keep up with ~16 simulators on a 16-core node
+_MAX_PENDING = 16  # episodes waiting to be encoded before add_episode blocks (bounds memory: ~30 MB each)
+
+
+def _encode(images: np.ndarray, size: int) -> bytes:
+    """The RLDS path, frame by frame: JPEG q95 stored, decoded, lanczos3-resized to `size`; raw bytes to append."""
+    from vla.image_ops import jpeg_roundtrip, resize_image
+
+    frames = np.stack([resize_image(jpeg_roundtrip(im, backend="numpy"), size, backend="numpy") for im in images])
+    return np.ascontiguousarray(frames).tobytes()
 
 
 class FrameStoreWriter:
@@ -56,11 +67,14 @@ class FrameStoreWriter:
         self._frames = open(self.out_dir / FRAMES_NAME, "wb")  # noqa: SIM115  (closed by close())
         self._actions: list[np.ndarray] = []
         self._episodes: list[dict[str, Any]] = []
+        # Frames are encoded off the caller's thread (JPEG + resize ~2.5 ms a frame; numpy and Pillow release the
+        # GIL): a collection loop that adds episodes as they finish keeps its simulators stepping meanwhile.
+        self._pool = ThreadPoolExecutor(max_workers=_ENCODE_THREADS, thread_name_prefix="frame-store")
+        self._pending: deque[Future] = deque()
 
     def add_episode(self, episode: dict[str, Any]) -> None:
         """Append one Episode: `image (T, H, W, 3) uint8` (rotated 180 degrees, as recorded), `action (T, 7)` LIBERO
         convention, `language_instruction: str`; `file_path` is kept when present, other keys are ignored."""
-        from vla.image_ops import jpeg_roundtrip, resize_image
 
         if self._frames.closed:
             raise ValueError(f"{self.out_dir} is closed; open a new FrameStoreWriter")
@@ -73,10 +87,8 @@ class FrameStoreWriter:
             raise ValueError(f"episode {number}: image must be uint8 (T>0, H, W, 3), got {images.dtype} {images.shape}")
         if actions.shape != (len(images), 7):
             raise ValueError(f"episode {number}: action has shape {actions.shape}, expected ({len(images)}, 7)")
-        for low in range(0, len(images), _RESIZE_BATCH):  # the RLDS path: JPEG q95 stored, decoded, lanczos3-resized
-            stored = np.stack([jpeg_roundtrip(im, backend="numpy") for im in images[low : low + _RESIZE_BATCH]])
-            frames = resize_image(stored, self.image_size, backend="numpy")
-            self._frames.write(np.ascontiguousarray(frames).tobytes())
+        self._pending.append(self._pool.submit(_encode, images, self.image_size))
+        self._write_done(block=len(self._pending) > _MAX_PENDING)
         self._actions.append(actions)
         self._episodes.append(
             {
@@ -86,10 +98,19 @@ class FrameStoreWriter:
             }
         )
 
+    def _write_done(self, block: bool) -> None:
+        """Write the encoded episodes in the order they were added (the oldest first, waiting for it if `block`)."""
+        while self._pending and (block or self._pending[0].done()):
+            self._frames.write(self._pending.popleft().result())
+            block = False
+
     def close(self) -> Path:
         """Write actions, statistics and the index (atomically, last); returns `out_dir`."""
         if self._frames.closed:
             return self.out_dir
+        while self._pending:
+            self._write_done(block=True)
+        self._pool.shutdown()
         self._frames.close()
         if not self._episodes:
             raise ValueError(f"no episodes were added to {self.out_dir}; nothing to close")
