@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from vla.files import replace_directory
+from vla.files import CorruptFileError, check_finite, replace_directory
+from vla.files import read_json as read_json_file
 from vla.lora import lora_layers
 from vla.model_config import VLAConfig
 from vla.normalization import load_dataset_statistics, save_dataset_statistics
@@ -79,9 +80,23 @@ def resolve_directory(path_or_hub_id: str | Path) -> Path:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; is {path.parent} an OpenVLA checkpoint directory?")
-    return json.loads(path.read_text())
+    return read_json_file(path, f"is {path.parent} a complete OpenVLA checkpoint directory? Re-download or re-save it")
+
+
+@contextlib.contextmanager
+def _open_safetensors(file: Path):
+    """safe_open, with a truncated or garbage file reported by name instead of as a bare header error."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        handle = safe_open(str(file), framework="pt")
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise CorruptFileError(
+            f"{file} is not a readable safetensors file ({err}): it is truncated or corrupt; re-download or re-save "
+            "the checkpoint"
+        ) from None
+    with handle as f:
+        yield f
 
 
 def config_from_official(config: dict[str, Any]) -> VLAConfig:
@@ -121,18 +136,19 @@ def expected_shapes(config: VLAConfig) -> dict[str, tuple[int, ...]]:
 
 def weight_files(directory: Path) -> dict[str, Path]:
     """Tensor key -> safetensors file, from `model.safetensors.index.json` or a single `model.safetensors`."""
-    from safetensors import safe_open
-
     index = directory / INDEX_FILE
     if index.is_file():
-        files = {key: directory / name for key, name in json.loads(index.read_text())["weight_map"].items()}
-        missing = sorted({p.name for p in files.values() if not p.is_file()})
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CorruptFileError(f"{index} has no weight_map; re-download or re-save the checkpoint")
+        found = {key: directory / name for key, name in weight_map.items()}
+        missing = sorted({p.name for p in found.values() if not p.is_file()})
         if missing:
             raise FileNotFoundError(f"{directory} lacks shard(s) {missing} listed in {INDEX_FILE}; re-download them")
-        return files
+        return found
     single = directory / "model.safetensors"
     if single.is_file():
-        with safe_open(str(single), framework="pt") as f:
+        with _open_safetensors(single) as f:
             return dict.fromkeys(f.keys(), single)
     found = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt"))
     hint = f" (found pickle files {found}; convert them to safetensors)" if found else ""
@@ -141,8 +157,6 @@ def weight_files(directory: Path) -> dict[str, Path]:
 
 def check_weights(files: dict[str, Path], shapes: dict[str, tuple[int, ...]], directory: Path) -> None:
     """Raise unless the checkpoint holds exactly the expected keys with the expected shapes."""
-    from safetensors import safe_open
-
     missing, unexpected = sorted(set(shapes) - set(files)), sorted(set(files) - set(shapes))
     if missing or unexpected:
         raise KeyError(
@@ -150,7 +164,7 @@ def check_weights(files: dict[str, Path], shapes: dict[str, tuple[int, ...]], di
             f"{len(unexpected)} unexpected keys {unexpected[:5]}"
         )
     for file in sorted(set(files.values())):
-        with safe_open(str(file), framework="pt") as f:
+        with _open_safetensors(file) as f:
             keys = f.keys()
             for key in keys:
                 shape = tuple(f.get_slice(key).get_shape())
@@ -158,14 +172,21 @@ def check_weights(files: dict[str, Path], shapes: dict[str, tuple[int, ...]], di
                     raise ValueError(f"{file.name}: {key} has shape {shape}, but config.json implies {shapes[key]}")
 
 
-def read_weights(files: dict[str, Path], dtype: torch.dtype, rename=internal_key) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
-
+def read_weights(sources: dict[str, Path], dtype: torch.dtype, rename=internal_key) -> dict[str, torch.Tensor]:
+    """Every tensor, cast to `dtype`. Each is checked for NaN/inf as it is read (one pass over memory already being
+    read): a checkpoint saved after a divergence fails here, naming its first bad tensor, instead of being evaluated
+    as if it were a weak policy."""
     weights = {}
-    for file in sorted(set(files.values())):
-        with safe_open(str(file), framework="pt") as f:
-            keys = [k for k in f.keys() if k in files]  # noqa: SIM118 (safe_open is not iterable)
-            weights.update({rename(k): f.get_tensor(k).to(dtype) for k in keys})
+    for file in sorted(set(sources.values())):
+        with _open_safetensors(file) as f:
+            for key in [k for k in f.keys() if k in sources]:  # noqa: SIM118 (safe_open is not iterable)
+                try:
+                    tensor = f.get_tensor(key)
+                except Exception as err:  # noqa: BLE001 - a short data section; re-raised naming the file
+                    raise CorruptFileError(f"{file}: tensor {key} cannot be read ({err}): the file is "
+                                                 "truncated or corrupt; re-download or re-save it") from None  # fmt: skip
+                check_finite({key: tensor}, file)
+                weights[rename(key)] = tensor.to(dtype)
     return weights
 
 

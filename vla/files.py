@@ -1,13 +1,25 @@
-"""Crash-safe file writes: every file or directory is written under a temporary name, then renamed into place, so an
-interrupted process never leaves half a file where a reader expects a whole one."""
+"""Crash-safe file writes (every file or directory is written under a temporary name, then renamed into place, so an
+interrupted process never leaves half a file where a reader expects a whole one) and careful reads (a truncated or
+garbage JSON, YAML, JSON-lines or torch file raises one error naming the file, what is wrong and the fix; nothing
+is ever unpickled beyond plain arrays)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class CorruptFileError(ValueError):
+    """A file exists but cannot be read (truncated, garbage, or not the format its name says). The message names the
+    file, what is wrong and the fix."""
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -37,3 +49,95 @@ def replace_directory(source: Path, target: Path) -> None:
     os.replace(source, target)
     if old is not None:
         shutil.rmtree(old)
+
+
+def read_json(path: Path, fix: str = "restore it from a backup or re-create it") -> Any:
+    """A JSON file; a missing, truncated or garbage file raises one error naming it, what is wrong and `fix`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; {fix}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptFileError(f"{path} is not valid JSON ({err}): it is truncated or corrupt; {fix}") from None
+
+
+def read_yaml(path: Path, fix: str = "fix the line named above") -> Any:
+    """A YAML file (safe loader: plain data only); a syntax error raises one error naming the file and the line."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        return yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise CorruptFileError(f"{path} is not valid YAML ({' '.join(str(err).split())}); {fix}") from None
+
+
+def read_jsonl(path: Path, fix: str = "delete or repair that line") -> list[Any]:
+    """The records of an append-only JSON-lines file. A torn last line (a writer killed mid-append: no final newline,
+    not parseable) is dropped with a warning, keeping every complete record; any other bad line is an error naming
+    the file and the line."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    text = path.read_text(errors="replace")
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):  # the last line has no newline after it: an interrupted append
+                logger.warning("%s: dropped a torn last line (%d bytes, an interrupted write)", path, len(line))
+                continue
+            raise CorruptFileError(f"{path} line {number} is not valid JSON ({err}); {fix}") from None
+    return records
+
+
+# What a torch-saved NumPy array unpickles through: torch's weights-only unpickler allows these and nothing else.
+def _numpy_globals() -> list:
+    import numpy as np
+
+    reconstruct = np._core.multiarray._reconstruct if hasattr(np, "_core") else np.core.multiarray._reconstruct
+    dtypes = [
+        getattr(np.dtypes, f"{k}DType") for k in ("Float64", "Float32", "Int64", "Int32", "UInt32", "UInt8", "Bool")
+    ]
+    return [(reconstruct, "numpy.core.multiarray._reconstruct"), reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
+def torch_load_arrays(path: Path, fix: str) -> Any:
+    """A file written by `torch.save` holding tensors and NumPy arrays (LIBERO's init states), read with torch's
+    weights-only unpickler and an allowlist of NumPy's array constructors: a planted pickle that calls anything else
+    is refused, never run. Any failure raises one error naming the file and `fix`."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; {fix}")
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+        first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise CorruptFileError(
+            f"{path} is truncated, corrupt or holds more than arrays (refused to unpickle it: {first[:300]}); {fix}"
+        ) from None
+
+
+def check_finite(tensors: dict, source: Path | str) -> None:
+    """Raise naming the first floating-point tensor of `source` that holds NaN or inf (one pass over each)."""
+    import torch
+
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = tensor[~torch.isfinite(tensor)].flatten()[0].item()
+            raise FloatingPointError(
+                f"{source}: tensor {name} holds non-finite values (first: {bad}): these weights were saved after the "
+                "training diverged; use an earlier checkpoint"
+            )
