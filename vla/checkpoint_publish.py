@@ -17,6 +17,7 @@ from vla.files import atomic_write_text, read_json, replace_directory
 
 logger = logging.getLogger(__name__)
 
+CHECKPOINT_FILE = "checkpoint.json"  # {"step": N}: in the run dir and in every folder a save publishes
 MANIFEST = "publish.json"  # {"step": N, "targets": {name in the staging folder: destination path}}, in order
 
 
@@ -34,6 +35,9 @@ def commit(stage: Path, step: int, targets: dict[str, Path]) -> None:
     missing = [name for name in targets if not (stage / name).exists()]
     if missing:
         raise FileNotFoundError(f"staging folder {stage} lacks {missing}: the save did not write them")
+    unmarked = [name for name in targets if (stage / name).is_dir() and _step_of(stage / name) != step]
+    if unmarked:  # recovery tells a swapped-in folder from the old one by this record
+        raise ValueError(f"folders {unmarked} in {stage} lack {CHECKPOINT_FILE} with step {step}")
     atomic_write_text(
         stage / MANIFEST, json.dumps({"step": step, "targets": {k: str(v) for k, v in targets.items()}}, indent=2)
     )
@@ -66,10 +70,21 @@ def _publish(ready: Path) -> int:
         source, target = ready / name, Path(target)
         if not source.exists():  # moved before the interruption
             continue
+        if source.is_dir() and _step_of(target) == manifest["step"]:  # swapped in; `source` holds the old copy
+            shutil.rmtree(source)
+            continue
         target.parent.mkdir(parents=True, exist_ok=True)
         _move(source, target)
     shutil.rmtree(ready)
     return int(manifest["step"])
+
+
+def _step_of(directory: Path) -> int | None:
+    """The step a published folder records in its own checkpoint.json (every folder a save publishes has one)."""
+    try:
+        return int(json.loads((directory / CHECKPOINT_FILE).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _move(source: Path, target: Path) -> None:

@@ -28,7 +28,6 @@ METRICS_FILE = "metrics.jsonl"
 STATE_FILES = (TENSORS_FILE, STRUCTURE_FILE)  # the trainer state (vla.trainer_state)
 STATISTICS_FILE = "dataset_statistics.json"
 CURVE_FILE = "learning_curve.png"
-CHECKPOINT_FILE = "checkpoint.json"  # {"step": N} of the last checkpoint (adapter / merged / trainer state)
 EVALS_FILE = "eval_results.jsonl"  # one line per LIBERO evaluation of this run's merged checkpoint (scripts/eval.py)
 ADAPTER_DIR = "adapter"
 MERGED_DIR = "merged"
