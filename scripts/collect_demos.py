@@ -1,9 +1,12 @@
-"""Collect scripted-expert LIBERO demonstrations as an RLDS dataset `<out>/<suite>_no_noops/1.0.0/`, recorded as
-OpenVLA's regenerated data (reference §9): 256² images rotated 180°, state, joint state, actions, no-op steps dropped,
-failed episodes dropped. Initial states come from LIBERO's random placement, never the fixed eval states.
+"""Collect scripted-expert LIBERO demonstrations as a dataset `<out>/<suite>_no_noops/` (RLDS, or a TF-free frame
+store with --format frames), recorded as OpenVLA's regenerated data: 256² images rotated 180°, state, joint state,
+actions, no-op steps dropped, failed episodes dropped. Initial states come from LIBERO's random placement, never the
+fixed eval states. --action_noise S executes the expert's action plus N(0, S²) noise on the xyz/rpy deltas and
+records the clean action (DART-style recovery data).
 
     python scripts/collect_demos.py --task_suite libero_spatial --episodes_per_task 50 --out data/demos --num_workers 2
     python scripts/collect_demos.py --task_suite libero_spatial --episodes_per_task 2 --out /tmp/demos --tasks 0,1
+    python scripts/collect_demos.py --episodes_per_task 50 --out data/noisy --action_noise 0.1 --format frames
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ def main(cfg: CollectConfig) -> dict[str, Any]:
     """Collect, write the dataset and its summary, print the per-task table; returns the summary."""
     summary = collect(cfg)
     rows, dataset = summary["tasks"], summary["dataset"]
+    print(summary["timing_line"])
     print(f"{'task':>4} {'success':>9} {'rate':>6} {'steps':>6} {'kept':>6}  instruction")
     for r in rows:
         print(f"{r['task_id']:>4} {r['successes']:>4}/{r['attempts']:<4} {r['success_rate']:>6.0%} "
               f"{r['mean_steps'] or 0:>6.0f} {r['mean_kept_steps'] or 0:>6.0f}  {r['task']}")  # fmt: skip
-    print(f"dataset: {dataset}\nsummary: {Path(cfg.out) / SUMMARY_FILE}")
+    print(f"dataset: {dataset} ({summary['format']})\nsummary: {Path(cfg.out) / SUMMARY_FILE}")
     return summary
 
 
@@ -39,6 +43,11 @@ def parse_args(argv: list[str] | None = None) -> CollectConfig:
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--max_steps", type=int, default=d.max_steps)
     parser.add_argument("--libero_assets", default=d.libero_assets)
+    parser.add_argument("--action_noise", type=float, default=d.action_noise, help="std on xyz/rpy, e.g. 0.1")
+    parser.add_argument("--format", choices=("rlds", "frames"), default=d.format, help="default: rlds if TF imports")
+    parser.add_argument("--gl", choices=("egl", "osmesa"), default=d.gl, help="default: $MUJOCO_GL, else egl")
+    int_list = lambda s: [int(t) for t in s.split(",")]  # noqa: E731
+    parser.add_argument("--egl_devices", type=int_list, default=d.egl_devices, help="e.g. 0,1 (default: visible GPUs)")
     return CollectConfig(**vars(parser.parse_args(argv)))
 
 

@@ -6,15 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "vla"
 MAX_LINES = 400
-# Rewritten on other branches right now (the data interface; evaluation). The lead removes these at merge: from then
-# on the checks below hold for every module.
-PENDING_DATA = {"vla.rlds", "vla.video_frames", "vla.data", "vla.frame_store", "vla.synthetic_data", "vla.augment",
-                "vla.image_ops"}  # fmt: skip
-PENDING_EVAL = {"vla.evaluation", "vla.libero_env", "vla.demos", "vla.policies"}
 
 
 def _modules() -> dict[str, Path]:
@@ -133,19 +126,10 @@ def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
 
 def test_no_import_cycle():
     cycles = find_cycles(import_graph())
-    ours = [c for c in cycles if not set(c) <= PENDING_DATA]
-    assert not ours, "import cycles: " + "; ".join(" -> ".join(c) for c in ours)
-    if cycles:
-        pytest.skip(
-            "only the data modules still form a cycle (" + "; ".join(" -> ".join(c) for c in cycles)
-            + "): the data-interface branch removes it (rlds' import_tf moves below augment / image_ops)"
-        )  # fmt: skip
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
 def test_no_module_over_400_lines():
     sizes = {name: len(path.read_text().splitlines()) for name, path in _modules().items()}
     over = {name: n for name, n in sizes.items() if n > MAX_LINES}
-    ours = {name: n for name, n in over.items() if name not in PENDING_DATA | PENDING_EVAL}
-    assert not ours, f"modules over {MAX_LINES} lines: {ours}"
-    if over:
-        pytest.skip(f"over {MAX_LINES} lines, being split on the data / evaluation branches: {over}")
+    assert not over, f"modules over {MAX_LINES} lines: {over}"

@@ -38,7 +38,7 @@ SIZES = [(224, 224), (96, 160), (5, 7)]
 
 @pytest.fixture(scope="module")
 def tf():
-    from vla.rlds import import_tf  # never `import tensorflow` directly: Triton must come first
+    from vla.tf_import import import_tf  # never `import tensorflow` directly: Triton must come first
 
     try:
         return import_tf()[0]

@@ -35,6 +35,15 @@ def test_cli_flags_map_onto_the_config():
     assert (cfg.seed, cfg.env_seed, cfg.checkpoint, cfg.resume) == (7, 0, None, False)  # OpenVLA's defaults
 
 
+def test_new_flags_fast_decoding_and_gl_map_onto_the_config():
+    import draccus
+
+    cfg = draccus.parse(EvalConfig, args=["--fast_decoding", "false", "--gl", "egl", "--egl_devices", "[0, 1]"])
+    assert (cfg.fast_decoding, cfg.gl, cfg.egl_devices) == (False, "egl", [0, 1])
+    default = draccus.parse(EvalConfig, args=[])
+    assert (default.fast_decoding, default.gl, default.egl_devices) == (None, None, None)  # auto: CUDA, $MUJOCO_GL
+
+
 def test_main_refuses_a_missing_checkpoint_before_loading_anything(tmp_path):
     script = _load_script()
     with pytest.raises(FileNotFoundError, match="no-such-ckpt"):

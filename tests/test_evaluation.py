@@ -6,9 +6,11 @@ import json
 import numpy as np
 import pytest
 
+import vla.env_pool as env_pool
 import vla.evaluation as evaluation
+from vla.env_pool import ResetRequest, StepResult
 from vla.evaluation import EvalConfig, evaluate, format_table, read_episodes, wilson_interval
-from vla.libero_env import ResetRequest, StepResult, TaskInfo
+from vla.libero_env import TaskInfo
 from vla.policies import ExpertPolicy, RandomPolicy, VLAPolicy
 
 # Fake tasks: how each behaves in FakePool.
@@ -19,15 +21,19 @@ TASKS = [TaskInfo(i, f"task_{i}", f"do thing {i}", f"/nonexistent/{i}.bddl") for
 
 class FakePool:
     """Stands in for `EnvPool`: task SUCCEEDS reports done at step SUCCESS_STEP, NEVER never does, ENV_ERROR returns
-    a worker traceback at step ERROR_STEP, RESET_ERROR fails its reset."""
+    a worker traceback at step ERROR_STEP, RESET_ERROR fails its reset. `receive` hands back at most `per_receive`
+    results (None: all in flight), lowest worker first; `events` logs ("send", worker, kind) and ("recv", workers)."""
 
     instances: list["FakePool"] = []
+    per_receive: int | None = None
 
-    def __init__(self, suite, num_workers, *, assets_dir=None, cameras=()):
-        self.num_workers, self.cameras = num_workers, cameras
+    def __init__(self, suite, num_workers, *, assets_dir=None, cameras=(), gl_envs=None):
+        self.num_workers, self.cameras, self.gl_envs = num_workers, cameras, gl_envs
         self.resets: list[dict[int, ResetRequest]] = []
-        self.steps: list[list[int]] = []
+        self.steps: list[int] = []
         self.state: dict[int, list[int]] = {}
+        self.pending: dict[int, StepResult] = {}
+        self.events: list[tuple] = []
         self.closed = False
         FakePool.instances.append(self)
 
@@ -35,30 +41,32 @@ class FakePool:
         task_id, t = self.state[w]
         return {"task_id": np.array(task_id), "t": np.array(t), "agentview_image": np.full((32, 32, 3), t, np.uint8)}
 
-    def reset(self, requests):
-        self.resets.append(dict(requests))
-        out = {}
-        for w, request in requests.items():
+    def send(self, w, request):
+        assert w not in self.pending, "a second request to a busy worker"
+        if isinstance(request, ResetRequest):
+            self.events.append(("send", w, "reset"))
+            self.resets.append({w: request})
             if request.task_id == RESET_ERROR:
-                out[w] = StepResult(error="Traceback (most recent call last):\nRuntimeError: bad init state")
-                continue
+                self.pending[w] = StepResult(error="Traceback (most recent call last):\nRuntimeError: bad init state")
+                return
             self.state[w] = [request.task_id, 0]
-            out[w] = StepResult(obs=self._obs(w))
-        return out
+            self.pending[w] = StepResult(obs=self._obs(w), worker_s=0.5)
+            return
+        self.events.append(("send", w, "step"))
+        assert np.asarray(request).shape == (7,)
+        self.steps.append(w)
+        self.state[w][1] += 1
+        task_id, t = self.state[w]
+        if task_id == ENV_ERROR and t == ERROR_STEP:
+            self.pending[w] = StepResult(error="Traceback (most recent call last):\nValueError: physics exploded")
+        else:
+            done = task_id == SUCCEEDS and t == SUCCESS_STEP
+            self.pending[w] = StepResult(obs=self._obs(w), reward=float(done), done=done, worker_s=0.25)
 
-    def step(self, actions):
-        self.steps.append(sorted(actions))
-        out = {}
-        for w, action in actions.items():
-            assert np.asarray(action).shape == (7,)
-            self.state[w][1] += 1
-            task_id, t = self.state[w]
-            if task_id == ENV_ERROR and t == ERROR_STEP:
-                out[w] = StepResult(error="Traceback (most recent call last):\nValueError: physics exploded")
-            else:
-                done = task_id == SUCCEEDS and t == SUCCESS_STEP
-                out[w] = StepResult(obs=self._obs(w), reward=float(done), done=done)
-        return out
+    def receive(self, timeout=None):
+        ready = sorted(self.pending)[: self.per_receive]
+        self.events.append(("recv", ready))
+        return {w: self.pending.pop(w) for w in ready}
 
     def __enter__(self):
         return self
@@ -71,7 +79,8 @@ class FakePool:
 def fake_libero(monkeypatch):
     """Point the harness at FakePool and the fake tasks; init state i of task t is the row [t, i]."""
     FakePool.instances = []
-    monkeypatch.setattr(evaluation, "EnvPool", FakePool)
+    monkeypatch.setattr(env_pool, "EnvPool", FakePool)
+    monkeypatch.setattr(env_pool, "check_gl", lambda env: None)
     monkeypatch.setattr(evaluation, "setup_libero", lambda assets_dir=None: None)
     monkeypatch.setattr(evaluation, "list_tasks", lambda suite: TASKS)
     monkeypatch.setattr(
@@ -144,18 +153,51 @@ def test_statuses_steps_and_errors_are_kept_apart(tmp_path, fake_libero):
     assert fake_libero[0].closed and fake_libero[0].cameras == ()  # the random policy needs no images
 
 
-def test_one_batched_act_per_step_and_fixed_initial_states(tmp_path, fake_libero):
-    policy = RecordingPolicy()
-    evaluate(_cfg(tmp_path, tasks=[SUCCEEDS, NEVER], num_trials_per_task=3), policy)
+class EventPolicy(RecordingPolicy):
+    """RecordingPolicy that also logs its calls into the pool's event stream."""
+
+    def act(self, observations, instructions):
+        FakePool.instances[-1].events.append(("act", sorted(observations)))
+        return super().act(observations, instructions)
+
+
+def _check_every_waiting_env_is_in_the_next_act(events):
+    """After each receive, the next policy call covers exactly the received envs whose episode goes on: any other
+    received worker is finished (its next request is a reset, or it gets none)."""
+    for k, event in enumerate(events):
+        if event[0] != "recv" or not event[1]:
+            continue
+        later = events[k + 1 :]
+        until_next_recv = later[: next((i for i, e in enumerate(later) if e[0] == "recv"), len(later))]
+        act = next((e[1] for e in until_next_recv if e[0] == "act"), [])
+        assert set(act) <= set(event[1])
+        for w in set(event[1]) - set(act):
+            nxt = next((e for e in later if e[0] == "send" and e[1] == w), None)
+            assert nxt is None or nxt[2] == "reset", (w, event, later[:5])
+
+
+@pytest.mark.parametrize("per_receive", [None, 1])
+def test_one_batched_act_for_all_waiting_envs_and_fixed_initial_states(tmp_path, fake_libero, monkeypatch, per_receive):
+    monkeypatch.setattr(FakePool, "per_receive", per_receive)
+    policy = EventPolicy()
+    summary = evaluate(_cfg(tmp_path, tasks=[SUCCEEDS, NEVER], num_trials_per_task=3, num_envs=3), policy)
     pool = fake_libero[0]
-    assert policy.calls == pool.steps  # every env step had exactly one act call covering the stepped workers
-    assert max(len(c) for c in policy.calls) == 2  # both workers ran at once
+    _check_every_waiting_env_is_in_the_next_act(pool.events)
+    assert sum(len(c) for c in policy.calls) == len(pool.steps)  # one action per step sent, no more
+    assert max(len(c) for c in policy.calls) == (3 if per_receive is None else 1)  # all ready envs in one call
     requests = [r for batch in pool.resets for r in batch.values()]
     assert sorted((int(r.init_state[0]), int(r.init_state[1])) for r in requests) == [
         (t, e) for t in (SUCCEEDS, NEVER) for e in range(3)
     ]
     assert all(r.init_state[0] == r.task_id and r.seed == 0 and r.settle for r in requests)
-    assert sorted(policy.resets) != [] and all(slot in (0, 1) for slot, _ in policy.resets)
+    assert sorted(policy.resets) != [] and all(slot in (0, 1, 2) for slot, _ in policy.resets)
+    records = _by_key(tmp_path)
+    assert [records[SUCCEEDS, e]["steps"] for e in range(3)] == [SUCCESS_STEP] * 3  # outcomes as in lockstep
+    assert [records[NEVER, e]["status"] for e in range(3)] == ["failure"] * 3
+    timing = summary["timing"]
+    assert timing["steps"] == len(pool.steps) == sum(r["steps"] for r in records.values())
+    assert timing["policy_calls"] == len(policy.calls) and timing["resets"] == 6
+    assert timing["env_step_s"] == pytest.approx(0.25 * len(pool.steps)) and timing["env_reset_s"] == 3.0
 
 
 def test_a_policy_exception_is_an_error_with_traceback_and_the_run_goes_on(tmp_path, fake_libero):
@@ -368,3 +410,20 @@ def test_an_evaluation_of_a_runs_merged_checkpoint_lands_on_its_learning_curve(t
     from PIL import Image
 
     assert Image.open(run.file("learning_curve.png")).size == (1350, 350)  # three panels: loss, accuracy, success
+
+
+@pytest.mark.libero
+def test_expert_outcomes_are_the_same_with_one_or_two_workers(tmp_path, libero_assets_dir):
+    """The asynchronous scheduler changes when each episode runs and on which worker, never its outcome."""
+    outcomes = {}
+    for workers in (1, 2):
+        cfg = EvalConfig(
+            policy="expert", tasks=[0], num_trials_per_task=2, num_envs=workers, out_dir=str(tmp_path / str(workers)),
+            libero_assets=libero_assets_dir,
+        )  # fmt: skip
+        summary = evaluate(cfg, ExpertPolicy())
+        assert summary["timing"]["num_workers"] == workers and summary["overall"]["errors"] == 0
+        records = read_episodes(tmp_path / str(workers) / "episodes.jsonl")
+        outcomes[workers] = sorted((r["episode"], r["status"], r["steps"]) for r in records)
+    assert outcomes[1] == outcomes[2] and len(outcomes[1]) == 2
+    assert any(status == "success" for _, status, _ in outcomes[1])  # the expert solves this task

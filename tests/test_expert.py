@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vla.expert import ScriptedExpert, UnsupportedTaskError, parse_goal, rotation_error
+from vla.expert import ScriptedExpert, SequenceExpert, UnsupportedTaskError, parse_goal, plan_task, rotation_error
+from vla.expert_skills import STOVE_KNOB, KnobSkill
 
 REPO = Path(__file__).resolve().parents[1]
 BDDL = """(define (problem LIBERO_Tabletop_Manipulation)
@@ -52,9 +53,94 @@ def test_from_bddl_takes_object_and_target_and_rejects_other_goals(tmp_path):
     path.write_text(BDDL)
     expert = ScriptedExpert.from_bddl(path)
     assert (expert.obj, expert.target) == ("akita_black_bowl_1", "plate_1")
-    path.write_text("(:goal (And (TurnOn flat_stove_1)))")
-    with pytest.raises(UnsupportedTaskError, match="turnon"):
+    path.write_text("(:goal (And (Open wooden_cabinet_1_top_region)))")
+    with pytest.raises(UnsupportedTaskError, match="task.bddl.*drawers are not supported"):
         ScriptedExpert.from_bddl(path)
+
+
+@pytest.mark.parametrize(
+    "text, parsed",
+    [
+        ("(On bowl_1 plate_1)", ("on", "bowl_1", "plate_1")),
+        ("(In soup_1 basket_1_contain_region)", ("in", "soup_1", "basket_1_contain_region")),
+        ("(Open wooden_cabinet_1_middle_region)", ("open", "wooden_cabinet_1_middle_region")),
+        ("(Close microwave_1)", ("close", "microwave_1")),
+        ("(TurnOn flat_stove_1)", ("turnon", "flat_stove_1")),
+    ],
+)
+def test_parse_goal_reads_every_predicate_kind(text, parsed):
+    assert parse_goal(f"(:init (On x y)) (:goal (And {text}))") == [parsed]
+
+
+def test_plan_task_orders_the_knob_before_the_placements_and_keeps_a_single_placement_plain():
+    single = plan_task([("on", "akita_black_bowl_1", "plate_1")])
+    assert isinstance(single, ScriptedExpert) and single.target == "plate_1"
+    plan = plan_task([("on", "moka_pot_1", "flat_stove_1_cook_region"), ("turnon", "flat_stove_1")])
+    assert isinstance(plan, SequenceExpert)
+    assert [type(s) for s in plan.skills] == [KnobSkill, ScriptedExpert] and plan.skills[1].obj == "moka_pot_1"
+    two = plan_task(
+        [("in", "alphabet_soup_1", "basket_1_contain_region"), ("in", "butter_1", "basket_1_contain_region")]
+    )
+    assert [s.obj for s in two.skills] == ["alphabet_soup_1", "butter_1"]
+
+
+@pytest.mark.parametrize(
+    "goal, reason",
+    [
+        ([("open", "wooden_cabinet_1_middle_region")], "drawers"),
+        ([("in", "akita_black_bowl_1", "wooden_cabinet_1_top_region")], "drawers"),
+        ([("close", "white_cabinet_1_bottom_region"), ("in", "akita_black_bowl_1", "white_cabinet_1_bottom_region")],
+         "drawers"),
+        ([("close", "microwave_1")], "microwave_1"),
+        ([("on", "plate_1", "main_table_stove_front_region")], "pushing"),
+        ([("turnoff", "flat_stove_1")], "turnoff"),
+        ([("turnon", "microwave_1")], "knob"),
+    ],
+)  # fmt: skip
+def test_plan_task_names_why_a_goal_is_unsupported(goal, reason):
+    with pytest.raises(UnsupportedTaskError, match=reason):
+        plan_task(goal)
+
+
+def _knob_obs(eef, cook=(-0.25, 0.2, 0.905)):
+    return {"robot0_eef_pos": np.asarray(eef, float), "robot0_eef_quat": HOME_QUAT,
+            "flat_stove_1_cook_region_pos": np.asarray(cook, float)}  # fmt: skip
+
+
+def test_knob_skill_sweeps_the_pointer_towards_plus_y_with_closed_fingers_then_lifts():
+    skill, eef, cook = KnobSkill("flat_stove_1"), np.array([-0.2, 0.0, 1.17]), np.array([-0.25, 0.2, 0.905])
+    knob = cook + STOVE_KNOB
+    phases, sweep_y = [], []
+    for _ in range(300):
+        action = skill.act(_knob_obs(eef, cook))
+        assert action[6] == 1.0 and np.all(np.abs(action) <= 1)
+        phases.append(skill.phase)
+        if skill.phase == "sweep":
+            sweep_y.append(eef[1])
+            assert abs(eef[2] - skill.height) < 0.01 and eef[0] > knob[0]  # level with the pointer, on its +x side
+        eef = eef + 0.05 * 0.5 * action[:3]
+        if skill.finished(_knob_obs(eef, cook)):
+            break
+    assert [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p] == [
+        "approach", "descend", "sweep", "release", "done"
+    ]  # fmt: skip
+    assert sweep_y[0] < knob[1] - 0.03 and sweep_y[-1] > knob[1] + 0.03  # swept across the knob's axis
+    assert eef[2] > skill.height + 0.1
+
+
+def test_sequence_expert_moves_on_when_a_skill_finishes_and_repeats_an_unobserved_last_skill():
+    plan = plan_task([("turnon", "flat_stove_1"), ("on", "akita_black_bowl_1", "plate_1")])
+    obs = {**_obs(eef=(-0.2, 0.0, 1.2)), "flat_stove_1_cook_region_pos": np.array([-0.25, 0.2, 0.905])}
+    plan.act(obs)
+    assert plan.index == 0 and plan.phase.startswith("0:KnobSkill")
+    plan.skills[0].phase = "done"
+    plan.act(obs)
+    assert plan.index == 1 and plan.skills[1].phase == "approach"
+    knob_only = SequenceExpert([KnobSkill("flat_stove_1")])
+    knob_only.act(obs)
+    knob_only.skills[0].phase = "done"
+    knob_only.act(obs)
+    assert knob_only.skills[0].phase == "approach"  # the stove is still off (the episode goes on): sweep again
 
 
 def test_rotation_error_is_the_axis_angle_between_orientations():
@@ -110,7 +196,8 @@ def test_expert_resolves_a_region_target_to_its_object_and_reset_restarts():
 
 @pytest.mark.libero
 def test_expert_solves_a_libero_spatial_episode_through_the_pool(libero_assets_dir):
-    from vla.libero_env import SUITE_MAX_STEPS, EnvPool, ResetRequest
+    from vla.env_pool import EnvPool, ResetRequest
+    from vla.libero_env import SUITE_MAX_STEPS
 
     with EnvPool("libero_spatial", 1, assets_dir=libero_assets_dir, cameras=()) as pool:
         expert = ScriptedExpert.from_bddl(pool.task_info(0).bddl_file)
@@ -121,6 +208,23 @@ def test_expert_solves_a_libero_spatial_episode_through_the_pool(libero_assets_d
             if result.done:
                 break
     assert result.done, f"expert did not finish task 0 in the eval's step limit (phase {expert.phase})"
+
+
+@pytest.mark.libero
+def test_expert_turns_the_stove_on_in_a_libero_goal_episode(libero_assets_dir):
+    from vla.env_pool import EnvPool, ResetRequest
+    from vla.libero_env import SUITE_MAX_STEPS
+
+    with EnvPool("libero_goal", 1, assets_dir=libero_assets_dir, cameras=()) as pool:
+        task = next(t for t in pool.tasks if t.language == "turn on the stove")
+        expert = ScriptedExpert.from_bddl(task.bddl_file)
+        result = pool.reset({0: ResetRequest(task.task_id, seed=5)})[0]
+        for _ in range(SUITE_MAX_STEPS["libero_goal"]):
+            result = pool.step({0: expert.act(result.obs)})[0]
+            assert result.error is None
+            if result.done:
+                break
+    assert result.done, f"expert did not turn the stove on in the eval's step limit (phase {expert.phase})"
 
 
 def _collect_demos_module():

@@ -132,7 +132,7 @@ def test_simulation_modules_never_import_tensorflow():
 @pytest.mark.libero
 @pytest.mark.slow
 def test_pool_steps_in_parallel_reports_errors_and_survives_a_dead_worker(libero_assets_dir):
-    from vla.libero_env import EnvPool
+    from vla.env_pool import EnvPool
 
     with EnvPool("libero_spatial", 2, assets_dir=libero_assets_dir) as pool:
         first = pool.reset({0: ResetRequest(0, seed=1), 1: ResetRequest(0, seed=1, settle=False)})
@@ -174,7 +174,7 @@ def test_pool_steps_in_parallel_reports_errors_and_survives_a_dead_worker(libero
 def test_workers_die_with_their_parent(libero_assets_dir):
     script = (
         "import os, signal, sys\n"
-        "from vla.libero_env import EnvPool\n"
+        "from vla.env_pool import EnvPool\n"
         f"pool = EnvPool('libero_spatial', 2, assets_dir={libero_assets_dir!r}, cameras=())\n"
         "print('PIDS', *[p.pid for p, _ in pool._workers], flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"

@@ -365,7 +365,7 @@ def _rlds(cfg, split: str, **kwargs):
 
 
 def test_exported_frames_are_rlds_pre_augmentation_frames(rlds_export):
-    from vla.rlds import import_tf
+    from vla.tf_import import import_tf
     from vla.video_frames import _read_episodes
 
     cfg, _ = rlds_export

@@ -3,7 +3,7 @@ then brightness, contrast, saturation and hue, each clipped to [0, 1]. Stateless
 `augment_batch` is a batched PyTorch port of the same chain (any device, no TensorFlow) for GPU data paths.
 
 TensorFlow is imported inside the functions (LIBERO's renderer crashes in a process that has imported it), through
-`vla.rlds.import_tf`, which orders it after Triton.
+`vla.tf_import.import_tf`, which orders it after Triton.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _random_resized_crop(image, area: float, ratio: float, seed):
     Quirk kept from dlimp: every draw (scale, ratio, y offset, x offset) uses the same stateless seed, so with equal
     height and width ranges the y and x offsets are equal and the crop only slides along the image diagonal.
     """
-    from vla.rlds import import_tf
+    from vla.tf_import import import_tf
 
     tf, _ = import_tf()
     height, width = tf.shape(image)[0], tf.shape(image)[1]
@@ -54,7 +54,7 @@ def augment_image(image, seed, cfg: AugmentConfig | None = None):
     `seed`: an int or a (2,) integer tensor. The same seed gives the same pixels; each op gets its own sub-seed
     derived from it with `stateless_uniform`, so crop, brightness, contrast, saturation and hue are independent.
     """
-    from vla.rlds import import_tf
+    from vla.tf_import import import_tf
 
     tf, _ = import_tf()
     cfg = cfg or AugmentConfig()

@@ -40,7 +40,6 @@ LLAMA_DEFAULTS = {
 _TEXT_CONFIG_BOOKKEEPING = {"model_type", "torch_dtype", "dtype", "pad_token_id", "architectures", "_name_or_path",
                             "transformers_version", "bos_token_id", "eos_token_id", "tie_word_embeddings"}  # fmt: skip
 _REMOTE_CODE = "openvla/openvla-7b--"  # official fine-tunes point their auto_map at the base repo's code
-_HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model"]
 
 
 @dataclass
@@ -66,17 +65,10 @@ def internal_key(key: str) -> str:
 
 
 def resolve_directory(path_or_hub_id: str | Path) -> Path:
-    """A local directory as is; otherwise a hub id (`org/name`) downloaded with huggingface_hub (needs network)."""
-    path = Path(path_or_hub_id).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise NotADirectoryError(f"{path} is a file; pass the checkpoint directory")
-        return path
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", str(path_or_hub_id)) or str(path_or_hub_id).startswith("."):
-        raise FileNotFoundError(f"{path} does not exist and is not a hub id like 'openvla/openvla-7b'")
-    from huggingface_hub import snapshot_download
+    """A local directory as is; otherwise a hub id (`org/name`) from the hub cache or downloaded (`vla.hub`)."""
+    from vla.hub import resolve_checkpoint
 
-    return Path(snapshot_download(str(path_or_hub_id), allow_patterns=_HUB_PATTERNS))
+    return resolve_checkpoint(path_or_hub_id)
 
 
 def read_json(path: Path) -> dict[str, Any]:

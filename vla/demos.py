@@ -1,48 +1,61 @@
-"""Scripted-expert LIBERO demonstrations, recorded as OpenVLA's regenerated data (reference §9): 256² images rotated
-180°, state, joint state, actions, no-op steps dropped, failed episodes dropped, from LIBERO's random placements."""
+"""Scripted-expert LIBERO demonstrations, recorded as OpenVLA's regenerated data: 256² images rotated 180°, state,
+joint state, actions, no-op steps dropped, failed episodes dropped, from LIBERO's random placements (never the
+benchmark's fixed initial states). Optional DART-style noise: the env executes the expert's action plus Gaussian
+noise, the dataset records the expert's clean action for the state reached. Written as RLDS or as a frame store."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
-import traceback
-from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vla.env_pool import ResetRequest, open_pool
+from vla.env_scheduler import Episode, Job, Scheduler
 from vla.expert import ScriptedExpert, UnsupportedTaskError
-from vla.libero_env import (
-    SUITE_MAX_STEPS,
-    EnvPool,
-    ResetRequest,
-    TaskInfo,
-    check_suite,
-    libero_state,
-    noop_mask,
-    upright,
-)
+from vla.frame_store import FrameStoreWriter
+from vla.gl_check import RenderConfig
+from vla.libero_env import CAMERAS, SUITE_MAX_STEPS, TaskInfo, check_suite, libero_state, noop_mask, upright
 from vla.normalization import write_json_atomic
+from vla.policies import ExpertPolicy, Policy
 
 log = logging.getLogger(__name__)
 SUMMARY_FILE = "collect_summary.json"
 FRAME_KEYS = ("image", "wrist_image", "state", "joint_state", "action")
+FORMATS = ("rlds", "frames")
+MOTION_DIMS = 6  # xyz + rpy deltas get the noise; the gripper command (dim 6) stays the expert's
 
 
 @dataclass
 class CollectConfig:
-    """One demonstration run: which tasks, how many expert attempts each, where the RLDS dataset goes."""
+    """One demonstration run: which tasks, how many expert attempts each, noise, where the dataset goes."""
 
     task_suite: str = "libero_spatial"  # libero_spatial | libero_object | libero_goal | libero_10 | libero_90
     episodes_per_task: int = 50  # expert attempts per task (only successes are written)
-    out: str = "data/demos"  # root folder; the dataset goes to <out>/<task_suite>_no_noops/1.0.0/
+    out: str = "data/demos"  # root folder; the dataset goes to <out>/<task_suite>_no_noops/
     num_workers: int = 2  # simulator processes
     tasks: list[int] | None = None  # task ids; None = every task of the suite
     seed: int = 0  # episode e of task t places objects with env seed `seed * 100_000 + 1_000 * t + e`
     max_steps: int | None = None  # per episode; None = the suite's eval limit (SUITE_MAX_STEPS)
     libero_assets: str | None = None  # LIBERO assets folder; None = $VLA_LIBERO_ASSETS or LIBERO's own
+    action_noise: float = 0.0  # std of Gaussian noise on the executed xyz/rpy deltas (units of the [-1, 1] action)
+    format: str | None = None  # rlds (needs TensorFlow) | frames (vla.frame_store); None: rlds if TF is installed
+    gl: str | None = None  # MuJoCo GL back-end of the workers: egl | osmesa; None: $MUJOCO_GL, else egl
+    egl_devices: list[int] | None = None  # EGL device ids the workers render on (round-robin); None: visible GPUs
+
+    @property
+    def dataset_name(self) -> str:
+        return f"{self.task_suite}_no_noops"
+
+    def resolved_format(self) -> str:
+        """`format`, else rlds when TensorFlow is installed (found without importing it), else frames."""
+        if self.format is not None:
+            return self.format
+        return "rlds" if importlib.util.find_spec("tensorflow") is not None else "frames"
 
     def validate(self) -> None:
         check_suite(self.task_suite)
@@ -50,79 +63,72 @@ class CollectConfig:
             raise ValueError(
                 f"episodes_per_task and num_workers must be >= 1, got {self.episodes_per_task}, {self.num_workers}"
             )
-        target = Path(self.out) / f"{self.task_suite}_no_noops"
+        if not self.action_noise >= 0:
+            raise ValueError(f"action_noise is a standard deviation: must be >= 0, got {self.action_noise}")
+        if self.format not in (None, *FORMATS):
+            raise ValueError(f"unknown format {self.format!r}: choose rlds or frames")
+        if self.resolved_format() == "rlds" and importlib.util.find_spec("tensorflow") is None:
+            raise ValueError("format rlds needs TensorFlow, which is not installed: pass --format frames")
+        target = Path(self.out) / self.dataset_name
         if target.exists():
             raise FileExistsError(f"{target} already exists: choose another --out or delete it")
 
 
-@dataclass
-class _Episode:
-    task_id: int
-    seed: int
-    expert: ScriptedExpert
-    obs: dict[str, np.ndarray] = field(default_factory=dict)
-    frames: dict[str, list] = field(default_factory=lambda: {k: [] for k in FRAME_KEYS})
+class _DemoRecorder:
+    """The scheduler's action hook: records each step's observation with the expert's clean action, and returns the
+    action to execute (with noise when `action_noise` > 0; each episode's noise is seeded by its env seed)."""
 
-    def act(self) -> np.ndarray:
-        """The expert's action, recorded with the observation it was taken from (as the regenerated data)."""
-        action, obs = self.expert.act(self.obs), self.obs
+    def __init__(self, action_noise: float):
+        self.action_noise = action_noise
+
+    def __call__(self, ep: Episode, action: np.ndarray) -> np.ndarray:
+        obs, frames = ep.obs, ep.data.setdefault("frames", {k: [] for k in FRAME_KEYS})
         frame = {"image": upright(obs["agentview_image"]), "wrist_image": upright(obs["robot0_eye_in_hand_image"]),
                  "state": libero_state(obs), "joint_state": obs["robot0_joint_pos"].astype(np.float32),
-                 "action": action.astype(np.float32)}  # fmt: skip
+                 "action": np.asarray(action, dtype=np.float32)}  # fmt: skip
         for key, value in frame.items():
-            self.frames[key].append(value)
-        return action
+            frames[key].append(value)
+        if self.action_noise == 0:
+            return action
+        rng = ep.data.setdefault("rng", np.random.default_rng(ep.job.request.seed))
+        noisy = np.array(action, dtype=np.float64)
+        noisy[:MOTION_DIMS] = np.clip(noisy[:MOTION_DIMS] + rng.normal(0, self.action_noise, MOTION_DIMS), -1, 1)
+        return noisy
 
 
-def rollouts(pool: EnvPool, cfg: CollectConfig, task_ids: list[int], stats: dict[int, dict[str, Any]]):
-    """Run every (task, episode) with the expert, keeping all workers busy; yield each successful episode's Episode
-    dict (docs/DESIGN.md) with no-op steps dropped, and count outcomes per task into `stats`."""
+def demo_jobs(cfg: CollectConfig, tasks: list[TaskInfo]) -> list[Job]:
+    """One job per (task, episode): LIBERO's random placement under a fixed env seed, then the settle steps."""
+    jobs = []
+    for task in tasks:
+        for index in range(cfg.episodes_per_task):
+            seed = cfg.seed * 100_000 + 1_000 * task.task_id + index
+            jobs.append(Job(task, ResetRequest(task.task_id, init_state=None, seed=seed), key=seed))
+    return jobs
+
+
+def rollouts(scheduler: Scheduler, jobs: list[Job], suite: str, stats: dict[int, dict[str, Any]]):
+    """Run `jobs`; yield each successful episode's Episode dict (docs/DESIGN.md) with no-op steps dropped, and
+    count outcomes per task into `stats`."""
     from tqdm import tqdm
 
-    max_steps = cfg.max_steps or SUITE_MAX_STEPS[cfg.task_suite]
-    queue = deque((t, e) for t in task_ids for e in range(cfg.episodes_per_task))
-    running: dict[int, _Episode] = {}
-    with tqdm(total=len(queue), desc=f"{cfg.task_suite} demos", unit="ep") as bar:
-
-        def finish(w: int, outcome: str, error: str | None = None) -> _Episode:
-            ep = running.pop(w)
-            stats[ep.task_id][outcome] += 1
-            stats[ep.task_id]["steps"].append(len(ep.frames["action"]))
+    with tqdm(total=len(jobs), desc=f"{suite} demos", unit="ep") as bar:
+        for outcome in scheduler.run(jobs):
+            ep, task = outcome.episode, outcome.episode.job.task
+            frames = ep.data.get("frames", {k: [] for k in FRAME_KEYS})
+            stats[task.task_id][outcome.status] += 1
+            stats[task.task_id]["steps"].append(len(frames["action"]))
             bar.update()
             bar.set_postfix(ok=sum(s["success"] for s in stats.values()))
-            if error:
-                log.warning("task %d seed %d: error\n%s", ep.task_id, ep.seed, error)
-            return ep
-
-        while queue or running:
-            requests: dict[int, Any] = {}
-            for w in range(pool.num_workers):
-                if w in running:
-                    try:
-                        requests[w] = running[w].act()
-                    except Exception:  # an expert bug ends its episode as an error, not the collection
-                        finish(w, "error", traceback.format_exc())
-                elif queue:
-                    task_id, index = queue.popleft()
-                    seed = cfg.seed * 100_000 + 1_000 * task_id + index
-                    running[w] = _Episode(task_id, seed, ScriptedExpert.from_bddl(pool.task_info(task_id).bddl_file))
-                    requests[w] = ResetRequest(task_id, init_state=None, seed=seed)  # random placement + settle
-            for w, result in pool.submit(requests).items():
-                started, ep = isinstance(requests[w], ResetRequest), running[w]
-                if result.error:
-                    finish(w, "error", result.error)
-                elif result.done and not started:  # success during the settle steps is ignored, as in the eval
-                    finish(w, "success")
-                    keep = noop_mask(np.stack(ep.frames["action"]))
-                    stats[ep.task_id]["kept_steps"].append(int(keep.sum()))
-                    yield {k: np.stack(v)[keep] for k, v in ep.frames.items()} | {
-                        "language_instruction": pool.task_info(ep.task_id).language,
-                        "file_path": f"scripted_expert/{cfg.task_suite}/task{ep.task_id}_seed{ep.seed}",
-                    }
-                elif len(ep.frames["action"]) >= max_steps:
-                    finish(w, "failure")
-                else:
-                    ep.obs = result.obs
+            if outcome.status == "error":
+                log.warning("task %d seed %d: error\n%s", task.task_id, ep.job.key, outcome.error)
+            if outcome.status != "success":
+                continue
+            keep = noop_mask(np.stack(frames["action"]))
+            stats[task.task_id]["kept_steps"].append(int(keep.sum()))
+            yield {k: np.stack(v)[keep] for k, v in frames.items()} | {
+                "language_instruction": task.language,
+                "file_path": f"scripted_expert/{suite}/task{task.task_id}_seed{ep.job.key}",
+            }
 
 
 def _row(task: TaskInfo, s: dict[str, Any]) -> dict[str, Any]:
@@ -133,12 +139,27 @@ def _row(task: TaskInfo, s: dict[str, Any]) -> dict[str, Any]:
             "mean_steps": mean(s["steps"]), "mean_kept_steps": mean(s["kept_steps"])}  # fmt: skip
 
 
-def collect(cfg: CollectConfig) -> dict[str, Any]:
+def write_episodes(episodes, out: Path, name: str, fmt: str) -> Path:
+    """Write an Episode-dict stream as RLDS (TensorFlow, imported here only) or as a frame store; returns its path."""
+    if fmt == "rlds":
+        from vla.rlds import import_tf, write_rlds_dataset
+
+        import_tf()[1].disable_progress_bar()  # one progress bar: ours
+        return write_rlds_dataset(episodes, out, name)
+    writer = FrameStoreWriter(out, name)
+    for episode in episodes:
+        writer.add_episode(episode)
+    return writer.close()
+
+
+def collect(cfg: CollectConfig, policy: Policy | None = None) -> dict[str, Any]:
     """Collect, write the dataset and `<out>/collect_summary.json`; returns the summary (per-task rows under
-    "tasks", the dataset path, wall time, unsupported tasks)."""
+    "tasks", the dataset path, format, wall time, timing, unsupported tasks). `policy`: the scripted expert."""
     cfg.validate()
-    started = time.perf_counter()
-    with EnvPool(cfg.task_suite, cfg.num_workers, assets_dir=cfg.libero_assets) as pool:
+    fmt, started = cfg.resolved_format(), time.perf_counter()
+    policy = policy if policy is not None else ExpertPolicy()
+    render = RenderConfig(gl=cfg.gl, egl_devices=cfg.egl_devices)
+    with open_pool(cfg.task_suite, cfg.num_workers, CAMERAS, render, cfg.libero_assets) as pool:
         tasks = [pool.task_info(t) for t in cfg.tasks] if cfg.tasks is not None else pool.tasks
         unsupported = {}
         for task in tasks:
@@ -149,13 +170,15 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
                 log.warning("skipping task %d (%s): %s", task.task_id, task.language, err)
         tasks = [t for t in tasks if t.task_id not in unsupported]
         stats = {t.task_id: {"success": 0, "failure": 0, "error": 0, "steps": [], "kept_steps": []} for t in tasks}
-        from vla.rlds import import_tf, write_rlds_dataset  # TF only in this process; the simulators run in workers
-
-        import_tf()[1].disable_progress_bar()  # one progress bar: ours
-        episodes = rollouts(pool, cfg, [t.task_id for t in tasks], stats)
-        dataset = write_rlds_dataset(episodes, Path(cfg.out), f"{cfg.task_suite}_no_noops")
+        max_steps = cfg.max_steps or SUITE_MAX_STEPS[cfg.task_suite]
+        scheduler = Scheduler(pool, policy, max_steps, on_action=_DemoRecorder(cfg.action_noise))
+        episodes = rollouts(scheduler, demo_jobs(cfg, tasks), cfg.task_suite, stats)
+        dataset = write_episodes(episodes, Path(cfg.out), cfg.dataset_name, fmt)
+    log.info(scheduler.timing.line())
     rows = [_row(t, stats[t.task_id]) for t in tasks]
-    summary = {"config": asdict(cfg), "dataset": str(dataset), "wall_time_s": time.perf_counter() - started,
-               "tasks": rows, "unsupported_tasks": unsupported}  # fmt: skip
+    summary = {"config": asdict(cfg), "dataset": str(dataset), "format": fmt,
+               "wall_time_s": time.perf_counter() - started, "timing": scheduler.timing.as_dict(),
+               "timing_line": scheduler.timing.line(), "tasks": rows,
+               "unsupported_tasks": unsupported}  # fmt: skip
     write_json_atomic(Path(cfg.out) / SUMMARY_FILE, summary)
     return summary

@@ -9,11 +9,18 @@ from pathlib import Path
 
 import numpy as np
 
-ROT_SCALE = 0.5  # OSC_POSE: rotation action 1.0 asks for a 0.5 rad turn (robosuite's osc_pose.json output_max)
+from vla.expert_skills import (
+    DRAWER_REASON,
+    PUSH_REASON,
+    ROT_SCALE,
+    KnobSkill,
+    UnsupportedTaskError,
+    _quat_mul,
+    is_drawer_region,
+    rotation_error,
+)
 
-
-class UnsupportedTaskError(ValueError):
-    """The task's goal is not a single pick-and-place (`On`/`In` object target) the expert can solve."""
+__all__ = ["ScriptedExpert", "SequenceExpert", "UnsupportedTaskError", "parse_goal", "plan_task", "rotation_error"]
 
 
 @dataclass(frozen=True)
@@ -102,34 +109,6 @@ def object_spec(name: str) -> ObjectSpec:
     return OBJECT_SPECS.get(re.sub(r"_\d+$", "", name), DEFAULT_SPEC)
 
 
-def _quat_conj(q: np.ndarray) -> np.ndarray:
-    return np.array([-q[0], -q[1], -q[2], q[3]])
-
-
-def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # (x, y, z, w) quaternions, as robosuite
-    ax, ay, az, aw = a
-    bx, by, bz, bw = b
-    return np.array(
-        [
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-            aw * bw - ax * bx - ay * by - az * bz,
-        ]
-    )
-
-
-def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
-    """Axis-angle (3,) of the world-frame rotation taking quaternion `current` to `target` (shortest way)."""
-    q = _quat_mul(target, _quat_conj(current))
-    if q[3] < 0:
-        q = -q
-    sin = np.linalg.norm(q[:3])
-    if sin < 1e-9:
-        return np.zeros(3)
-    return q[:3] / sin * 2.0 * np.arctan2(sin, q[3])
-
-
 HAND_HALF_WIDTH = 0.1  # the Panda hand reaches this far either side of the fingers, along their closing axis
 HAND_CLEARANCE = 0.06  # another object's centre closer than this to the hand's footprint may be hit
 GRASP_SHIFTS = (-0.025, 0.025)  # candidate shifts (m) of a centre grasp along the object's long axis
@@ -162,12 +141,20 @@ class ScriptedExpert:
         self.reset()
 
     @classmethod
-    def from_bddl(cls, bddl_file: str | Path, *, config: ExpertConfig | None = None) -> ScriptedExpert:
-        """Read the task from its BDDL file; raises `UnsupportedTaskError` unless the goal is one On/In relation."""
-        goal = parse_goal(Path(bddl_file).read_text())
-        if len(goal) != 1 or goal[0][0] not in ("on", "in") or len(goal[0]) != 3:
-            raise UnsupportedTaskError(f"{bddl_file}: goal {goal} is not a single (On|In obj target) pick-and-place")
-        return cls(goal[0][1], goal[0][2], config=config)
+    def from_bddl(cls, bddl_file: str | Path, *, config: ExpertConfig | None = None):
+        """The expert for a task's BDDL file (`plan_task`): this class for a single pick-and-place, a
+        `SequenceExpert` of skills otherwise; raises `UnsupportedTaskError` naming what it cannot do."""
+        try:
+            return plan_task(parse_goal(Path(bddl_file).read_text()), config=config)
+        except UnsupportedTaskError as err:
+            raise UnsupportedTaskError(f"{bddl_file}: {err}") from None
+
+    def finished(self, obs: dict[str, np.ndarray]) -> bool:
+        """Released and backed off with the object resting over the target (the next skill of a sequence may go)."""
+        if self.phase != "retreat" or self.phase_steps < 10 or self.target_name is None:
+            return False
+        obj, target = np.asarray(obs[f"{self.obj}_pos"], float), np.asarray(obs[f"{self.target_name}_pos"], float)
+        return bool(np.linalg.norm(obj[:2] - target[:2]) < 0.06)
 
     def reset(self) -> None:
         """Forget the episode: the next `act` starts a new pick-and-place from the observed scene."""
@@ -305,3 +292,58 @@ class ScriptedExpert:
         action = np.concatenate([move, rotation, [gripper]])
         action[:6] = np.clip(action[:6], -cfg.max_action, cfg.max_action)
         return action
+
+
+ORDER = {"turnon": 0, "open": 1, "on": 2, "in": 2, "close": 3}  # knob first (nothing on the stove yet), close last
+PUSHED = {"plate"}  # flat and wide: onto a table region it would be pushed, not lifted (unsupported)
+
+
+def plan_task(goal: list[tuple[str, ...]], *, config: ExpertConfig | None = None):
+    """The skills that reach `goal` (parsed BDDL predicates), in order: turn knobs on, then pick-and-place each
+    object. One pick-and-place alone is a `ScriptedExpert`. Raises `UnsupportedTaskError` with the reason for
+    drawers (`Open`, `Close`, `In` a drawer), pushing (a plate onto a table region) and other predicates."""
+    skills: list = []
+    for pred in sorted(goal, key=lambda p: ORDER.get(p[0], 9)):
+        kind, args = pred[0], pred[1:]
+        if kind in ("open", "close") or (kind in ("on", "in") and is_drawer_region(pred[-1])):
+            reason = DRAWER_REASON if "cabinet" in pred[-1] else f"no skill opens or closes {pred[-1]!r}"
+            raise UnsupportedTaskError(f"goal predicate {pred}: {reason}")
+        if kind == "turnon" and len(args) == 1:
+            skills.append(KnobSkill(args[0]))
+        elif kind in ("on", "in") and len(args) == 2:
+            obj, target = args
+            if re.sub(r"_\d+$", "", obj) in PUSHED and target.startswith("main_table_"):
+                raise UnsupportedTaskError(f"goal predicate {pred}: {PUSH_REASON}")
+            skills.append(ScriptedExpert(obj, target, config=config))
+        else:
+            raise UnsupportedTaskError(f"goal predicate {pred} needs a skill the expert does not have")
+    if len(skills) == 1 and isinstance(skills[0], ScriptedExpert):
+        return skills[0]
+    return SequenceExpert(skills)
+
+
+class SequenceExpert:
+    """Runs skills one after another: each acts until its `finished(obs)`; the last one keeps acting."""
+
+    def __init__(self, skills: list):
+        if not skills:
+            raise UnsupportedTaskError("the goal has no predicate to act on")
+        self.skills = skills
+        self.reset()
+
+    @property
+    def phase(self) -> str:
+        return f"{self.index}:{type(self.skills[self.index]).__name__}:{self.skills[self.index].phase}"
+
+    def reset(self) -> None:
+        self.index = 0
+        for skill in self.skills:
+            skill.reset()
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        while self.index < len(self.skills) - 1 and self.skills[self.index].finished(obs):
+            self.index += 1
+        last = self.skills[-1]
+        if self.index == len(self.skills) - 1 and last.phase == "done":
+            last.reset()  # the episode goes on, so the goal is not reached yet (a knob's state is unobserved): again
+        return last.act(obs) if self.index == len(self.skills) - 1 else self.skills[self.index].act(obs)

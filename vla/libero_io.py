@@ -1,7 +1,8 @@
 """The LIBERO eval contract of OpenVLA (reference §10): raw agentview render -> the model's 224² image, model action
 -> LIBERO action (gripper binarized and inverted), and the `unnorm_key` that goes with a suite.
 
-TensorFlow is imported only when `libero_image` runs (through `vla.image_ops`), so simulation workers can import this.
+TensorFlow is imported only when `libero_image` runs with the "tf" backend (through `vla.image_ops`), so simulation
+workers can import this; the "numpy" backend needs no TensorFlow at all (machines without it).
 """
 
 from __future__ import annotations
@@ -16,19 +17,24 @@ from vla.libero_env import upright
 IMAGE_SIZE = 224  # the towers' input size; OpenVLA's eval resizes to it before the processor sees the image
 
 
-def libero_image(agentview: np.ndarray, *, center_crop: bool) -> np.ndarray:
+def libero_image(agentview: np.ndarray, *, center_crop: bool, backend: str | None = None) -> np.ndarray:
     """Raw `agentview_image` (H, W, 3) uint8 -> (224, 224, 3) uint8, the image exactly as the model's processor
     receives it: rotate 180° -> TF JPEG round trip (as the RLDS builder stored training frames) -> lanczos3
     antialiased resize to 224 -> if `center_crop`, the centered sqrt(0.9)-side crop bilinearly resized back to 224.
+
+    `backend`: "tf" (OpenVLA's TF ops) or "numpy" (TF-free; the JPEG decoder differs by ~1 grey level on average,
+    see `vla.image_ops`); default "tf" where TensorFlow is installed, else "numpy".
     """
+    backend = backend or image_ops.default_backend()
     agentview = np.asarray(agentview)
     if agentview.ndim != 3 or agentview.shape[-1] != 3 or agentview.dtype != np.uint8:
         raise ValueError(
             f"agentview must be an (H, W, 3) uint8 render, got shape {agentview.shape} dtype {agentview.dtype}"
         )
     # the same 180° rotation the demonstrations were recorded with (LIBERO renders upside down)
-    image = image_ops.resize_image(image_ops.jpeg_roundtrip(upright(agentview)), IMAGE_SIZE)
-    return image_ops.center_crop(image) if center_crop else image
+    image = image_ops.jpeg_roundtrip(upright(agentview), backend=backend)
+    image = image_ops.resize_image(image, IMAGE_SIZE, backend=backend)
+    return image_ops.center_crop(image, backend=backend) if center_crop else image
 
 
 def libero_action(action: np.ndarray) -> np.ndarray:

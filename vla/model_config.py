@@ -16,6 +16,8 @@ _TINY_TOWERS = (
 # "small": ViT-Tiny-width towers with 28-px patches (8 x 8 = 64 patch tokens at 224 px), a 4-layer Llama: trains from
 # scratch on one GPU in minutes and runs ~6 actions/s for 2 LIBERO envs on one CPU core (docs/RESULTS.md)
 _SMALL_TOWERS = ({"depth": 6, "embed_dim": 192, "num_heads": 3, "patch_size": 28},) * 2
+# "small256": the same towers with OpenVLA's 14-px patches (16 x 16 = 256 patch tokens, as the 7B model sees)
+_SMALL256_TOWERS = ({"depth": 6, "embed_dim": 192, "num_heads": 3, "patch_size": 14},) * 2
 
 
 @dataclass
@@ -38,17 +40,18 @@ class VLAConfig:
     def preset(cls, name: str) -> VLAConfig:
         """`"full"`: the 7.5B OpenVLA shapes. `"tiny"`: the same classes (timm ViTs, Llama) at test size; the towers
         still yield 256 patch tokens. `"small"`: 27M parameters (16M of them the two vocabulary matrices) for training from
-        scratch, 64 patch tokens. All use
+        scratch, 64 patch tokens; `"small256"`: the same with 14-px patches, 256 patch tokens as OpenVLA-7B. All use
         the real 32064-id vocabulary, 224-px images and the same processor, prompt and action tokenizer."""
         if name == "full":
             return cls()
         if name == "tiny":
             vision = VisionConfig(overrides=tuple(dict(o) for o in _TINY_TOWERS))
             return cls(vision, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
-        if name == "small":
-            vision = VisionConfig(overrides=tuple(dict(o) for o in _SMALL_TOWERS))
+        if name in ("small", "small256"):
+            towers = _SMALL_TOWERS if name == "small" else _SMALL256_TOWERS
+            vision = VisionConfig(overrides=tuple(dict(o) for o in towers))
             return cls(vision, hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4)
-        raise ValueError(f"unknown preset {name!r}; choose 'tiny', 'small' or 'full'")
+        raise ValueError(f"unknown preset {name!r}; choose 'tiny', 'small', 'small256' or 'full'")
 
     def llama_config(self):
         """The `transformers.LlamaConfig` of the language model (untied lm_head, SDPA attention)."""

@@ -1,9 +1,11 @@
 """Policies the LIBERO eval harness can run: the VLA (OpenVLA's image/action contract), the scripted expert and a
-random baseline. One `act` call per env step covers every running env ("slot"), so the VLA decodes one batch."""
+random baseline, and `build_policy` from an eval config. One `act` call covers every env waiting for an action
+("slot"), so the VLA decodes one batch. Each policy names the cameras it reads: the workers render only those."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import logging
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -11,6 +13,10 @@ from vla import image_ops
 from vla.libero_env import TaskInfo
 from vla.libero_io import libero_action, libero_image
 
+if TYPE_CHECKING:
+    from vla.evaluation import EvalConfig
+
+log = logging.getLogger(__name__)
 Observation = dict[str, np.ndarray]  # raw LIBERO observations of one env (images upside down)
 
 
@@ -18,7 +24,7 @@ class Policy(Protocol):
     """`reset(slot, task)` before each episode in `slot`; `act` maps the observations of the running slots to LIBERO
     actions (7,) (xyz, rpy deltas in [-1, 1], gripper -1 open / +1 close) in ONE call."""
 
-    needs_images: bool  # False: the harness may turn rendering off (the observations then carry no images)
+    cameras: tuple[str, ...]  # LIBERO cameras `act` reads ("agentview", "robot0_eye_in_hand"); () renders nothing
     last_frames: dict[int, np.ndarray]  # per slot, the (H, W, 3) uint8 image the last action came from (videos)
 
     def reset(self, slot: int, task: TaskInfo) -> None: ...
@@ -29,13 +35,22 @@ class Policy(Protocol):
 class VLAPolicy:
     """A VLA checkpoint through OpenVLA's eval contract: `libero_image` -> `vla.predict_actions` (one batch, actions
     un-normalized with `unnorm_key`) -> `libero_action`. `last_frames` holds the 224² image before the center crop,
-    the frame OpenVLA writes to its replay videos."""
+    the frame OpenVLA writes to its replay videos. fast_decoding: decode with `vla.enable_fast_decoding(compile=True)`
+    (static KV cache, CUDA graphs, compiled elementwise ops; eager ops when compilation fails); None: on CUDA only."""
 
-    needs_images = True
+    cameras = ("agentview",)
 
-    def __init__(self, vla: Any, unnorm_key: str, center_crop: bool):
+    def __init__(self, vla: Any, unnorm_key: str, center_crop: bool, fast_decoding: bool | None = None):
         self.vla, self.unnorm_key, self.center_crop = vla, unnorm_key, center_crop
         self.last_frames: dict[int, np.ndarray] = {}
+        if fast_decoding is None:
+            fast_decoding = getattr(getattr(vla, "device", None), "type", "cpu") == "cuda"
+        if fast_decoding:
+            vla.enable_fast_decoding(compile=True)
+            if vla.fast_decoder.compile_error:
+                log.warning("fast decoding runs eager ops: %s", vla.fast_decoder.compile_error)
+        elif getattr(vla, "fast_decoder", None) is not None:
+            vla.disable_fast_decoding()
 
     def reset(self, slot: int, task: TaskInfo) -> None:
         self.last_frames.pop(slot, None)
@@ -59,7 +74,7 @@ class VLAPolicy:
 class ExpertPolicy:
     """`vla.expert.ScriptedExpert` (privileged object poses) per slot, built from the task's BDDL goal at reset."""
 
-    needs_images = False
+    cameras: tuple[str, ...] = ()  # privileged state only
 
     def __init__(self, **expert_kwargs: Any):
         self.expert_kwargs = expert_kwargs
@@ -78,7 +93,7 @@ class ExpertPolicy:
 class RandomPolicy:
     """Uniform random deltas in [-1, 1]^6 and a random gripper command (-1 or +1): the ~0 % baseline."""
 
-    needs_images = False
+    cameras: tuple[str, ...] = ()
 
     def __init__(self, seed: int = 0):
         self.rng = np.random.default_rng(seed)
@@ -92,3 +107,32 @@ class RandomPolicy:
             slot: np.append(self.rng.uniform(-1.0, 1.0, 6), self.rng.choice([-1.0, 1.0]))
             for slot in sorted(observations)
         }
+
+
+def build_policy(cfg: EvalConfig) -> Policy:
+    """The policy `cfg.policy` names; for "vla", the checkpoint loaded with the suite's action statistics."""
+    if cfg.policy == "random":
+        return RandomPolicy(cfg.seed)
+    if cfg.policy == "expert":
+        return ExpertPolicy()
+    import torch
+
+    from vla.libero_io import resolve_suite_unnorm_key
+    from vla.model import VLA
+    from vla.normalization import resolve_unnorm_key
+
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype_name = cfg.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    dtype = getattr(torch, dtype_name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype_name!r}: use a torch dtype name such as bfloat16 or float32")
+    vla = VLA.from_pretrained(cfg.checkpoint, device=device, dtype=dtype, quantization=cfg.quantization)
+    vla.eval()
+    if cfg.unnorm_key is not None:
+        unnorm_key = resolve_unnorm_key(vla.norm_stats, cfg.unnorm_key)
+    else:
+        unnorm_key = resolve_suite_unnorm_key(vla.norm_stats, cfg.task_suite)
+    fast = device.startswith("cuda") if cfg.fast_decoding is None else cfg.fast_decoding
+    log.info("loaded %s on %s (%s); un-normalizing with %r; fast decoding %s", cfg.checkpoint, device, dtype_name,
+             unnorm_key, fast)  # fmt: skip
+    return VLAPolicy(vla, unnorm_key, cfg.center_crop, fast_decoding=fast)

@@ -6,7 +6,6 @@ TensorFlow is imported inside functions only: `import vla.rlds` stays light and 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import inspect
 import itertools
@@ -14,13 +13,21 @@ import json
 import logging
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from vla.data_config import (  # noqa: F401  (SPLITS, standardization and RLDS_VERSION re-exported for older imports)
+    RLDS_VERSION,
+    SPLITS,
+    STANDARDIZE_FNS,
+    TRAIN_PERCENT,
+    DataConfig,
+    identity_standardize,
+    libero_standardize,
+)
+from vla.frame_stream import FrameStream
 from vla.normalization import (
     LIBERO_ACTION_MASK,
     dataset_statistics,
@@ -29,13 +36,11 @@ from vla.normalization import (
     save_dataset_statistics,
     write_json_atomic,
 )
+from vla.tf_import import import_tf  # also re-exported: older code imports it from here
 
 logger = logging.getLogger(__name__)
 
-RLDS_VERSION = "1.0.0"  # every modified_libero_rlds dataset is stored as version 1.0.0
 IMAGE_SHAPE = (256, 256, 3)  # the regenerated LIBERO demos render 256x256 (reference §9)
-TRAIN_PERCENT = 95  # OpenVLA trains on train[:95%] of the episodes; train[95%:] is held out
-SPLITS = {"train": f"train[:{TRAIN_PERCENT}%]", "val": f"train[{TRAIN_PERCENT}%:]"}
 _EPISODE_ARRAYS = {  # Episode contract (docs/DESIGN.md): key -> (per-step shape, dtype)
     "image": (IMAGE_SHAPE, np.uint8),
     "wrist_image": (IMAGE_SHAPE, np.uint8),
@@ -43,23 +48,6 @@ _EPISODE_ARRAYS = {  # Episode contract (docs/DESIGN.md): key -> (per-step shape
     "joint_state": ((7,), np.float32),
     "action": ((7,), np.float32),
 }
-
-
-def import_tf():
-    """TensorFlow and tfds, with TF kept off any GPU (the GPUs belong to torch).
-
-    Triton is imported first when installed: importing it (torch._dynamo does, e.g. via timm -> torchvision) in a
-    process that already imported TensorFlow segfaults (both bundle LLVM); the other order works.
-    """
-    with contextlib.suppress(ImportError):
-        import triton  # noqa: F401
-
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-
-    with contextlib.suppress(RuntimeError):  # raised once TF has initialized its devices: nothing to change then
-        tf.config.set_visible_devices([], "GPU")
-    return tf, tfds
 
 
 def rlds_features():
@@ -187,51 +175,7 @@ def read_rlds_episodes(dataset_dir: Path, split: str = "train") -> Iterator[dict
         }
 
 
-def libero_standardize(actions: np.ndarray) -> np.ndarray:
-    """LIBERO actions (..., 7) -> OXE convention: gripper raw -1 open / +1 close -> clip [0, 1] -> 1 - g, so
-    1 = open and 0 = close (`libero_dataset_transform`); the 6 end-effector dims are unchanged. float32."""
-    actions = np.array(actions, dtype=np.float32)
-    actions[..., -1] = 1.0 - np.clip(actions[..., -1], 0.0, 1.0)
-    return actions
-
-
-def identity_standardize(actions: np.ndarray) -> np.ndarray:
-    """For datasets already in the OXE convention (gripper 1 = open)."""
-    return np.asarray(actions, dtype=np.float32)
-
-
-STANDARDIZE_FNS = {"libero": libero_standardize, "identity": identity_standardize}
-
-
-@dataclass
-class RLDSConfig:
-    """Which RLDS dataset to read and how; the per-dataset keys default to modified_libero_rlds'."""
-
-    data_root_dir: Path  # folder holding `<dataset_name>/<version>/` (e.g. the modified_libero_rlds download)
-    dataset_name: str = "libero_spatial_no_noops"  # also the key of its entry in dataset_statistics.json
-    version: str = RLDS_VERSION  # tfds version folder
-    image_key: str = "image"  # steps/observation/<image_key>: the camera the model sees (agentview)
-    language_key: str = "language_instruction"  # steps/<language_key>: the instruction text
-    standardize: str = "libero"  # action standardization: "libero" (flip the gripper) or "identity"
-    split: str = "train"  # "train" = first 95 % of episodes (infinite, shuffled); "val" = last 5 % (one pass)
-    image_aug: bool = False  # train split only: random crop + color jitter (vla.augment)
-    shuffle_buffer_size: int = 100_000  # frames in the shuffle buffer (OpenVLA: 100K); capped at the split's size
-    seed: int = 7  # seeds the frame shuffle and the augmentation
-    image_size: int = 224  # frames are resized to image_size x image_size (lanczos3, antialias)
-    cache_dir: Path | None = None  # where statistics go if the dataset dir is read-only (default ~/.cache/vla)
-
-    def __post_init__(self) -> None:
-        self.data_root_dir = Path(self.data_root_dir)
-        if self.split not in SPLITS:
-            raise ValueError(f"split {self.split!r} is not one of {sorted(SPLITS)}")
-        if self.standardize not in STANDARDIZE_FNS:
-            raise ValueError(f"standardize {self.standardize!r} is not one of {sorted(STANDARDIZE_FNS)}")
-        if self.shuffle_buffer_size < 1 or self.image_size < 1:
-            raise ValueError("shuffle_buffer_size and image_size must be positive")
-
-    @property
-    def dataset_dir(self) -> Path:
-        return self.data_root_dir / self.dataset_name / self.version
+RLDSConfig = DataConfig  # the old name: RLDS datasets are read with the one data config (source="rlds")
 
 
 _FIX = "download openvla/modified_libero_rlds (HF datasets) or write one with scripts/collect_demos.py"
@@ -266,7 +210,7 @@ def check_rlds_dir(dataset_dir: Path) -> Path:
     return dataset_dir
 
 
-def _statistics_key(cfg: RLDSConfig) -> str:
+def _statistics_key(cfg: DataConfig) -> str:
     """Cache key over the dataset's info file and the standardization code (OpenVLA hashes builder info + the
     transform's source)."""
     digest = hashlib.sha256((cfg.dataset_dir / "dataset_info.json").read_bytes())
@@ -287,7 +231,7 @@ def _read_actions(builder, split: str) -> list[np.ndarray]:
     return list(tfds.as_numpy(episodes.map(lambda ep: ep["steps"]["action"], num_parallel_calls=tf.data.AUTOTUNE)))
 
 
-def compute_statistics(cfg: RLDSConfig, builder) -> tuple[dict, dict[str, int]]:
+def compute_statistics(cfg: DataConfig, builder) -> tuple[dict, dict[str, int]]:
     """One pass over ALL episodes (train and val, as OpenVLA): statistics of the standardized actions, and the
     number of frames in each split."""
     actions = {name: _read_actions(builder, split) for name, split in SPLITS.items()}
@@ -296,7 +240,7 @@ def compute_statistics(cfg: RLDSConfig, builder) -> tuple[dict, dict[str, int]]:
     return stats, {name: sum(len(a) for a in eps) for name, eps in actions.items()}
 
 
-def load_statistics(cfg: RLDSConfig, builder) -> tuple[dict, dict[str, int]]:
+def load_statistics(cfg: DataConfig, builder) -> tuple[dict, dict[str, int]]:
     """(statistics entry, frames per split): computed once, then read back from `dataset_statistics_<key>.json`
     and `split_frames_<key>.json` in the dataset dir (or in `cfg.cache_dir` when that dir is read-only)."""
     key = _statistics_key(cfg)
@@ -319,16 +263,7 @@ def load_statistics(cfg: RLDSConfig, builder) -> tuple[dict, dict[str, int]]:
     return stats, frames
 
 
-def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    if rank is None and world_size is None and torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    rank, world_size = rank or 0, world_size or 1
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} must be in [0, world_size={world_size})")
-    return rank, world_size
-
-
-class RLDSDataset(torch.utils.data.IterableDataset):
+class RLDSDataset(FrameStream):
     """Model-ready frames of an RLDS dataset: `pixel_values (6, S, S) float32`, `input_ids (L,)`, `labels (L,)` int64.
 
     Train: the first 95 % of episodes, repeated forever, frames shuffled (`cfg.shuffle_buffer_size`, `cfg.seed`),
@@ -342,16 +277,15 @@ class RLDSDataset(torch.utils.data.IterableDataset):
 
     def __init__(
         self,
-        cfg: RLDSConfig,
+        cfg: DataConfig,
         sequence_builder,
         image_processor,
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
-        super().__init__()
         check_rlds_dir(cfg.dataset_dir)
-        self.cfg, self.sequence_builder, self.image_processor = cfg, sequence_builder, image_processor
-        self.rank, self.world_size = _rank_and_world(rank, world_size)
+        super().__init__(sequence_builder, image_processor, seed=cfg.seed, rank=rank, world_size=world_size)
+        self.cfg, self.dataset_name = cfg, cfg.dataset_name
         _, tfds = import_tf()
         self._builder = tfds.builder_from_directory(str(cfg.dataset_dir))
         steps = self._builder.info.features["steps"]
@@ -367,26 +301,6 @@ class RLDSDataset(torch.utils.data.IterableDataset):
         self.num_frames = split_frames[cfg.split]  # all ranks together; one rank sees ~num_frames / world_size
         if self.num_frames == 0:
             raise ValueError(f"split {cfg.split!r} ({SPLITS[cfg.split]}) of {cfg.dataset_dir} holds no episodes")
-        self._start = self.frames_consumed = 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"frames_consumed": self.frames_consumed, "seed": self.cfg.seed, "world_size": self.world_size}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Resume after `state["frames_consumed"]` frames of this rank's stream (the next `iter` starts there)."""
-        for key in ("seed", "world_size"):
-            if key in state and state[key] != self.state_dict()[key]:
-                raise ValueError(
-                    f"cannot resume a stream made with {key}={state[key]} with {key}={self.state_dict()[key]}"
-                )
-        self.skip(int(state["frames_consumed"]))
-
-    def skip(self, frames: int) -> RLDSDataset:
-        """Start the next iteration after `frames` frames of this rank's stream."""
-        if frames < 0:
-            raise ValueError(f"cannot skip {frames} frames")
-        self._start = self.frames_consumed = frames
-        return self
 
     def _tf_frames(self, start: int):
         """tf.data of this rank's frames from position `start`: image uint8 (S, S, 3), raw action (7,), text."""
@@ -417,7 +331,7 @@ class RLDSDataset(torch.utils.data.IterableDataset):
 
         def decode(index, frame):
             image = tf.io.decode_image(frame["image"], channels=3, expand_animations=False)
-            image = resize_image(image, cfg.image_size)  # (S, S, 3) uint8
+            image = resize_image(image, cfg.image_size, backend="tf")  # (S, S, 3) uint8
             if train and cfg.image_aug:  # one seed per stream position: a resumed stream augments identically
                 position = index * self.world_size + self.rank
                 image = augment_image(image, tf.stack([tf.constant(cfg.seed, tf.int64), position]))
@@ -431,8 +345,7 @@ class RLDSDataset(torch.utils.data.IterableDataset):
         """This rank's frames before the model's processors: `image (S, S, 3) uint8`, `action (7,) float32`
         (standardized, BOUNDS_Q99-normalized with `self.dataset_statistics` as set when iteration starts, so a
         caller may substitute a checkpoint's statistics), `instruction: str`. Counts `frames_consumed`."""
-        if torch.utils.data.get_worker_info() is not None:  # TF does not survive a fork, and would replay the data
-            raise ValueError("RLDSDataset decodes with tf.data threads already; use DataLoader(num_workers=0)")
+        self._refuse_workers("decodes with tf.data threads already")  # TF does not survive a fork; replays the data
         _, tfds = import_tf()
         standardize, stats = STANDARDIZE_FNS[self.cfg.standardize], self.dataset_statistics[self.cfg.dataset_name]
         self.frames_consumed = self._start
@@ -442,13 +355,4 @@ class RLDSDataset(torch.utils.data.IterableDataset):
                 "image": frame["image"],
                 "action": normalize_actions(standardize(frame["action"]), stats["action"]),
                 "instruction": frame["instruction"].decode(),
-            }
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for frame in self.frames():
-            input_ids, labels = self.sequence_builder.training_sample(frame["instruction"], frame["action"])
-            yield {
-                "pixel_values": self.image_processor(frame["image"])[0],  # (6, S, S)
-                "input_ids": torch.from_numpy(input_ids),
-                "labels": torch.from_numpy(labels),
             }

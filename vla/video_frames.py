@@ -20,8 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla.normalization import load_dataset_statistics, normalize_actions, save_dataset_statistics
-from vla.rlds import SPLITS, STANDARDIZE_FNS, RLDSConfig, _rank_and_world, check_rlds_dir, import_tf, load_statistics
+from vla.data_config import SPLITS, STANDARDIZE_FNS, DataConfig
+from vla.frame_stream import IndexedFrameStream
+from vla.normalization import load_dataset_statistics, save_dataset_statistics
+from vla.rlds import check_rlds_dir, load_statistics
+from vla.tf_import import import_tf
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +104,7 @@ def yuv_to_rgb(planes: torch.Tensor) -> torch.Tensor:
     return _yuv_table(planes.device).index_select(0, index.flatten()).view(*index.shape, 3)
 
 
-def _read_episodes(cfg: RLDSConfig, builder) -> Iterator[tuple[str, np.ndarray, np.ndarray, str]]:
+def _read_episodes(cfg: DataConfig, builder) -> Iterator[tuple[str, np.ndarray, np.ndarray, str]]:
     """(split, frames (T, S, S, 3) uint8, raw actions (T, 7) float32, instruction) of every episode, train split
     then val split, each in storage order; frames decoded and resized exactly as `RLDSDataset` does before
     augmentation."""
@@ -111,7 +114,7 @@ def _read_episodes(cfg: RLDSConfig, builder) -> Iterator[tuple[str, np.ndarray, 
     size = cfg.image_size
 
     def frame(jpeg):  # RLDSDataset._tf_frames' decode
-        return resize_image(tf.io.decode_image(jpeg, channels=3, expand_animations=False), size)
+        return resize_image(tf.io.decode_image(jpeg, channels=3, expand_animations=False), size, backend="tf")
 
     def select(episode):
         steps = episode["steps"]
@@ -148,7 +151,7 @@ def _check_out_dir(out_dir: Path) -> None:
         raise FileExistsError(f"{out_dir} exists and is not empty; delete it or pass another --out")
 
 
-def export_video_frames(cfg: RLDSConfig, out_dir: Path, crf: int = 23) -> Path:
+def export_video_frames(cfg: DataConfig, out_dir: Path, crf: int = 23) -> Path:
     """Every episode of `cfg.dataset_dir` (both splits, storage order) -> `out_dir` (layout in the module docstring).
 
     Frames are `resize_image(decode(jpeg), cfg.image_size)` of `cfg.image_key`, as `RLDSDataset` feeds them to
@@ -273,16 +276,13 @@ def describe_export(root: Path) -> dict[str, Any]:
     }
 
 
-class VideoFrameDataset(torch.utils.data.IterableDataset):
+class VideoFrameDataset(IndexedFrameStream):
     """`RLDSDataset`'s stream read from a video-frame export, without TensorFlow: `pixel_values (6, S, S) float32`
     on `device`, `input_ids (L,)`, `labels (L,)` int64.
 
     All of this rank's frames (frames of the split dealt round-robin to ranks, as `RLDSDataset`) are decoded once at
-    construction into one uint8 tensor. Train: endless, each epoch a permutation drawn from (seed, rank, epoch);
-    chunks of `chunk_size` stream positions go to `device`, are augmented there (`vla.augment.augment_batch`, its
-    generator seeded by (seed, rank, chunk)) when `image_aug`, and normalized by `image_processor.normalize_batch`.
-    Val: one pass in storage order, never augmented. The stream is a pure function of the seed, so `skip(n)` /
-    `load_state_dict` resume exactly. Use `DataLoader(num_workers=0)`.
+    construction into one uint8 tensor of yuv444p planes; chunks are converted to RGB on `device`. Shuffling,
+    augmentation, sharding and exact resume: `vla.frame_stream.IndexedFrameStream`. Use `DataLoader(num_workers=0)`.
     """
 
     def __init__(
@@ -299,15 +299,9 @@ class VideoFrameDataset(torch.utils.data.IterableDataset):
         device: str | torch.device = "cpu",
         chunk_size: int = 256,
     ) -> None:
-        super().__init__()
-        if split not in SPLITS:
-            raise ValueError(f"split {split!r} is not one of {sorted(SPLITS)}")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-        self.root, self.split, self.seed, self.chunk_size = Path(root), split, seed, chunk_size
-        self.sequence_builder, self.image_processor = sequence_builder, image_processor
-        self.device = torch.device(device)
-        self.rank, self.world_size = _rank_and_world(rank, world_size)
+        super().__init__(sequence_builder, image_processor, split=split, seed=seed, image_aug=image_aug, rank=rank,
+                         world_size=world_size, device=device, chunk_size=chunk_size)  # fmt: skip
+        self.root = Path(root)
         index = read_index(self.root)
         self.dataset_name, self.standardize = str(index["dataset_name"]), str(index["standardize"])
         self.dataset_statistics = load_dataset_statistics(self.root / STATS_NAME)
@@ -327,26 +321,14 @@ class VideoFrameDataset(torch.utils.data.IterableDataset):
                 f"{len(missing)} videos of {self.root} are missing, e.g. {missing[0]}: {_fix(root)}"
             )
         lengths = index["lengths"]
-        self.num_episodes, self.num_frames = len(episodes), int(lengths[episodes].sum())  # all ranks together
-        if self.num_frames == 0:
-            raise ValueError(f"split {split!r} of {self.root} holds no episodes")
         starts = np.concatenate([[0], np.cumsum(lengths)])
-        mine = np.arange(self.rank, self.num_frames, self.world_size)  # this rank's frames, split order
-        if len(mine) == 0:
-            raise ValueError(f"rank {self.rank} of {self.world_size} gets none of the {self.num_frames} {split} frames")
-        split_actions = np.concatenate([index["actions"][starts[e] : starts[e + 1]] for e in episodes])
-        self._raw_actions = split_actions[mine]  # (n, 7)
-        self._episode = np.repeat(np.arange(len(episodes)), lengths[episodes])[mine]  # (n,) -> instruction
-        self._instructions = [str(index["instructions"][e]) for e in episodes]
-        self._augment = None
-        if image_aug and split == "train":
-            from vla.augment import augment_batch
-
-            self._augment = augment_batch
+        split_actions = np.concatenate(
+            [np.zeros((0, 7), np.float32)] + [index["actions"][starts[e] : starts[e + 1]] for e in episodes]
+        )
+        instructions = [str(index["instructions"][e]) for e in episodes]
+        self._assign_frames(lengths[episodes], split_actions, instructions, str(self.root))
         offsets = np.concatenate([[0], np.cumsum(lengths[episodes])])[:-1]
-        self._frames = torch.from_numpy(self._decode(videos, offsets, lengths[episodes], size, len(mine)))  # YUV
-        self._permutation_cache: tuple[int, np.ndarray] | None = None
-        self._start = self.frames_consumed = 0
+        self._frames = torch.from_numpy(self._decode(videos, offsets, lengths[episodes], size, len(self._mine)))
 
     def _decode(self, videos: list[Path], offsets, lengths, size: int, count: int) -> np.ndarray:
         """This rank's frames of every video, in split order, as yuv444p planes: uint8 (count, 3, S, S), videos decoded
@@ -372,85 +354,5 @@ class VideoFrameDataset(torch.utils.data.IterableDataset):
             list(pool.map(one, range(len(videos))))
         return out
 
-    def state_dict(self) -> dict[str, int]:
-        keys = ("frames_consumed", "seed", "world_size", "chunk_size")  # chunking fixes the augmentation's seeds
-        return {key: getattr(self, key) for key in keys}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Resume after `state["frames_consumed"]` frames of this rank's stream (the next `iter` starts there)."""
-        for key in ("seed", "world_size", "chunk_size"):
-            if key in state and state[key] != self.state_dict()[key]:
-                raise ValueError(
-                    f"cannot resume a stream made with {key}={state[key]} with {key}={self.state_dict()[key]}"
-                )
-        self.skip(int(state["frames_consumed"]))
-
-    def skip(self, frames: int) -> VideoFrameDataset:
-        """Start the next iteration after `frames` frames of this rank's stream."""
-        if frames < 0:
-            raise ValueError(f"cannot skip {frames} frames")
-        self._start = self.frames_consumed = frames
-        return self
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if self._permutation_cache is None or self._permutation_cache[0] != epoch:
-            rng = np.random.default_rng([self.seed, 0, self.rank, epoch])
-            self._permutation_cache = (epoch, rng.permutation(len(self._frames)))
-        return self._permutation_cache[1]
-
-    def _indices(self, start: int, stop: int) -> np.ndarray:
-        """Indices into this rank's frames of stream positions [start, stop)."""
-        positions, n = np.arange(start, stop), len(self._frames)
-        if self.split != "train":
-            return positions
-        epochs = positions // n
-        return np.concatenate([self._permutation(e)[positions[epochs == e] % n] for e in np.unique(epochs)])
-
-    def _chunks(self) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
-        """(uint8 (C, S, S, 3) on device, augmented when asked; their indices into this rank's frames) from position
-        `self._start` on. Chunk k always covers positions [k * chunk_size, (k + 1) * chunk_size), so a resumed
-        stream augments each frame as the uninterrupted one did."""
-        if torch.utils.data.get_worker_info() is not None:  # each worker would replay the whole stream
-            raise ValueError("VideoFrameDataset batches on the device itself; use DataLoader(num_workers=0)")
-        size, end = self.chunk_size, None if self.split == "train" else len(self._frames)
-        chunk = self._start // size
-        while end is None or chunk * size < end:
-            low = chunk * size
-            indices = self._indices(low, (low + size) if end is None else min(low + size, end))
-            images = yuv_to_rgb(self._frames[torch.from_numpy(indices)].to(self.device, non_blocking=True))
-            if self._augment is not None:
-                seed = np.random.SeedSequence([self.seed, 1, self.rank, chunk]).generate_state(1, np.uint64)[0]
-                images = self._augment(images, torch.Generator().manual_seed(int(seed)))
-            skip = max(self._start - low, 0)
-            yield images[skip:], indices[skip:]
-            chunk += 1
-
-    def _actions(self) -> np.ndarray:
-        """(n, 7) standardized, BOUNDS_Q99-normalized actions with `self.dataset_statistics` as set now."""
-        stats = self.dataset_statistics[self.dataset_name]["action"]
-        return normalize_actions(STANDARDIZE_FNS[self.standardize](self._raw_actions), stats)
-
-    def frames(self) -> Iterator[dict[str, Any]]:
-        """This rank's frames before the model's processors, like `RLDSDataset.frames()`: `image (S, S, 3) uint8`
-        (numpy), `action (7,) float32` (normalized), `instruction: str`. Counts `frames_consumed`."""
-        actions = self._actions()
-        self.frames_consumed = self._start
-        for images, indices in self._chunks():
-            for image, i in zip(images.cpu().numpy(), indices, strict=True):
-                self.frames_consumed += 1
-                yield {"image": image, "action": actions[i], "instruction": self._instructions[self._episode[i]]}
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        actions = self._actions()
-        self.frames_consumed = self._start
-        for images, indices in self._chunks():
-            pixels = self.image_processor.normalize_batch(images)  # (C, 6, S, S) on device
-            for pixel_values, i in zip(pixels, indices, strict=True):
-                instruction = self._instructions[self._episode[i]]
-                input_ids, labels = self.sequence_builder.training_sample(instruction, actions[i])
-                self.frames_consumed += 1
-                yield {
-                    "pixel_values": pixel_values,
-                    "input_ids": torch.from_numpy(input_ids),
-                    "labels": torch.from_numpy(labels),
-                }
+    def _gather(self, indices: np.ndarray) -> torch.Tensor:
+        return yuv_to_rgb(self._frames[torch.from_numpy(indices)].to(self.device, non_blocking=True))

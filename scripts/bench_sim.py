@@ -1,0 +1,95 @@
+"""Simulation throughput: raw env steps/s of N workers x rendered cameras (random actions, every worker stepping on
+its own), and the harness rate (the scripted expert through `vla.env_scheduler`, resets included) on the same pool,
+with its ratio to the raw rate of that run.
+
+    python scripts/bench_sim.py --workers 1,4,8,16 --seconds 20            # on the GPU machine
+    python scripts/bench_sim.py --workers 1,2 --seconds 3 --cameras none   # a CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+
+import numpy as np
+
+from vla.env_pool import EnvPool, ResetRequest, open_pool
+from vla.env_scheduler import Job, Scheduler
+from vla.gl_check import RenderConfig
+from vla.libero_env import CAMERAS, SUITE_MAX_STEPS
+from vla.policies import ExpertPolicy
+from vla.runtime import configure_logging
+
+CAMERA_SETS = {"both": CAMERAS, "agentview": ("agentview",), "none": ()}
+
+
+def raw_rate(pool: EnvPool, seconds: float, seed: int = 0) -> float:
+    """Env steps/s with uniform random actions; each worker gets its next action as soon as its step returns."""
+    rng = np.random.default_rng(seed)
+    pool.submit({w: ResetRequest(w % len(pool.tasks), seed=w) for w in range(pool.num_workers)})
+    for w in range(pool.num_workers):
+        pool.send(w, rng.uniform(-1, 1, 7))
+    steps, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for w, result in pool.receive().items():
+            steps += 1
+            pool.send(w, ResetRequest(w % len(pool.tasks), seed=steps) if result.error else rng.uniform(-1, 1, 7))
+    elapsed = time.perf_counter() - started
+    while pool.in_flight:
+        pool.receive()
+    return steps / elapsed
+
+
+def harness_rate(pool: EnvPool, suite: str, seconds: float) -> tuple[float, float | None]:
+    """Policy steps/s of the scripted expert through the scheduler (random placements), and the workers' busy share."""
+    jobs = (Job(pool.tasks[i % len(pool.tasks)], ResetRequest(i % len(pool.tasks), seed=i)) for i in itertools.count())
+    scheduler = Scheduler(pool, ExpertPolicy(), SUITE_MAX_STEPS[suite])
+    started, run = time.perf_counter(), scheduler.run(list(itertools.islice(jobs, 10_000)))
+    for _ in run:
+        if time.perf_counter() - started > seconds:
+            break
+    run.close()
+    while pool.in_flight:
+        pool.receive()
+    timing = scheduler.timing.as_dict()
+    return timing["steps_per_s"] or 0.0, timing["worker_busy"]
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    print(f"{'workers':>7} {'cameras':>9} {'raw steps/s':>11} {'harness':>8} {'ratio':>6} {'busy':>5}")
+    for workers, name in itertools.product(args.workers, args.cameras):
+        render = RenderConfig(gl=args.gl, egl_devices=args.egl_devices)
+        with open_pool(args.task_suite, workers, CAMERA_SETS[name], render, args.libero_assets) as pool:
+            raw = raw_rate(pool, args.seconds)
+            harness, busy = harness_rate(pool, args.task_suite, args.seconds) if args.harness else (None, None)
+        ratio = f"{harness / raw:6.2f}" if harness else f"{'-':>6}"
+        print(
+            f"{workers:>7} {name:>9} {raw:>11.1f} {harness or 0:>8.1f} {ratio} {busy if busy is not None else '-':>5}"
+        )
+        rows.append({"workers": workers, "cameras": name, "raw": raw, "harness": harness, "busy": busy})
+    return rows
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ints = lambda s: [int(t) for t in s.split(",")]  # noqa: E731
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=ints, default=[1, 4, 8, 16], help="worker counts, e.g. 1,4,16")
+    parser.add_argument("--cameras", type=lambda s: s.split(","), default=list(CAMERA_SETS), help="both,agentview,none")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per rate (after the resets)")
+    parser.add_argument("--task_suite", default="libero_spatial")
+    parser.add_argument("--harness", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
+    parser.add_argument("--gl", choices=("egl", "osmesa"), default=None)
+    parser.add_argument("--egl_devices", type=ints, default=None, help="default: the visible GPUs")
+    parser.add_argument("--libero_assets", default=None)
+    args = parser.parse_args(argv)
+    bad = [c for c in args.cameras if c not in CAMERA_SETS]
+    if bad:
+        parser.error(f"unknown camera sets {bad}: choose from {list(CAMERA_SETS)}")
+    return args
+
+
+if __name__ == "__main__":
+    configure_logging()
+    main(parse_args())

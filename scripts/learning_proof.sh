@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The learning proof in stages, each a command of <= 10 minutes on one GPU node (16 cores) that resumes from its own
+# files: demonstrations -> from-scratch training -> LIBERO evaluation. docs/RESULTS.md gives the measured wall times.
+#
+#   bash scripts/learning_proof.sh collect      # noisy scripted demos of a suite as a TF-free frame store
+#   bash scripts/learning_proof.sh train        # small VLAs from random weights (64 and 256 image tokens)
+#   bash scripts/learning_proof.sh eval         # every saved checkpoint on a sample of the fixed states, the last on all
+#   bash scripts/learning_proof.sh expert       # the scripted expert on the full protocol (the data's ceiling)
+#
+# On an offline GPU node first `source <bundle>/activate.sh` (scripts/pack_sim.py; docs/OFFLINE.md). Settings come
+# from the environment: SUITE, OUT (default outputs/proof), EPISODES (per task), NOISE, STEPS, WORKERS, TOKENIZER.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUITE=${SUITE:-libero_spatial}
+OUT=${OUT:-outputs/proof}
+EPISODES=${EPISODES:-60}         # expert attempts per task; failures are dropped
+NOISE=${NOISE:-0.15}             # std of the DART-style noise on the executed xyz/rpy deltas
+STEPS=${STEPS:-4000}             # optimizer steps of batch 128 per model
+SAVES=${SAVES:-5}                # checkpoints per run (evaluated one by one: the learning curve)
+WORKERS=${WORKERS:-16}           # simulator processes
+TOKENIZER=${TOKENIZER:-../shared/tokenizers/llama2}
+SAMPLE_TRIALS=${SAMPLE_TRIALS:-10}  # fixed initial states per task for the intermediate checkpoints
+PRESETS=${PRESETS:-"small256 small"}
+BATCH=${BATCH:-128}
+TASKS=${TASKS:-}                  # e.g. "[0,1]" for a smoke run; empty = every task
+DATA="$OUT/data/${SUITE}_no_noops"
+PY=${PYTHON:-python}
+
+collect() {
+  if [ -f "$DATA/index.json" ]; then echo "demos: $DATA is complete"; return; fi
+  rm -rf "$OUT/data"  # an unfinished store (no index.json) is started again
+  $PY scripts/collect_demos.py --task_suite "$SUITE" --episodes_per_task "$EPISODES" --action_noise "$NOISE" \
+    --format frames --num_workers "$WORKERS" --seed 1 --out "$OUT/data" ${TASKS:+--tasks "${TASKS//[\[\]]/}"}
+}
+
+train_one() {  # $1 = preset
+  local run="$OUT/runs/$1" resume=()
+  [ -f "$run/trainer_state.safetensors" ] || [ -f "$run/trainer_state.pt" ] && resume=(--resume)
+  $PY scripts/finetune.py --config configs/small_libero_spatial.yaml --model.preset "$1" \
+    --model.tokenizer_path "$TOKENIZER" --data.source frames --data.frames_dir "$DATA" \
+    --optim.batch_size "$BATCH" --optim.max_steps "$STEPS" --optim.save_steps $((STEPS / SAVES)) --optim.warmup_steps $((STEPS / 10)) \
+    --run.root_dir "$OUT/runs" --run.id "$1" --run.save_latest_only false "${resume[@]}" > "$OUT/train_$1.log" 2>&1
+}
+
+train() {  # the runs share the GPU; with EVAL_WHILE_TRAINING=1 finished checkpoints are evaluated meanwhile
+  mkdir -p "$OUT"
+  local pids=()
+  for preset in $PRESETS; do train_one "$preset" & pids+=($!); done
+  if [ "${EVAL_WHILE_TRAINING:-0}" = 1 ]; then
+    while kill -0 "${pids[@]}" 2>/dev/null; do evaluate_samples; sleep 5; done
+  fi
+  for pid in "${pids[@]}"; do wait "$pid" || { tail -n 20 "$OUT"/train_*.log; return 1; }; done
+  tail -n 2 "$OUT"/train_*.log
+}
+
+eval_checkpoint() {  # $1 = merged checkpoint dir, $2 = trials per task, $3 = out dir
+  local resume=false
+  [ -f "$3/episodes.jsonl" ] && resume=true
+  $PY scripts/eval.py --task_suite "$SUITE" --checkpoint "$1" --num_trials_per_task "$2" --num_envs "$WORKERS" \
+    --center_crop true --out_dir "$3" --resume "$resume" ${TASKS:+--tasks "$TASKS"} ${EVAL_FLAGS:-}
+}
+
+checkpoints() {  # $1 = preset: its complete merged checkpoints, oldest first
+  ls -d "$OUT/runs/$1"/merged--*_chkpt 2>/dev/null | awk -F'merged--' '{split($2, a, "_"); print a[1], $0}' | sort -n \
+    | cut -d' ' -f2-
+}
+
+evaluate_samples() {  # every checkpoint not yet evaluated, on SAMPLE_TRIALS fixed states per task
+  for preset in $PRESETS; do
+    for ckpt in $(checkpoints "$preset"); do
+      step=${ckpt##*merged--}; step=${step%_chkpt}
+      [ -f "$OUT/eval/$preset-$step/summary.json" ] || eval_checkpoint "$ckpt" "$SAMPLE_TRIALS" "$OUT/eval/$preset-$step"
+    done
+  done
+}
+
+evaluate() {  # the samples, then the first preset's last checkpoint on all 50 fixed states per task
+  evaluate_samples
+  local first=${PRESETS%% *} last
+  last=$(checkpoints "$first" | tail -n 1)
+  [ -z "$last" ] || [ -f "$OUT/eval/$first-full/summary.json" ] || eval_checkpoint "$last" 50 "$OUT/eval/$first-full"
+}
+
+expert() {
+  [ -f "$OUT/eval/expert/summary.json" ] && return
+  local resume=false
+  [ -f "$OUT/eval/expert/episodes.jsonl" ] && resume=true
+  $PY scripts/eval.py --task_suite "$SUITE" --policy expert --num_trials_per_task 50 --num_envs "$WORKERS" \
+    --out_dir "$OUT/eval/expert" --resume "$resume"
+}
+
+for stage in "$@"; do
+  case "$stage" in
+    collect) collect ;;
+    train) train ;;
+    eval) evaluate ;;
+    expert) expert ;;
+    *) echo "unknown stage $stage: collect | train | eval | expert" >&2; exit 2 ;;
+  esac
+done

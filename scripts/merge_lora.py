@@ -1,0 +1,28 @@
+"""Merge a LoRA adapter into its base model -> a full checkpoint in the official OpenVLA layout (loads with
+`VLA.from_pretrained` and with the official code), streamed tensor by tensor; prints the peak host memory.
+
+    python scripts/merge_lora.py --run_dir runs/my-run --out runs/my-run/merged-full
+    python scripts/merge_lora.py --adapter runs/my-run/adapter --base openvla/openvla-7b --out merged/
+
+Every field is documented in `vla.merge.MergeConfig`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import draccus
+
+from vla.merge import MergeConfig, merge, peak_rss_gib
+
+
+def main(cfg: MergeConfig) -> Path:
+    out = merge(cfg)
+    print(f"merged checkpoint: {out}\npeak RSS: {peak_rss_gib():.2f} GiB")
+    return out
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    main(draccus.parse(MergeConfig))

@@ -1,0 +1,179 @@
+"""Demo collection on a fake env pool (no simulator): random placements only (never the fixed eval states), DART-style
+noise on the executed action with the clean action recorded, successes only, and the TF-free frame-store path."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vla.demos as demos
+import vla.env_pool as env_pool
+import vla.libero_env as libero_env
+from vla.env_pool import ResetRequest, StepResult
+from vla.libero_env import TaskInfo
+
+SUCCEEDS, NEVER = 0, 1
+SUCCESS_STEP = 4
+TASKS = [TaskInfo(i, f"task_{i}", f"do thing {i}", f"/nonexistent/{i}.bddl") for i in range(2)]
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "collect_demos.py"
+CLEAN = np.array([0.5, -0.5, 0.25, 0.1, -0.1, 0.0, 1.0])
+
+
+class DemoPool:
+    """Task SUCCEEDS reports done at step SUCCESS_STEP, NEVER never does; records every request it is sent."""
+
+    instances: list["DemoPool"] = []
+
+    def __init__(self, suite, num_workers, *, assets_dir=None, cameras=(), gl_envs=None):
+        self.num_workers, self.cameras, self.tasks = num_workers, cameras, TASKS
+        self.requests: list[tuple[int, object]] = []
+        self.state, self.pending = {}, {}
+        DemoPool.instances.append(self)
+
+    def task_info(self, task_id):
+        return TASKS[task_id]
+
+    def _obs(self, w):
+        t = self.state[w][1]
+        return {"agentview_image": np.full((8, 8, 3), t, np.uint8), "robot0_eye_in_hand_image": np.zeros((8, 8, 3),
+                np.uint8), "robot0_eef_pos": np.full(3, t, float), "robot0_eef_quat": np.array([0, 0, 0, 1.0]),
+                "robot0_gripper_qpos": np.zeros(2), "robot0_joint_pos": np.zeros(7)}  # fmt: skip
+
+    def send(self, w, request):
+        self.requests.append((w, request))
+        if isinstance(request, ResetRequest):
+            self.state[w] = [request.task_id, 0]
+        else:
+            self.state[w][1] += 1
+        task_id, t = self.state[w]
+        self.pending[w] = StepResult(obs=self._obs(w), done=task_id == SUCCEEDS and t == SUCCESS_STEP)
+
+    def receive(self, timeout=None):
+        ready, self.pending = self.pending, {}
+        return ready
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+class ConstantExpert:
+    """Stands in for the scripted expert: always the CLEAN action."""
+
+    cameras = ()
+    last_frames: dict = {}
+
+    def reset(self, slot, task):
+        pass
+
+    def act(self, observations, instructions):
+        return {s: CLEAN.copy() for s in observations}
+
+
+class FakeWriter:
+    instances: list["FakeWriter"] = []
+
+    def __init__(self, out_dir, dataset_name):
+        self.out_dir, self.dataset_name, self.episodes, self.closed = out_dir, dataset_name, [], False
+        FakeWriter.instances.append(self)
+
+    def add_episode(self, episode):
+        self.episodes.append(episode)
+
+    def close(self):
+        self.closed = True
+        return self.out_dir / self.dataset_name
+
+
+@pytest.fixture
+def fake_collection(monkeypatch):
+    """Fake pool, writer and tasks; the fixed eval states cannot be loaded, and TensorFlow cannot be imported."""
+    DemoPool.instances, FakeWriter.instances = [], []
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("demo collection must never load the benchmark's fixed initial states")
+
+    def no_tf(*args, **kwargs):
+        raise AssertionError("the frames path must not import TensorFlow")
+
+    monkeypatch.setattr(env_pool, "EnvPool", DemoPool)
+    monkeypatch.setattr(env_pool, "check_gl", lambda env: None)
+    monkeypatch.setattr(demos, "FrameStoreWriter", FakeWriter)
+    monkeypatch.setattr(libero_env, "load_init_states", forbidden)
+    monkeypatch.setattr("vla.evaluation.load_init_states", forbidden)
+    monkeypatch.setattr("vla.rlds.import_tf", no_tf)
+    monkeypatch.setattr(demos.ScriptedExpert, "from_bddl", lambda path, **kw: None)
+    return DemoPool.instances
+
+
+def _cfg(tmp_path, **kwargs):
+    defaults = {"episodes_per_task": 3, "out": str(tmp_path), "num_workers": 2, "max_steps": 6, "format": "frames"}
+    return demos.CollectConfig(**{**defaults, **kwargs})
+
+
+def test_noisy_collection_records_clean_actions_of_successes_from_random_placements(tmp_path, fake_collection):
+    summary = demos.collect(_cfg(tmp_path, action_noise=0.2, seed=1), ConstantExpert())
+    pool, (writer,) = fake_collection[0], FakeWriter.instances
+    resets = [r for _, r in pool.requests if isinstance(r, ResetRequest)]
+    assert all(r.init_state is None for r in resets)  # LIBERO's random placement
+    assert sorted(r.seed for r in resets) == [100_000 + 1_000 * t + e for t in (0, 1) for e in range(3)]
+    assert pool.cameras == ("agentview", "robot0_eye_in_hand")  # both cameras go into the dataset
+    assert writer.closed and writer.dataset_name == "libero_spatial_no_noops"
+    assert len(writer.episodes) == 3 and all(e["language_instruction"] == "do thing 0" for e in writer.episodes)
+    for episode in writer.episodes:
+        assert episode["action"].shape == (SUCCESS_STEP, 7) and episode["image"].shape == (SUCCESS_STEP, 8, 8, 3)
+        np.testing.assert_array_equal(episode["action"], np.tile(CLEAN.astype(np.float32), (SUCCESS_STEP, 1)))
+    executed = np.stack([a for _, a in pool.requests if not isinstance(a, ResetRequest)])
+    assert np.all(executed[:, 6] == CLEAN[6])  # the gripper command is never noised
+    noise = executed[:, :6] - CLEAN[:6]
+    assert np.all(np.abs(executed[:, :6]) <= 1) and 0.1 < noise.std() < 0.3
+    assert summary["format"] == "frames" and summary["timing"]["steps"] == len(executed)
+    rows = {r["task_id"]: r for r in summary["tasks"]}
+    assert (rows[SUCCEEDS]["successes"], rows[NEVER]["failures"]) == (3, 3)
+
+
+def test_noise_is_reproducible_and_zero_noise_executes_the_clean_action(tmp_path, fake_collection):
+    def executed(out, noise):
+        demos.collect(_cfg(out, action_noise=noise, num_workers=1), ConstantExpert())
+        return np.stack([a for _, a in fake_collection[-1].requests if not isinstance(a, ResetRequest)])
+
+    np.testing.assert_array_equal(executed(tmp_path / "a", 0.1), executed(tmp_path / "b", 0.1))
+    np.testing.assert_array_equal(executed(tmp_path / "c", 0.0), np.tile(CLEAN, (3 * SUCCESS_STEP + 3 * 6, 1)))
+
+
+def test_config_checks_noise_format_and_existing_output(tmp_path):
+    with pytest.raises(ValueError, match="action_noise"):
+        _cfg(tmp_path, action_noise=-0.1).validate()
+    with pytest.raises(ValueError, match="frames"):
+        _cfg(tmp_path, format="hdf5").validate()
+    (tmp_path / "libero_spatial_no_noops").mkdir()
+    with pytest.raises(FileExistsError, match="--out"):
+        _cfg(tmp_path).validate()
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("collect_demos", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demos_and_its_script_import_no_tensorflow():
+    code = (
+        "import importlib.util, sys\nimport vla.demos\n"
+        f"spec = importlib.util.spec_from_file_location('c', {str(SCRIPT)!r})\n"
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_collect_demos_cli_takes_the_new_flags():
+    cfg = _script().parse_args(["--action_noise", "0.1", "--format", "frames", "--gl", "egl", "--egl_devices", "0,1"])
+    assert (cfg.action_noise, cfg.format, cfg.gl, cfg.egl_devices) == (0.1, "frames", "egl", [0, 1])

@@ -1,0 +1,221 @@
+"""The frame store: TF-free writer of Episode dicts, its index and statistics, and FrameStoreDataset's stream."""
+
+import collections
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vla.data import libero_standardize
+from vla.frame_store import FrameStoreDataset, FrameStoreWriter, read_store_index
+from vla.image_ops import jpeg_roundtrip, resize_image
+from vla.normalization import dataset_statistics, normalize_actions
+from vla.processor import ImageProcessor
+
+
+class _NoSequences:
+    """Stand-in for SequenceBuilder where only `frames()` is read."""
+
+    def training_sample(self, instruction, action):
+        raise AssertionError("not used")
+
+
+def _write(root, episodes, name="store"):
+    writer = FrameStoreWriter(root, name)
+    for episode in episodes:
+        writer.add_episode(episode)
+    return writer.close()
+
+
+def _dataset(root, sequence_builder=None, **kwargs) -> FrameStoreDataset:
+    return FrameStoreDataset(root, sequence_builder or _NoSequences(), ImageProcessor(), **kwargs)
+
+
+def _take(dataset, n):
+    frames = dataset.frames()
+    return [next(frames) for _ in range(n)]
+
+
+def _key(frame) -> tuple:
+    return frame["instruction"], tuple(np.round(frame["action"], 6))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, rlds_episodes_factory):
+    """20 episodes of 2-4 steps (19 train, 1 val); returns (root, episodes)."""
+    episodes = rlds_episodes_factory(20, steps=(2, 4), seed=3)
+    return _write(tmp_path_factory.mktemp("frames") / "store", episodes), episodes
+
+
+def _expected(episodes, split):
+    stats = dataset_statistics(libero_standardize(np.concatenate([e["action"] for e in episodes])), len(episodes))
+    chosen = episodes[:19] if split == "train" else episodes[19:]
+    return [
+        {
+            "image": resize_image(jpeg_roundtrip(image, backend="numpy"), 224, backend="numpy"),
+            "action": normalize_actions(libero_standardize(action), stats["action"]),
+            "instruction": e["language_instruction"],
+        }
+        for e in chosen
+        for image, action in zip(e["image"], e["action"], strict=True)
+    ]
+
+
+def test_index_layout_and_statistics(store):
+    root, episodes = store
+    index = read_store_index(root)
+    assert [ep["split"] for ep in index["episodes"]] == ["train"] * 19 + ["val"]
+    assert [ep["length"] for ep in index["episodes"]] == [len(e["action"]) for e in episodes]
+    assert index["num_frames"] == sum(len(e["action"]) for e in episodes) and index["image_size"] == 224
+    np.testing.assert_array_equal(np.load(root / "actions.npy"), np.concatenate([e["action"] for e in episodes]))
+    actions = libero_standardize(np.concatenate([e["action"] for e in episodes]))
+    stored = json.loads((root / "dataset_statistics.json").read_text())
+    assert stored == json.loads(json.dumps({"store": dataset_statistics(actions, 20)}))
+
+
+def test_val_is_one_pass_of_the_rlds_pipeline_frames(store):
+    root, episodes = store
+    ds = _dataset(root, split="val")
+    got, expected = list(ds.frames()), _expected(episodes, "val")
+    assert (ds.num_episodes, ds.num_frames) == (1, len(expected)) and len(got) == len(expected)
+    for frame, want in zip(got, expected, strict=True):
+        assert frame["instruction"] == want["instruction"]
+        np.testing.assert_array_equal(frame["image"], want["image"])
+        np.testing.assert_allclose(frame["action"], want["action"], atol=1e-6)
+
+
+def test_train_epochs_are_seeded_permutations_and_samples_match(store):
+    root, episodes = store
+    expected = {_key(f): f["image"] for f in _expected(episodes, "train")}
+    ds = _dataset(root, chunk_size=8)
+    stream = _take(ds, 2 * ds.num_frames)
+    epochs = [stream[: ds.num_frames], stream[ds.num_frames :]]
+    for epoch in epochs:
+        assert sorted(map(_key, epoch)) == sorted(expected)
+        for frame in epoch:
+            np.testing.assert_array_equal(frame["image"], expected[_key(frame)])
+    assert [_key(f) for f in epochs[0]] != [_key(f) for f in epochs[1]]
+    assert [_key(f) for f in _take(_dataset(root, seed=8), 10)] != [_key(f) for f in epochs[0][:10]]
+    assert ds.frames_consumed == 2 * ds.num_frames
+
+
+def test_training_samples_match_the_processors(store, llama_tokenizer, action_tokenizer):
+    from vla.prompt import SequenceBuilder
+
+    root, _ = store
+    builder, processor = SequenceBuilder(llama_tokenizer, action_tokenizer), ImageProcessor()
+    frames = _take(_dataset(root, chunk_size=5), 7)
+    samples = [s for _, s in zip(range(7), _dataset(root, builder, chunk_size=5), strict=False)]
+    for frame, sample in zip(frames, samples, strict=True):
+        input_ids, labels = builder.training_sample(frame["instruction"], frame["action"])
+        torch.testing.assert_close(sample["pixel_values"], processor(frame["image"])[0], rtol=0, atol=0)
+        assert torch.equal(sample["input_ids"], torch.from_numpy(input_ids))
+        assert torch.equal(sample["labels"], torch.from_numpy(labels))
+
+
+@pytest.mark.parametrize("skip", [0, 3, 8, 21, 60])
+def test_resume_with_augmentation_continues_the_same_stream(store, skip):
+    root, _ = store
+    full = _take(_dataset(root, chunk_size=8, image_aug=True, seed=11), skip + 9)
+    ds = _dataset(root, chunk_size=8, image_aug=True, seed=11)
+    ds.load_state_dict({**ds.state_dict(), "frames_consumed": skip})
+    resumed = _take(ds, 9)
+    assert [_key(f) for f in resumed] == [_key(f) for f in full[skip:]]
+    for a, b in zip(resumed, full[skip:], strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+    assert ds.state_dict()["frames_consumed"] == skip + 9
+    for key, value in (("seed", 12), ("world_size", 2), ("chunk_size", 4)):
+        with pytest.raises(ValueError, match=key):
+            ds.load_state_dict({**ds.state_dict(), key: value})
+
+
+def test_augmentation_changes_train_pixels_only(store):
+    root, _ = store
+    plain, augmented = _take(_dataset(root), 6), _take(_dataset(root, image_aug=True), 6)
+    assert [_key(f) for f in plain] == [_key(f) for f in augmented]
+    assert (
+        np.mean([np.abs(a["image"].astype(int) - p["image"]).mean() for a, p in zip(augmented, plain, strict=True)])
+        > 1.0
+    )
+    val = [f["image"] for f in _dataset(root, split="val", image_aug=True).frames()]
+    np.testing.assert_array_equal(np.stack(val), np.stack([f["image"] for f in _dataset(root, split="val").frames()]))
+
+
+def test_ranks_partition_the_split(store):
+    root, episodes = store
+    expected = collections.Counter(map(_key, _expected(episodes, "train")))
+    shards = [_dataset(root, rank=r, world_size=3) for r in range(3)]
+    got = collections.Counter(_key(f) for s in shards for f in _take(s, len(s._mine)))
+    assert got == expected and sum(len(s._mine) for s in shards) == shards[0].num_frames
+
+
+def test_statistics_and_frames_equal_the_rlds_path(tiny_rlds_dataset, tmp_path):
+    from vla.rlds import RLDSConfig, RLDSDataset
+
+    dataset_dir, episodes = tiny_rlds_dataset
+    root = _write(tmp_path / "store", episodes, name="tiny_libero")
+    cfg = RLDSConfig(data_root_dir=dataset_dir.parents[1], dataset_name="tiny_libero", shuffle_buffer_size=1)
+    rlds = RLDSDataset(cfg, _NoSequences(), ImageProcessor())
+    ours = _dataset(root)
+    ours_stats, rlds_stats = ours.dataset_statistics["tiny_libero"], rlds.dataset_statistics["tiny_libero"]
+    assert ours_stats.keys() == rlds_stats.keys()
+    for block in ("action", "proprio"):
+        for key, value in rlds_stats[block].items():
+            np.testing.assert_allclose(ours_stats[block][key], value, rtol=1e-6, atol=1e-7, err_msg=key)
+    assert ours_stats["num_transitions"] == rlds_stats["num_transitions"]
+    assert ours_stats["num_trajectories"] == rlds_stats["num_trajectories"]
+    # 5 episodes: all train on both paths. The same frames; pixels within the JPEG decoders' difference.
+    assert ours.num_frames == rlds.num_frames
+    theirs = {_key(f): f["image"] for f in _take(rlds, rlds.num_frames)}
+    mine = {_key(f): f["image"] for f in _take(ours, ours.num_frames)}
+    assert mine.keys() == theirs.keys()
+    errors = np.stack([np.abs(mine[k].astype(int) - theirs[k]) for k in mine])
+    assert errors.mean() < 1.5 and errors.max() <= 16, (errors.mean(), errors.max())
+
+
+def test_unfinished_damaged_or_missing_stores_are_clear_errors(store, rlds_episodes_factory, tmp_path):
+    episode = rlds_episodes_factory(1, steps=(2, 2))[0]
+    killed = tmp_path / "killed"
+    FrameStoreWriter(killed, "x").add_episode(episode)  # never closed: a killed collection
+    with pytest.raises(FileNotFoundError, match=rf"{killed}.*unfinished"):
+        _dataset(killed)
+    crashed = tmp_path / "crashed"
+    with pytest.raises(RuntimeError, match="boom"), FrameStoreWriter(crashed, "x") as writer:
+        writer.add_episode(episode)
+        raise RuntimeError("boom")
+    assert not (crashed / "index.json").exists()
+    with pytest.raises(FileNotFoundError, match="no frame store"):
+        _dataset(tmp_path / "nowhere")
+    with pytest.raises(FileExistsError, match=str(killed)):
+        FrameStoreWriter(killed, "x")
+    root, _ = store
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for path in root.iterdir():
+        (damaged / path.name).write_bytes(path.read_bytes()[:-100] if path.name == "frames.u8" else path.read_bytes())
+    with pytest.raises(ValueError, match=rf"{damaged / 'frames.u8'}.*damaged"):
+        _dataset(damaged)
+    with pytest.raises(ValueError, match="holds no episodes"):
+        _write(tmp_path / "small", rlds_episodes_factory(5, steps=(2, 2)))
+        _dataset(tmp_path / "small", split="val")
+    with pytest.raises(ValueError, match=r"image must be uint8"):
+        FrameStoreWriter(tmp_path / "bad", "x").add_episode({**episode, "image": episode["image"].astype(float)})
+
+
+def test_writer_and_reader_need_no_tensorflow(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['tensorflow'] = None\n"
+        "import numpy as np\n"
+        "from vla.frame_store import FrameStoreWriter, FrameStoreDataset\n"
+        "from vla.processor import ImageProcessor\n"
+        "w = FrameStoreWriter(sys.argv[1], 'x')\n"
+        "w.add_episode({'image': np.zeros((3, 256, 256, 3), np.uint8), 'action': np.zeros((3, 7), np.float32),\n"
+        "               'language_instruction': 'go'})\n"
+        "ds = FrameStoreDataset(w.close(), None, ImageProcessor())\n"
+        "assert next(ds.frames())['image'].shape == (224, 224, 3)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "s")], check=True)

@@ -1,0 +1,55 @@
+"""Policies: the cameras each declares, `build_policy`, and (GPU) the fast batched VLA path giving the plain path's
+actions on a mixed batch."""
+
+import numpy as np
+import pytest
+import torch
+
+import vla.policies as policies
+from vla.evaluation import EvalConfig
+from vla.libero_env import TaskInfo
+from vla.policies import ExpertPolicy, RandomPolicy, VLAPolicy, build_policy
+
+INSTRUCTIONS = ["put the bowl on the plate", "turn on the stove", "open the top drawer and put the bowl inside"]
+
+
+def test_policies_declare_only_the_cameras_they_read():
+    assert VLAPolicy.cameras == ("agentview",)
+    assert ExpertPolicy().cameras == () and RandomPolicy().cameras == ()
+    assert isinstance(build_policy(EvalConfig(policy="expert")), ExpertPolicy)
+    assert isinstance(build_policy(EvalConfig(policy="random")), RandomPolicy)
+
+
+def _numpy_libero_image(agentview, *, center_crop):
+    """A TF-free stand-in for `libero_image` (the GPU machine has no TensorFlow): upright + nearest resize to 224."""
+    index = np.arange(224) * agentview.shape[0] // 224
+    return np.ascontiguousarray(agentview[::-1, ::-1][index][:, index])
+
+
+@pytest.mark.gpu
+def test_fast_batched_vla_policy_gives_the_plain_actions_on_a_mixed_batch(official_checkpoint, monkeypatch):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from vla.model import VLA
+
+    monkeypatch.setattr(policies, "libero_image", _numpy_libero_image)
+    vla = VLA.from_pretrained(official_checkpoint[0], device="cuda", dtype=torch.float32)
+    vla.eval()
+    rng = np.random.default_rng(0)
+    slots = [0, 3, 5, 6]  # a mixed batch: different images and instructions, non-contiguous slots
+    obs = {s: {"agentview_image": rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)} for s in slots}
+    texts = {s: INSTRUCTIONS[i % len(INSTRUCTIONS)] for i, s in enumerate(slots)}
+    plain = VLAPolicy(vla, "libero_spatial", center_crop=True, fast_decoding=False)
+    assert vla.fast_decoder is None
+    expected = plain.act(obs, texts)
+    fast = VLAPolicy(vla, "libero_spatial", center_crop=True)  # the default on CUDA: fast decoding
+    assert vla.fast_decoder is not None
+    task = TaskInfo(0, "t", "x", "/none.bddl")
+    fast.reset(0, task)
+    for _ in range(2):  # the second call replays the captured graph
+        got = fast.act(obs, texts)
+        for s in slots:
+            np.testing.assert_array_equal(got[s], expected[s])
+    singles = {s: fast.act({s: obs[s]}, {s: texts[s]})[s] for s in slots[:2]}  # batch of one = row of the batch
+    for s, action in singles.items():
+        np.testing.assert_array_equal(action, expected[s])

@@ -1,0 +1,164 @@
+"""Scripted expert skills beyond pick-and-place (today: turning a stove knob on), and the reasons for the skills it
+lacks (drawers, pushing). Each skill is a small phase machine on privileged observations (`robot0_eef_*`, object
+`<name>_pos`, region sites `<site>_pos`): `reset()`, `act(obs) -> (7,)` LIBERO action, `finished(obs)` for sequencing.
+
+Fixtures (stoves) expose no joint state in the observations, so their geometry is measured once from the LIBERO
+models and stored here relative to a region site: a stove's knob is a fixed offset from its `_cook_region` site.
+The offset holds for the unrotated stoves of the LIBERO scenes. The knob's angle is not observed: the skill sweeps
+once and reports finished; a sequence whose last skill it is sweeps again while the episode goes on."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+ROT_SCALE = 0.5  # OSC_POSE: rotation action 1.0 asks for a 0.5 rad turn
+PAD_OFFSET = 0.0422  # an open Panda finger pad's centre from the gripper site, along the closing (world y) axis
+
+
+class UnsupportedTaskError(ValueError):
+    """The task's goal needs a skill or a fixture the scripted expert does not have."""
+
+
+STOVE_KNOB = (-0.15, 0.0, 0.0)  # the knob's hinge axis minus the stove's cook-region site (flat_stove)
+KNOB_LEVER = 0.025  # the knob's pointer reaches this far along +x from its axis; pushing it towards +y turns it on
+
+
+def category(name: str) -> str:
+    """`wooden_cabinet_1_top_region` -> `wooden_cabinet` (the fixture category of an instance or region name)."""
+    return re.sub(r"_\d+(_.*)?$", "", name)
+
+
+def fixture_of(region: str) -> str:
+    """`wooden_cabinet_1_top_region` -> `wooden_cabinet_1`."""
+    match = re.match(r"(.*?_\d+)(_|$)", region)
+    if match is None:
+        raise UnsupportedTaskError(f"cannot tell the fixture of {region!r}")
+    return match.group(1)
+
+
+PUSH_REASON = (
+    "pushing a plate onto a table region is not supported: the push must start between the plate and the cabinet, "
+    "where the arm cannot reach down (the hand meets the cabinet's handles)"
+)
+DRAWER_REASON = (
+    "drawers are not supported: from above, the finger meshes hit the cabinet top and the handle of the drawer "
+    "above before the far pad reaches the gap behind the handle bar; tipped over to point into the cabinet, the "
+    "wrist (link 6) hits the handles and the hand hits objects on the table"
+)
+
+
+def is_drawer_region(name: str) -> bool:
+    return "cabinet" in category(name) and name.endswith("_region")
+
+
+def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # (x, y, z, w) quaternions, as robosuite
+    ax, ay, az, aw = a
+    bx, by, bz, bw = b
+    return np.array(
+        [
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+            aw * bw - ax * bx - ay * by - az * bz,
+        ]
+    )
+
+
+def _quat_conj(q: np.ndarray) -> np.ndarray:
+    return np.array([-q[0], -q[1], -q[2], q[3]])
+
+
+def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """Axis-angle (3,) of the world-frame rotation taking quaternion `current` to `target` (shortest way)."""
+    q = _quat_mul(target, _quat_conj(current))
+    if q[3] < 0:
+        q = -q
+    sin = np.linalg.norm(q[:3])
+    if sin < 1e-9:
+        return np.zeros(3)
+    return q[:3] / sin * 2.0 * np.arctan2(sin, q[3])
+
+
+class Skill:
+    """Shared phase bookkeeping and the move/hold-orientation action."""
+
+    gain, still_speed = 20.0, 0.001
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.phase, self.phase_steps, self.still_steps = self.PHASES[0], 0, 0
+        self.quat: np.ndarray | None = None
+        self.last_eef: np.ndarray | None = None
+
+    PHASES: tuple[str, ...] = ("start",)
+
+    def _next(self, phase: str) -> None:
+        self.phase, self.phase_steps, self.still_steps = phase, 0, 0
+
+    def _tick(self, obs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        eef, quat = np.asarray(obs["robot0_eef_pos"], float), np.asarray(obs["robot0_eef_quat"], float)
+        if self.quat is None:
+            self.quat = quat.copy()  # hold the starting orientation (gripper down, fingers closing along y)
+        moved = np.inf if self.last_eef is None else np.linalg.norm(eef - self.last_eef)
+        self.still_steps = self.still_steps + 1 if moved < self.still_speed else 0
+        self.last_eef, self.phase_steps = eef, self.phase_steps + 1
+        return eef, quat
+
+    def _action(self, eef: np.ndarray, quat: np.ndarray, goal: np.ndarray, gripper: float, speed: float = 1.0):
+        move = np.clip(self.gain * (goal - eef), -speed, speed)
+        rotation = np.clip(rotation_error(self.quat, quat) / ROT_SCALE, -1, 1)
+        return np.concatenate([move, rotation, [gripper]])
+
+    def _arrived(self, eef: np.ndarray, goal: np.ndarray, tolerance: float = 0.01, timeout: int = 80) -> bool:
+        return (
+            np.linalg.norm(goal - eef) < tolerance
+            or (self.still_steps >= 5 and np.linalg.norm(goal - eef) < 3 * tolerance)
+            or self.phase_steps > timeout
+        )
+
+
+class KnobSkill(Skill):
+    """Turn a flat stove on: the closed gripper comes down beside the knob's pointer and sweeps it round (towards
+    +y, the direction that raises the knob's hinge angle past LIBERO's 0.5 rad `TurnOn` threshold)."""
+
+    PHASES = ("approach", "descend", "sweep", "release", "done")
+    sweep = 0.06  # m the fingers travel past the knob's axis along +y
+    height = 0.93  # gripper site height while sweeping (the pointer stands ~0.92-0.95 m)
+
+    def __init__(self, stove: str):
+        if category(stove) != "flat_stove":
+            raise UnsupportedTaskError(f"no knob geometry for {stove!r} (only flat_stove)")
+        self.stove = stove
+        super().__init__()
+
+    def finished(self, obs: dict[str, np.ndarray]) -> bool:
+        return self.phase == "done"
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        eef, quat = self._tick(obs)
+        knob = np.asarray(obs[f"{self.stove}_cook_region_pos"], float) + STOVE_KNOB
+        start = np.array([knob[0] + KNOB_LEVER, knob[1] - 0.045, self.height])
+        if self.phase == "approach":
+            goal = start + [0, 0, 0.08]
+            if self._arrived(eef, goal, 0.015):
+                self._next("descend")
+        elif self.phase == "descend":
+            goal = start
+            if self._arrived(eef, goal, 0.008):
+                self._next("sweep")
+        elif self.phase == "sweep":
+            goal = np.array([start[0], knob[1] + self.sweep, self.height])
+            if self._arrived(eef, goal, 0.01, timeout=60):
+                self._next("release")
+            return self._action(eef, quat, goal, 1.0, speed=0.5)
+        elif self.phase == "release":
+            goal = np.array([eef[0], eef[1], self.height + 0.12])
+            if self._arrived(eef, goal, 0.02, timeout=30):
+                self._next("done")
+        else:
+            return self._action(eef, quat, eef, 1.0)
+        return self._action(eef, quat, goal, 1.0)
