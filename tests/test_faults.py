@@ -276,14 +276,50 @@ def test_a_kill_between_any_two_files_of_a_save_leaves_one_whole_checkpoint(run_
     assert outcomes == {2, 4}  # kills before the commit keep step 2, after it finish step 4
 
 
-def test_eval_reads_the_step_from_the_checkpoint_it_loaded(run_copy):
-    """checkpoint.json at the run's top can lag (or lead) the merged folder mid-save; the merged folder's own
-    checkpoint.json is the step of the weights eval loaded."""
-    evaluation = pytest.importorskip("vla.evaluation")
+def test_eval_files_its_result_under_the_step_of_the_weights_it_loaded(run_copy):
+    """checkpoint.json at the run's top can lag (or lead) the merged folder mid-save, and training may publish a
+    newer merged folder while an evaluation runs: the step comes from the folder as it was loaded."""
+    from vla.model import VLA
+    from vla.reporting import record_in_training_run
+
+    merged = run_copy.run_dir / "merged"
+    assert VLA.from_pretrained(merged, dtype=torch.float32).training_step == 2
     (run_copy.run_dir / "checkpoint.json").write_text(json.dumps({"step": 99}))
-    run = evaluation.record_in_training_run(run_copy.run_dir / "merged", {
-        "task_suite": "libero_spatial", "success_rate": 0.5, "ci95": [0.3, 0.7], "trials": 10, "eval_dir": "e"})  # fmt: skip
-    assert run is not None and [r["step"] for r in RunDir(run).read_evals()] == [2]
+    summary = {"task_suite": "libero_spatial", "overall": {"success_rate": 0.5, "ci95": [0.3, 0.7], "trials": 10},
+               "run_dir": "eval"}  # fmt: skip
+    assert record_in_training_run(merged, summary) == run_copy.run_dir
+    (merged / "checkpoint.json").write_text(json.dumps({"step": 4}))  # published while the evaluation ran
+    record_in_training_run(merged, {**summary, "checkpoint_step": 2, "run_dir": "eval-2"})
+    assert [(r["step"], r["eval_dir"]) for r in RunDir(run_copy.run_dir).read_evals()] == [(2, "eval"), (2, "eval-2")]
+
+
+def test_a_checkpoint_replaced_while_it_loads_is_refused(run_copy, monkeypatch):
+    import vla.checkpoint
+
+    merged, original = run_copy.run_dir / "merged", vla.checkpoint.read_weights
+
+    def read_weights(*args, **kwargs):
+        (merged / "checkpoint.json").write_text(json.dumps({"step": 4}))  # a save publishes mid-read
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(vla.checkpoint, "read_weights", read_weights)
+    with pytest.raises(CorruptFileError, match=r"was replaced \(step 2 -> 4\) while it was being read"):
+        vla.checkpoint.read_official_checkpoint(merged, torch.float32)
+
+
+def test_eval_checks_unnorm_key_before_the_weights_load(run_copy, monkeypatch):
+    evaluation = pytest.importorskip("vla.evaluation")
+    from vla.model import VLA
+    from vla.policies import build_policy
+
+    def from_pretrained(*args, **kwargs):
+        raise AssertionError("weights were loaded before unnorm_key was checked")
+
+    monkeypatch.setattr(VLA, "from_pretrained", from_pretrained)
+    cfg = evaluation.EvalConfig(policy="vla", checkpoint=str(run_copy.run_dir / "merged"), unnorm_key="bridge_orig",
+                                task_suite="libero_spatial", device="cpu")  # fmt: skip
+    with pytest.raises(KeyError, match=r"'bridge_orig' not found; available keys: \['synthetic'\]"):
+        build_policy(cfg)
 
 
 # ---- 4. Non-finite weights ------------------------------------------------------------------------------------------
@@ -374,6 +410,25 @@ def test_a_garbage_line_inside_a_jsonl_file_is_named(run_copy):
     metrics.write_text("\n".join([lines[0], "not json", *lines[1:]]) + "\n")
     with pytest.raises(CorruptFileError, match=r"metrics.jsonl line 2 is not valid JSON.*delete that line"):
         RunDir(run_copy.run_dir).read_metrics()
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "episodes.jsonl"])
+def test_an_append_after_a_torn_line_keeps_every_complete_record(tmp_path, name):
+    """A killed writer leaves a torn last line; the next append (a resumed run or evaluation) must not glue its
+    record to it, or that record is lost too."""
+    from vla.files import append_jsonl, read_jsonl
+
+    path = tmp_path / name
+    append_jsonl(path, {"episode": 0})
+    with open(path, "a") as f:
+        f.write('{"episode": 1, "succ')
+    append_jsonl(path, {"episode": 1})
+    append_jsonl(path, {"episode": 2})
+    assert read_jsonl(path) == [{"episode": 0}, {"episode": 1}, {"episode": 2}]
+    if name == "episodes.jsonl":
+        from vla.reporting import read_episodes
+
+        assert read_episodes(path) == read_jsonl(path)
 
 
 # ---- 6. Checks before work ----------------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ class CheckpointParts:
     image_processor: ImageProcessor | None = None  # None: the default one for config.vision.image_size
     norm_stats: dict[str, Any] = field(default_factory=dict)
     weight_sources: dict[str, tuple[Path, str]] = field(default_factory=dict)  # official key -> (file, key in it)
+    step: int | None = None  # the training step a fine-tuning run saved this at (its checkpoint.json); else None
 
 
 def official_key(name: str) -> str:
@@ -197,23 +198,40 @@ def load_tokenizer(directory: str | Path):
     return tokenizer
 
 
+def training_step(directory: Path) -> int | None:
+    """The step recorded in a fine-tuning run's checkpoint folder (`checkpoint.json`), None for other checkpoints."""
+    path = Path(directory) / "checkpoint.json"
+    return int(read_json(path)["step"]) if path.is_file() else None
+
+
+def read_norm_stats(path_or_hub_id: str | Path, official: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A checkpoint's action statistics without its weights: dataset_statistics.json if present (as the official
+    eval loader does), else config.json's `norm_stats`."""
+    directory = resolve_directory(path_or_hub_id)
+    if (directory / "dataset_statistics.json").is_file():
+        return load_dataset_statistics(directory / "dataset_statistics.json")
+    return (official or read_json(directory / "config.json")).get("norm_stats") or {}
+
+
 def read_official_checkpoint(path_or_hub_id: str | Path, dtype: torch.dtype = torch.bfloat16) -> CheckpointParts:
     """The parts of an official-format directory: config.json (+ norm_stats), safetensors shards, tokenizer files,
     preprocessor_config.json; a local dataset_statistics.json replaces config.json's norm_stats (as the official
     eval loader does). Every tensor must be present with its config-implied shape; none may be left over."""
     directory = resolve_directory(path_or_hub_id)
+    step = training_step(directory)
     official = read_json(directory / "config.json")
     config = config_from_official(official)
-    norm_stats = official.get("norm_stats") or {}
-    if (directory / "dataset_statistics.json").is_file():
-        norm_stats = load_dataset_statistics(directory / "dataset_statistics.json")
+    norm_stats = read_norm_stats(directory, official)
     image_processor = ImageProcessor.from_preprocessor_config(read_json(directory / "preprocessor_config.json"))
     files = weight_files(directory)
     check_weights(files, expected_shapes(config), directory)
     parts = CheckpointParts(
         config, load_tokenizer(directory), read_weights(files, dtype), image_processor, norm_stats,
-        weight_sources={key: (file, key) for key, file in files.items()},
+        weight_sources={key: (file, key) for key, file in files.items()}, step=step,
     )  # fmt: skip
+    if training_step(directory) != step:  # a training run published a new checkpoint here while this one was read
+        raise CorruptFileError(f"{directory} was replaced (step {step} -> {training_step(directory)}) while it was "
+                               "being read, so the weights may mix two steps; load it again")  # fmt: skip
     logger.info("read %s (%d tensors, %d shards)", directory, len(files), len(set(files.values())))
     return parts
 

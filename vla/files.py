@@ -118,6 +118,23 @@ def read_jsonl(path: Path, fix: str = "delete or repair that line") -> list[Any]
     return records
 
 
+def append_jsonl(path: Path, record: Any) -> None:
+    """Append one JSON line and flush. A torn last line left by a killed writer is cut off first: otherwise this
+    record would be glued to it, and both lost to every reader."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size:
+            f.seek(size - 1)
+            if f.read(1) != b"\n":
+                f.seek(0)
+                f.truncate(f.read().rfind(b"\n") + 1)
+                logger.warning("%s: cut off a torn last line (an interrupted write) before appending", path)
+        f.write((json.dumps(record) + "\n").encode())
+        f.flush()
+
+
 # What a torch-saved NumPy array unpickles through: torch's weights-only unpickler allows these and nothing else.
 def _numpy_globals() -> list:
     import numpy as np

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla.files import atomic_write, atomic_write_text, read_jsonl
+from vla.checkpoint_publish import CHECKPOINT_FILE as CHECKPOINT_FILE  # {"step": N}; also in adapter/, merged/
+from vla.files import append_jsonl, atomic_write, atomic_write_text, read_jsonl
 from vla.trainer_state import STRUCTURE_FILE, TENSORS_FILE, has_trainer_state, load_trainer_state
 
 logger = logging.getLogger(__name__)
@@ -142,10 +143,7 @@ class RunDir:
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """One JSON line per logged optimizer step; appended and flushed (a crash loses at most that line)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.file(METRICS_FILE), "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
+        append_jsonl(self.file(METRICS_FILE), record)
 
     def truncate_metrics(self, last_step: int) -> None:
         """On resume: drop lines logged after the checkpoint (a killed run may have logged steps it never saved)."""
