@@ -431,7 +431,41 @@ def test_an_append_after_a_torn_line_keeps_every_complete_record(tmp_path, name)
         assert read_episodes(path) == read_jsonl(path)
 
 
+def _rlds_copy(finetune_dataset, tmp_path: Path, folder: str | None = None) -> tuple[Path, str]:
+    """A writable copy of the 2-episode RLDS dataset, its dataset folder optionally renamed to `folder`."""
+    root, name = finetune_dataset
+    copy = tmp_path / "rlds"
+    shutil.copytree(root / name, copy / (folder or name))
+    return copy, folder or name
+
+
+@pytest.mark.parametrize("damage", [_truncate, _garbage])
+def test_a_corrupt_tfrecord_shard_is_named_before_weights_load(finetune_dataset, tmp_path, no_weights, damage):
+    root, name = _rlds_copy(finetune_dataset, tmp_path)
+    shard = next((root / name / "1.0.0").glob("*.tfrecord-*"))
+    damage(shard)
+    cfg = _config(tmp_path, data={"source": "rlds", "data_root_dir": root, "dataset_name": name})
+    with pytest.raises(CorruptFileError, match=rf"{shard.name} is not a valid TFRecord file: at byte \d+.*re-download"):
+        train(cfg)
+    assert not cfg.run_dir.exists()
+
+
 # ---- 6. Checks before work ----------------------------------------------------------------------------------------
+
+
+def test_a_dataset_folder_holding_another_dataset_is_refused(finetune_dataset, tmp_path, no_weights):
+    """A folder renamed to the asked dataset_name while its files are another dataset's: named, before weights."""
+    root, name = _rlds_copy(finetune_dataset, tmp_path, folder="libero_spatial_no_noops")
+    cfg = _config(tmp_path, data={"source": "rlds", "data_root_dir": root, "dataset_name": name})
+    with pytest.raises(ValueError, match=r"holds the dataset 'two_episodes'.*not 'libero_spatial_no_noops'"):
+        train(cfg)
+
+
+def test_an_unknown_dataset_name_lists_what_is_on_disk(finetune_dataset, tmp_path, no_weights):
+    root, _ = _rlds_copy(finetune_dataset, tmp_path)
+    cfg = _config(tmp_path, data={"source": "rlds", "data_root_dir": root, "dataset_name": "libero_goal_no_noops"})
+    with pytest.raises(FileNotFoundError, match=r"unknown dataset 'libero_goal_no_noops'.*\['two_episodes'\]"):
+        train(cfg)
 
 
 @pytest.mark.parametrize(

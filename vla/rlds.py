@@ -27,6 +27,7 @@ from vla.data_config import (  # noqa: F401  (SPLITS, standardization and RLDS_V
     identity_standardize,
     libero_standardize,
 )
+from vla.files import check_tfrecord
 from vla.frame_stream import FrameStream
 from vla.normalization import (
     LIBERO_ACTION_MASK,
@@ -202,11 +203,19 @@ def check_rlds_dir(dataset_dir: Path) -> Path:
         shards = [(split["name"], len(split["shardLengths"])) for split in info["splits"]]
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{info_path} is corrupt ({type(err).__name__}: {err}); re-download or rewrite it") from None
+    if name != dataset_dir.parent.name:  # a renamed folder: tfds would read `name`'s shards under another name
+        raise ValueError(
+            f"{dataset_dir.parent} holds the dataset {name!r} (dataset_info.json, shards {name}-*), not "
+            f"{dataset_dir.parent.name!r}: set data.dataset_name {name!r} with the folder named so, or rewrite it"
+        )
     expected = [f"{name}-{split}.{fmt}-{i:05d}-of-{n:05d}" for split, n in shards for i in range(n)]
     missing = [f for f in expected if not (dataset_dir / f).is_file()]
     if not expected or missing:
         what = f"{len(missing)} of {len(expected)} shards, e.g. {missing[0]}" if missing else "any shard"
         raise FileNotFoundError(f"{dataset_dir} lacks {what} (listed in dataset_info.json); {_FIX}")
+    if fmt == "tfrecord":
+        for shard in expected:  # framing only (one seek per episode): a truncated download fails here, not mid-run
+            check_tfrecord(dataset_dir / shard, f"re-download that shard; {_FIX}")
     return dataset_dir
 
 
