@@ -158,6 +158,26 @@ def test_a_planted_pickle_as_libero_init_states_never_runs(tmp_path):
     assert not marker.exists()
 
 
+def test_libero_init_states_are_read_without_running_a_planted_pickle(tmp_path, monkeypatch):
+    """The real loader: LIBERO's own files load; the same path holding a payload is refused, naming the file."""
+    pytest.importorskip("libero")
+    import libero.libero
+
+    from vla.libero_env import load_init_states
+
+    states = load_init_states("libero_spatial", 0)
+    assert states.shape[0] == 50 and states.dtype == "float64"
+    real = Path(libero.libero.get_libero_path("init_states"))
+    task_file = next(p for p in real.glob("libero_spatial/*") if p.suffix == ".pruned_init")
+    (tmp_path / "libero_spatial").mkdir()
+    for p in real.glob("libero_spatial/*"):
+        _plant(tmp_path / "libero_spatial" / p.name, tmp_path / "pwned")
+    monkeypatch.setattr(libero.libero, "get_libero_path", lambda key: str(tmp_path))
+    with pytest.raises(CorruptFileError, match=r"libero_spatial/.*pruned_init .*refused to unpickle.*re-install"):
+        load_init_states("libero_spatial", 0)
+    assert not (tmp_path / "pwned").exists() and task_file.is_file()
+
+
 def test_no_pickle_loading_is_left_in_the_code():
     root = Path(__file__).resolve().parents[1]
     hits = [f"{p.relative_to(root)}:{n}" for folder in ("vla", "scripts") for p in (root / folder).rglob("*.py")
