@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vla.files import CorruptFileError, check_finite, replace_directory
+from vla.files import CorruptFileError, check_finite, open_safetensors, replace_directory
 from vla.files import read_json as read_json_file
 from vla.lora import lora_layers
 from vla.model_config import VLAConfig
@@ -40,6 +40,7 @@ LLAMA_DEFAULTS = {
 _TEXT_CONFIG_BOOKKEEPING = {"model_type", "torch_dtype", "dtype", "pad_token_id", "architectures", "_name_or_path",
                             "transformers_version", "bos_token_id", "eos_token_id", "tie_word_embeddings"}  # fmt: skip
 _REMOTE_CODE = "openvla/openvla-7b--"  # official fine-tunes point their auto_map at the base repo's code
+_REFETCH = "re-download or re-save the checkpoint"  # the fix for a missing, truncated or corrupt file
 
 
 @dataclass
@@ -74,22 +75,6 @@ def resolve_directory(path_or_hub_id: str | Path) -> Path:
 
 def read_json(path: Path) -> dict[str, Any]:
     return read_json_file(path, f"is {path.parent} a complete OpenVLA checkpoint directory? Re-download or re-save it")
-
-
-@contextlib.contextmanager
-def _open_safetensors(file: Path):
-    """safe_open, with a truncated or garbage file reported by name instead of as a bare header error."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        handle = safe_open(str(file), framework="pt")
-    except (SafetensorError, OSError, RuntimeError) as err:
-        raise CorruptFileError(
-            f"{file} is not a readable safetensors file ({err}): it is truncated or corrupt; re-download or re-save "
-            "the checkpoint"
-        ) from None
-    with handle as f:
-        yield f
 
 
 def config_from_official(config: dict[str, Any]) -> VLAConfig:
@@ -141,7 +126,7 @@ def weight_files(directory: Path) -> dict[str, Path]:
         return found
     single = directory / "model.safetensors"
     if single.is_file():
-        with _open_safetensors(single) as f:
+        with open_safetensors(single, _REFETCH) as f:
             return dict.fromkeys(f.keys(), single)
     found = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt"))
     hint = f" (found pickle files {found}; convert them to safetensors)" if found else ""
@@ -157,7 +142,7 @@ def check_weights(files: dict[str, Path], shapes: dict[str, tuple[int, ...]], di
             f"{len(unexpected)} unexpected keys {unexpected[:5]}"
         )
     for file in sorted(set(files.values())):
-        with _open_safetensors(file) as f:
+        with open_safetensors(file, _REFETCH) as f:
             keys = f.keys()
             for key in keys:
                 shape = tuple(f.get_slice(key).get_shape())
@@ -171,7 +156,7 @@ def read_weights(sources: dict[str, Path], dtype: torch.dtype, rename=internal_k
     as if it were a weak policy."""
     weights = {}
     for file in sorted(set(sources.values())):
-        with _open_safetensors(file) as f:
+        with open_safetensors(file, _REFETCH) as f:
             for key in [k for k in f.keys() if k in sources]:  # noqa: SIM118 (safe_open is not iterable)
                 try:
                     tensor = f.get_tensor(key)

@@ -5,6 +5,7 @@ is ever unpickled beyond plain arrays)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -80,6 +81,21 @@ def read_json(path: Path, fix: str = "restore it from a backup or re-create it")
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CorruptFileError(f"{path} is not valid JSON ({err}): it is truncated or corrupt; {fix}") from None
+
+
+@contextlib.contextmanager
+def open_safetensors(file: Path, fix: str):
+    """safetensors' `safe_open`, with a truncated or garbage file reported by name instead of a bare header error."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        handle = safe_open(str(file), framework="pt")
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise CorruptFileError(
+            f"{file} is not a readable safetensors file ({err}): it is truncated or corrupt; {fix}"
+        ) from None
+    with handle as f:
+        yield f
 
 
 def read_yaml(path: Path, fix: str = "fix the line named above") -> Any:
