@@ -142,6 +142,18 @@ def test_a_planted_pickle_in_the_trainer_state_never_runs(run_copy, tmp_path, no
     assert not marker.exists(), "loading the trainer state ran planted code"
 
 
+def test_an_older_runs_trainer_state_pt_still_resumes(run_copy):
+    """Runs saved before the safetensors format (`torch.save` of the same dict) resume through the allowlist."""
+    run = RunDir(run_copy.run_dir)
+    state = run.load_state()
+    torch.save(state, run.file("trainer_state.pt"))
+    for name in ("trainer_state.safetensors", "trainer_state.json"):
+        run.file(name).unlink()
+    assert run.load_state()["step"] == 2
+    train(_config(run_copy.run.root_dir.parent, optim={"max_steps": 3}, run={"save_merged": True, "resume": True}))
+    assert run.load_state()["step"] == 3 and run.file("trainer_state.json").is_file()
+
+
 def test_a_planted_pickle_as_libero_init_states_never_runs(tmp_path):
     """LIBERO's init states are torch-saved NumPy arrays: read with an allowlist of NumPy's array constructors."""
     import numpy as np
