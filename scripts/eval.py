@@ -4,17 +4,21 @@
     python scripts/eval.py --task_suite libero_spatial --policy expert --num_trials_per_task 10 --num_envs 2
     python scripts/eval.py --out_dir runs/eval/x --resume true      # finish an interrupted run
     python scripts/eval.py --checkpoint runs/my-run/merged --num_envs 16 --fast_decoding false --egl_devices "[0]"
+    python scripts/eval.py --policy server --server_url http://127.0.0.1:8000 --num_envs 4   # a scripts/serve.py
+    # the official run_libero_eval.py command line, unchanged (hub ids resolve through the Hugging Face cache):
+    python scripts/eval.py --model_family openvla --pretrained_checkpoint openvla/openvla-7b-finetuned-libero-spatial \\
+        --task_suite_name libero_spatial --center_crop True
 
 Results: <out_dir>/episodes.jsonl (one line per episode, written as it ends), summary.json (with "timing": where
-the time went), videos/ (--save_videos).
+the time went), videos/ (--save_videos). Official flag names: vla/eval_cli.py, docs/DROP_IN.md.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
-import draccus
-
+from vla.eval_cli import parse
 from vla.evaluation import EvalConfig, evaluate
 from vla.policies import build_policy
 from vla.runtime import configure_logging
@@ -23,11 +27,16 @@ from vla.runtime import configure_logging
 def main(cfg: EvalConfig) -> dict[str, Any]:
     """Validate, build the policy, evaluate; returns the summary (also in <out_dir>/summary.json)."""
     cfg.validate()  # before any weights load
-    summary = evaluate(cfg, build_policy(cfg))  # logs the results table and the timing line
+    policy = build_policy(cfg)
+    try:
+        summary = evaluate(cfg, policy)  # logs the results table and the timing line
+    finally:
+        if hasattr(policy, "close"):  # RemotePolicy: its HTTP client and request threads
+            policy.close()
     print(f"episodes: {summary['run_dir']}/episodes.jsonl\nsummary:  {summary['run_dir']}/summary.json")
     return summary
 
 
 if __name__ == "__main__":
     configure_logging()
-    main(draccus.parse(EvalConfig))
+    main(parse(sys.argv[1:]))

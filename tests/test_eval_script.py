@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import LLAMA2_DIR
 from test_evaluation import RECORD_KEYS
+from test_server import server  # noqa: F401  (scripts/serve.py on a free port with the tiny checkpoint)
 
 from vla.evaluation import EvalConfig
 
@@ -105,3 +106,65 @@ def test_main_evaluates_a_tiny_checkpoint_for_one_short_episode(tmp_path, libero
 
     frames = imageio.mimread(out / record["video"])
     assert len(frames) == record["steps"] and frames[0].shape == (224, 224, 3)  # the model's 224² frames
+
+
+# scripts/eval.py's command line against a live scripts/serve.py; every action the server sends is compared with what
+# the in-process VLAPolicy computes for the same observation (a mismatch raises in `act`: the episode records an error).
+SERVER_DRIVER = """
+import json, sys
+import numpy as np, torch
+from vla.model import VLA
+from vla.policies import VLAPolicy
+from vla.remote_policy import RemotePolicy
+sys.path.insert(0, {script_dir!r})
+import eval as script
+from vla.eval_cli import parse
+
+local = VLAPolicy(VLA.from_pretrained({checkpoint!r}, dtype=torch.float32), "libero_spatial", center_crop=True,
+                  fast_decoding=False)
+compared = []
+remote_act = RemotePolicy.act
+
+def act(self, observations, instructions):
+    got, expected = remote_act(self, observations, instructions), local.act(observations, instructions)
+    for slot in got:
+        assert np.array_equal(got[slot], expected[slot]), (slot, got[slot], expected[slot])
+        compared.append(slot)
+    return got
+
+RemotePolicy.act = act
+summary = script.main(parse(sys.argv[1:]))
+print("COMPARED", len(compared), json.dumps(summary["overall"]))
+"""
+
+
+@pytest.fixture(scope="module")
+def served(server):  # noqa: F811  (test_server's fixture, named apart so the import is not shadowed)
+    """(url, log path) of the live server."""
+    return server
+
+
+@pytest.mark.libero
+@pytest.mark.slow
+def test_eval_of_a_served_policy_records_episodes_with_the_in_process_actions(
+    served, official_checkpoint, tmp_path, libero_assets_dir
+):
+    import httpx
+
+    url, out = served[0], tmp_path / "eval"
+    before = httpx.get(f"{url}/info").json()
+    argv = ["--policy", "server", "--server_url", url, "--task_suite_name", "libero_spatial", "--tasks", "[0]",
+            "--num_trials_per_task", "2", "--max_steps", "3", "--num_envs", "1", "--out_dir", str(out),
+            "--libero_assets", libero_assets_dir]  # fmt: skip
+    driver = SERVER_DRIVER.format(script_dir=str(SCRIPT.parent), checkpoint=str(official_checkpoint[0]))
+    result = subprocess.run([sys.executable, "-c", driver, *argv], capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(r["status"] in ("success", "failure") for r in records), records
+    steps = sum(r["steps"] for r in records)
+    assert f"COMPARED {steps} " in result.stdout  # every action came from the server and matched
+    after = httpx.get(f"{url}/info").json()
+    assert after["requests_served"] - before["requests_served"] == steps  # one /act per policy step
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["policy"] == "server" and summary["overall"]["errors"] == 0
+    assert json.loads((out / "eval_config.json").read_text())["server_url"] == url

@@ -6,13 +6,13 @@ frame-stream interface (`vla.frame_stream.FrameStream`): `dataset_name`, `datase
 and `__iter__` (model-ready).
 
 Sources:
-- `rlds`: an RLDS (tfds) dataset in the modified_libero_rlds layout (`vla.rlds`, needs TensorFlow).
+- `rlds`: an RLDS (tfds) dataset read through its spec (`vla.dataset_specs`: built-in LIBERO and Open
+  X-Embodiment specs, or the user's `data.spec_file`; `vla.rlds`, needs TensorFlow), or with `data.mix` a weighted
+  mixture of them (`vla.mixture`).
 - `video_frames`: an H.264 export of an RLDS dataset (`vla.video_frames`, PyAV; no TensorFlow).
 - `frames`: a raw uint8 frame store written without TensorFlow (`vla.frame_store`; e.g. demos collected on a GPU
   node).
 - `synthetic`: random LIBERO-shaped frames (benchmarks; no dataset).
-A future `mixture` source (several datasets with weights) would add a list of per-dataset configs here and one more
-branch in `make_dataset` / `check_data`; nothing else needs to change.
 
 Also here, because every source shares them: the 95 / 5 episode split (`SPLITS`, `train_episodes`) and the action
 standardizations (`STANDARDIZE_FNS`).
@@ -38,6 +38,14 @@ from vla.data_config import (  # noqa: F401  (the data contracts, re-exported: `
 
 
 def _check_rlds(cfg: DataConfig) -> None:
+    """The folders, shards and the dataset's spec against its features.json (a mixture: every dataset's)."""
+    if cfg.mix is not None:
+        from vla.mixture import mixture_configs
+
+        for sub, _ in mixture_configs(cfg):
+            _check_rlds(sub)
+        return
+    from vla.dataset_specs import check_spec, dataset_spec
     from vla.rlds import check_rlds_dir
 
     root = cfg.data_root_dir
@@ -52,6 +60,7 @@ def _check_rlds(cfg: DataConfig) -> None:
             f"unknown dataset {cfg.dataset_name!r}: no {root / cfg.dataset_name}; datasets in {root}: {found or 'none'}"
         )
     check_rlds_dir(cfg.dataset_dir)
+    check_spec(dataset_spec(cfg), cfg.dataset_dir)
 
 
 def _frames_dir(cfg: DataConfig) -> Path:
@@ -70,7 +79,8 @@ def _check_image_size(cfg: DataConfig, root: Path, size: int) -> None:
 
 def check_data(cfg: DataConfig) -> None:
     """Every check of the data that needs neither TensorFlow nor weights; raises one clear error naming the path and
-    the fix (the RLDS folders and shards, a video export's index, a frame store's index and files)."""
+    the fix (the RLDS folders and shards, each dataset's spec against its features.json, a video export's index, a
+    frame store's index and files)."""
     if cfg.source not in DATA_SOURCES:
         raise ValueError(f"data source {cfg.source!r} is not one of {DATA_SOURCES}")
     if cfg.source == "rlds":
@@ -91,6 +101,16 @@ def make_dataset(cfg: DataConfig, sequence_builder, image_processor, *, rank: in
                  world_size: int | None = 1, device=None):  # fmt: skip
     """The frame stream of `cfg.source` (see the module docstring for its interface). `rank` / `world_size` None:
     torch.distributed's. `device`: where video_frames / frames put, augment and normalize pixels (default CPU)."""
+    if cfg.source == "rlds" and cfg.mix is not None:
+        from vla.mixture import MixtureDataset, mixture_configs
+        from vla.rlds import RLDSDataset
+
+        subs = mixture_configs(cfg)
+        streams = [RLDSDataset(sub, sequence_builder, image_processor, rank=rank, world_size=world_size)
+                   for sub, _ in subs]  # fmt: skip
+        return MixtureDataset(streams, [w for _, w in subs], split=cfg.split, seed=cfg.seed,
+                              balance_weights=cfg.balance_weights, label=cfg.mix, sequence_builder=sequence_builder,
+                              image_processor=image_processor)  # fmt: skip
     if cfg.source == "rlds":
         from vla.rlds import RLDSDataset
 

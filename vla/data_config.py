@@ -43,11 +43,14 @@ class DataConfig:
     source: str = "rlds"  # one of DATA_SOURCES
     data_root_dir: Path = Path("datasets/modified_libero_rlds")  # rlds: folder holding `<dataset_name>/<version>/`
     dataset_name: str = "libero_spatial_no_noops"  # also the key of its entry in dataset_statistics.json
+    spec_file: Path | None = None  # rlds: a YAML file (or folder of them) of dataset specs; adds to vla/datasets/
+    mix: str | None = None  # rlds: train on a mixture: a name in vla.mixture.MIXTURES or "[[name, weight], ...]"
+    balance_weights: bool = True  # mix: scale each weight by the dataset's frame count (OpenVLA); false: as given
     frames_dir: Path | None = None  # video_frames / frames: the export or frame-store folder
     version: str = RLDS_VERSION  # tfds version folder
-    image_key: str = "image"  # steps/observation/<image_key>: the camera the model sees (agentview)
-    language_key: str = "language_instruction"  # steps/<language_key>: the instruction text
-    standardize: str = "libero"  # action standardization: "libero" (flip the gripper) or "identity"
+    image_key: str = "image"  # datasets without a spec: steps/observation/<image_key>, the camera the model sees
+    language_key: str = "language_instruction"  # datasets without a spec: steps/<language_key>, the instruction
+    standardize: str = "libero"  # datasets without a spec: "libero" (flip the gripper) or "identity"
     split: str = "train"  # "train" = first 95 percent of episodes (infinite, shuffled); "val" = the rest (one pass)
     image_aug: bool = False  # train split only: random crop + color jitter (vla.augment)
     shuffle_buffer_size: int = 100_000  # rlds: frames in the shuffle buffer (OpenVLA: 100K); capped at the split
@@ -60,6 +63,9 @@ class DataConfig:
         self.data_root_dir = Path(self.data_root_dir)
         self.frames_dir = None if self.frames_dir is None else Path(self.frames_dir)
         self.cache_dir = None if self.cache_dir is None else Path(self.cache_dir)
+        self.spec_file = None if self.spec_file is None else Path(self.spec_file)
+        if self.mix is not None and self.source != "rlds":
+            raise ValueError(f"data.mix reads RLDS datasets; it needs data.source=rlds, not {self.source!r}")
         if self.source not in DATA_SOURCES:
             raise ValueError(f"data source {self.source!r} is not one of {DATA_SOURCES}")
         if self.split not in SPLITS:

@@ -146,7 +146,7 @@ def write_episodes(episodes, out: Path, name: str, fmt: str) -> Path:
 
         import_tf()[1].disable_progress_bar()  # one progress bar: ours
         return write_rlds_dataset(episodes, out, name)
-    writer = FrameStoreWriter(out, name)
+    writer = FrameStoreWriter(out / name, name)  # <out>/<name>/, as the RLDS layout
     for episode in episodes:
         writer.add_episode(episode)
     return writer.close()

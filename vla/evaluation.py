@@ -20,6 +20,7 @@ from vla.env_pool import ResetRequest, open_pool
 from vla.env_scheduler import Episode, Job, Scheduler
 from vla.files import append_jsonl
 from vla.gl_check import RenderConfig
+from vla.hub import check_checkpoint
 from vla.libero_env import SUITE_MAX_STEPS, TaskInfo, check_suite, list_tasks, load_init_states, setup_libero
 from vla.normalization import write_json_atomic
 from vla.policies import Policy
@@ -36,11 +37,12 @@ from vla.runtime import WANDB_MODES, check_quantization, seed_everything, start_
 
 log = logging.getLogger(__name__)
 
-POLICY_KINDS = ("vla", "expert", "random")
+POLICY_KINDS = ("vla", "server", "expert", "random")
 EPISODES_FILE, SUMMARY_FILE, CONFIG_FILE = "episodes.jsonl", "summary.json", "eval_config.json"
 VIDEO_FPS = 30  # OpenVLA's replay videos
 # Settings whose change makes old episodes incomparable: `resume` refuses to mix runs that differ in them.
-RESUME_KEYS = ("task_suite", "policy", "checkpoint", "unnorm_key", "center_crop", "quantization", "max_steps", "seed")
+RESUME_KEYS = ("task_suite", "policy", "checkpoint", "server_url", "unnorm_key", "center_crop", "quantization",
+               "max_steps", "seed")  # fmt: skip
 
 
 @dataclass
@@ -49,8 +51,10 @@ class EvalConfig:
     """One LIBERO evaluation run. Defaults follow OpenVLA's LIBERO eval config (`GenerateConfig`)."""
 
     task_suite: str = "libero_spatial"  # libero_spatial | libero_object | libero_goal | libero_10 | libero_90
-    policy: str = "vla"  # vla (a checkpoint) | expert (scripted, privileged state) | random
-    checkpoint: str | None = None  # VLA checkpoint directory (ours or official format); required for policy=vla
+    policy: str = "vla"  # vla (a checkpoint) | server (a policy server) | expert (scripted, privileged state) | random
+    checkpoint: str | None = None  # VLA checkpoint directory (ours or official format) or hub id; policy=vla needs it
+    server_url: str | None = None  # policy=server: http://HOST:PORT of scripts/serve.py or any server of its /act API
+    model_family: str = "openvla"  # the official script's model family; only openvla (the format this project reads)
     unnorm_key: str | None = None  # statistics to un-normalize actions; None: `<suite>` or `<suite>_no_noops`
     center_crop: bool = True  # center crop (area 0.9) before the model: True for models trained with image aug
     quantization: str | None = None  # None (bf16) | 8bit | 4bit (bitsandbytes)
@@ -65,7 +69,9 @@ class EvalConfig:
     egl_devices: list[int] | None = None  # EGL device ids the workers render on (round-robin); None: visible GPUs
     seed: int = 7  # seeds random / numpy / torch in this process (OpenVLA's protocol seed)
     env_seed: int = 0  # `env.seed()` before every reset (OpenVLA seeds each env once with 0)
-    out_dir: str | None = None  # results folder; None: runs/eval/<suite>-<policy>-<date-time>
+    out_dir: str | None = None  # results folder; None: <local_log_dir>/<suite>-<policy>-<date-time>[--<run_id_note>]
+    local_log_dir: str = "runs/eval"  # parent of the results folder when out_dir is None (official: its log folder)
+    run_id_note: str | None = None  # appended to the results folder's name as `--<note>`
     resume: bool = False  # continue the run in out_dir, skipping episodes already in its episodes.jsonl
     retry_errors: bool = False  # with resume: run again the episodes recorded as `error`
     save_videos: bool = False  # one mp4 per episode under out_dir/videos (30 fps)
@@ -80,12 +86,13 @@ class EvalConfig:
         check_suite(self.task_suite)
         if self.policy not in POLICY_KINDS:
             raise ValueError(f"unknown policy {self.policy!r}: choose one of {POLICY_KINDS}")
-        if self.policy == "vla":
-            if not self.checkpoint:
-                raise ValueError("policy=vla needs --checkpoint DIR (a checkpoint directory)")
-            if not Path(self.checkpoint).exists():
-                raise FileNotFoundError(f"checkpoint {self.checkpoint} does not exist: pass an existing directory")
+        if self.model_family != "openvla":
+            raise ValueError(
+                f"model_family {self.model_family!r} is not supported: only 'openvla' (OpenVLA-format checkpoints, "
+                "official or this project's); evaluate other families with their own code"
+            )
         check_quantization(self.quantization)
+        self._validate_policy_source()
         if self.gl not in (None, "egl", "osmesa"):
             raise ValueError(f"unknown gl {self.gl!r}: choose egl (GPU or Mesa) or osmesa (CPU)")
         for name in ("num_trials_per_task", "num_envs", "max_steps"):
@@ -108,18 +115,54 @@ class EvalConfig:
         if bad:
             raise ValueError(f"task ids {bad} out of range: {self.task_suite} has tasks 0..{num_tasks - 1}")
 
+    def _validate_policy_source(self) -> None:
+        """The checkpoint (policy=vla) or server URL (policy=server) is given and well formed; none of them otherwise."""
+        if self.policy == "server":
+            if not self.server_url:
+                raise ValueError("policy=server needs --server_url http://HOST:PORT (see scripts/serve.py)")
+            check_server_url(self.server_url)
+        elif self.server_url is not None:
+            raise ValueError(f"server_url applies to policy=server only (policy is {self.policy!r})")
+        if self.policy == "vla":
+            if not self.checkpoint:
+                raise ValueError("policy=vla needs --checkpoint (= --pretrained_checkpoint): a directory or a hub id")
+            if "image_aug" in self.checkpoint and not self.center_crop:  # the official script's assertion
+                raise ValueError(f"{self.checkpoint} was trained with image augmentation: pass --center_crop true")
+            check_checkpoint(self.checkpoint)  # a local dir, or a hub id (cached when HF_HUB_OFFLINE=1); loads nothing
+        elif self.checkpoint is not None or self.quantization is not None:
+            raise ValueError(f"checkpoint and quantization apply to policy=vla only (policy is {self.policy!r})")
+        if self.out_dir is not None and self.local_log_dir != EvalConfig.local_log_dir:
+            raise ValueError("pass --out_dir (the results folder) or --local_log_dir (its parent), not both")
+
     @property
     def episode_steps(self) -> int:
         return self.max_steps if self.max_steps is not None else SUITE_MAX_STEPS[self.task_suite]
 
     def run_dir(self) -> Path:
+        """out_dir, else a new folder `<local_log_dir>/<suite>-<policy>-<date-time>[--<run_id_note>]`."""
         if self.out_dir is not None:
             return Path(self.out_dir)
-        return Path("runs/eval") / f"{self.task_suite}-{self.policy}-{datetime.now():%Y%m%d-%H%M%S}"
+        name = f"{self.task_suite}-{self.policy}-{datetime.now():%Y%m%d-%H%M%S}"
+        return Path(self.local_log_dir) / (f"{name}--{self.run_id_note}" if self.run_id_note else name)
 
     @property
     def render(self) -> RenderConfig:
         return RenderConfig(gl=self.gl, egl_devices=self.egl_devices)
+
+
+def check_server_url(url: str) -> None:
+    """`http(s)://HOST[:PORT][/prefix]`, or a ValueError naming what is wrong; nothing is contacted."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number in 0..65535)
+    except ValueError:
+        raise ValueError(f"server_url {url!r} has a bad port: use http://HOST:PORT with PORT a number") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"server_url {url!r} is not an http(s) URL: use http://HOST:PORT, e.g. http://127.0.0.1:8000")
+    if parts.query or parts.fragment:
+        raise ValueError(f"server_url {url!r} must not have a query or fragment: /act is appended to it")
 
 
 class _Recorder:

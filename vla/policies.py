@@ -110,11 +110,18 @@ class RandomPolicy:
 
 
 def build_policy(cfg: EvalConfig) -> Policy:
-    """The policy `cfg.policy` names; for "vla", the checkpoint loaded with the suite's action statistics."""
+    """The policy `cfg.policy` names; for "vla", the checkpoint (directory or hub id) loaded with the suite's action
+    statistics; for "server", a `RemotePolicy` of `cfg.server_url`."""
     if cfg.policy == "random":
         return RandomPolicy(cfg.seed)
     if cfg.policy == "expert":
         return ExpertPolicy()
+    if cfg.policy == "server":
+        from vla.remote_policy import RemotePolicy
+
+        unnorm_key = server_unnorm_key(cfg.server_url, cfg.task_suite, cfg.unnorm_key)
+        log.info("policy server %s; un-normalizing with %r", cfg.server_url, unnorm_key)
+        return RemotePolicy(cfg.server_url, unnorm_key=unnorm_key, center_crop=cfg.center_crop)
     import torch
 
     from vla.checkpoint import read_norm_stats
@@ -138,3 +145,24 @@ def build_policy(cfg: EvalConfig) -> Policy:
     log.info("loaded %s on %s (%s); un-normalizing with %r; fast decoding %s", cfg.checkpoint, device, dtype_name,
              unnorm_key, fast)  # fmt: skip
     return VLAPolicy(vla, unnorm_key, cfg.center_crop, fast_decoding=fast)
+
+
+def server_unnorm_key(server_url: str, suite: str, unnorm_key: str | None = None) -> str:
+    """The statistics key to send a server: `unnorm_key`, else the suite's (`<suite>` or `<suite>_no_noops`), checked
+    against the keys its `/info` lists (scripts/serve.py); a server without `/info` (OpenVLA's deploy.py) gets the
+    key unchecked, the suite name by default, as OpenVLA's eval sends. No server listening: ConnectionError, now."""
+    import httpx
+
+    from vla.libero_io import resolve_suite_unnorm_key
+    from vla.normalization import resolve_unnorm_key
+
+    try:
+        keys = httpx.get(f"{server_url.rstrip('/')}/info", timeout=10.0).raise_for_status().json()["unnorm_keys"]
+    except httpx.TransportError as err:  # nothing listening: fail before the simulator starts, not once per episode
+        raise ConnectionError(
+            f"no policy server answers at {server_url} ({err}): start scripts/serve.py first"
+        ) from None
+    except (httpx.HTTPStatusError, ValueError, KeyError, TypeError):
+        return unnorm_key or suite
+    stats = dict.fromkeys(keys)
+    return resolve_unnorm_key(stats, unnorm_key) if unnorm_key else resolve_suite_unnorm_key(stats, suite)

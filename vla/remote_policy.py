@@ -66,6 +66,7 @@ class RemotePolicy:
     requests in flight at once (the server batches them), and each answer through `libero_action`."""
 
     needs_images = True
+    cameras = ("agentview",)  # the workers render only this camera (vla.policies.Policy)
 
     def __init__(self, server_url: str, unnorm_key: str | None = None, center_crop: bool = True,
                  timeout_s: float = 120.0) -> None:  # fmt: skip

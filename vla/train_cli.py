@@ -76,6 +76,8 @@ LEGACY_KEYS: dict[str, Mapping] = {
     "save_merged": _to("run.save_merged"),
     "device": _to("run.device"),
 }  # fmt: skip
+# Short names for nested fields (not official fine-tuning flags): `--data_mix` as OpenVLA's pre-training names it
+ALIASES: dict[str, Mapping] = {"data_mix": _to("data.mix")}
 SECTIONS = tuple(f.name for f in fields(TrainConfig))
 
 
@@ -83,6 +85,8 @@ def _translate(key: str, value: Any, deprecated: list[str]) -> list[tuple[str, A
     """Flat `key` -> [(nested key, value)], or None when `key` is not a flat name."""
     if key in OFFICIAL_FLAGS:
         return OFFICIAL_FLAGS[key](value)
+    if key in ALIASES:
+        return ALIASES[key](value)
     if key in LEGACY_KEYS:
         pairs = LEGACY_KEYS[key](value)
         deprecated.append(f"{key} -> {', '.join(k for k, _ in pairs) or '(nothing: the default)'}")
