@@ -393,7 +393,8 @@ def test_an_evaluation_of_a_runs_merged_checkpoint_lands_on_its_learning_curve(t
     for step in (1, 2, 3, 4):
         run.append_metrics({"step": step, "loss": 1 / step, "action_accuracy": step / 4, "loss_smoothed": 1 / step,
                             "action_accuracy_smoothed": step / 4})  # fmt: skip
-    run.write_json("checkpoint.json", {"step": 4})
+    (run.path / "merged").mkdir()
+    run.write_json("merged/checkpoint.json", {"step": 4})  # the step of the weights in merged/ (eval reads this)
 
     def summary(eval_dir: str, successes: int) -> dict:
         overall = {"success_rate": successes / 10, "ci95": list(wilson_interval(successes, 10)), "trials": 10}

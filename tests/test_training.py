@@ -95,8 +95,9 @@ def test_lora_run_writes_exactly_the_run_dir_files(finetune_dataset, tmp_path, c
               "model.safetensors.index.json", "model-00001-of-00001.safetensors", "tokenizer.json",
               "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"}  # fmt: skip
     assert _files(run_dir) == {
-        "config.yaml", "dataset_statistics.json", "metrics.jsonl", "trainer_state.pt", "learning_curve.png",
-        "checkpoint.json", "adapter/adapter_config.json", "adapter/adapter_model.safetensors", *(f"merged/{f}" for f in merged),
+        "config.yaml", "dataset_statistics.json", "metrics.jsonl", "trainer_state.safetensors", "trainer_state.json",
+        "learning_curve.png", "checkpoint.json", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
+        "adapter/checkpoint.json", "merged/checkpoint.json", *(f"merged/{f}" for f in merged),
     }  # fmt: skip
     assert list((run_dir / "wandb").glob("offline-run-*")), "W&B offline mode writes its run under the run dir"
     records = RunDir(run_dir).read_metrics()
@@ -193,7 +194,7 @@ def test_kill_and_resume_follow_the_uninterrupted_trajectory(finetune_dataset, t
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(finetune_dataset, tmp_path, monkeypatch):
     cfg = _config(finetune_dataset, tmp_path, optim={"max_steps": 5, "save_steps": 2})
     _patch_forward(monkeypatch, on_call=3, action="nan")  # step 3
-    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 3.*checkpoint is step 2"):
+    with pytest.raises(NonFiniteLossError, match=r"stopped at step 3: the loss is nan.*checkpoint is step 2"):
         train(cfg)
     state = _state(cfg.run_dir)
     assert state["step"] == 2 and all(torch.isfinite(w).all() for w in state["trainable"].values())
@@ -286,7 +287,11 @@ def test_existing_run_dir_is_never_overwritten(finetune_dataset, tmp_path, no_we
 
 def test_resume_with_another_batch_layout_is_refused(finetune_dataset, tmp_path, no_weights):
     cfg = _config(finetune_dataset, tmp_path)
-    RunDir(cfg.run_dir).save_state({"step": 1, "batch_size": 4, "grad_accumulation_steps": 1, "world_size": 1})
+    from vla.trainer_state import save_trainer_state
+
+    cfg.run_dir.mkdir(parents=True)
+    save_trainer_state(cfg.run_dir, {"step": 1, "trainable": {}, "batch_size": 4, "grad_accumulation_steps": 1,
+                                     "world_size": 1})  # fmt: skip
     with pytest.raises(ValueError, match=r"cannot resume a run saved with .*'batch_size': 4"):
         train(_config(finetune_dataset, tmp_path, run={"resume": True}))
 

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from vla.files import replace_directory
+from vla.files import CorruptFileError, check_finite, open_safetensors, replace_directory
+from vla.files import read_json as read_json_file
 from vla.lora import lora_layers
 from vla.model_config import VLAConfig
 from vla.normalization import load_dataset_statistics, save_dataset_statistics
@@ -39,6 +40,7 @@ LLAMA_DEFAULTS = {
 _TEXT_CONFIG_BOOKKEEPING = {"model_type", "torch_dtype", "dtype", "pad_token_id", "architectures", "_name_or_path",
                             "transformers_version", "bos_token_id", "eos_token_id", "tie_word_embeddings"}  # fmt: skip
 _REMOTE_CODE = "openvla/openvla-7b--"  # official fine-tunes point their auto_map at the base repo's code
+_REFETCH = "re-download or re-save the checkpoint"  # the fix for a missing, truncated or corrupt file
 
 
 @dataclass
@@ -51,6 +53,7 @@ class CheckpointParts:
     image_processor: ImageProcessor | None = None  # None: the default one for config.vision.image_size
     norm_stats: dict[str, Any] = field(default_factory=dict)
     weight_sources: dict[str, tuple[Path, str]] = field(default_factory=dict)  # official key -> (file, key in it)
+    step: int | None = None  # the training step a fine-tuning run saved this at (its checkpoint.json); else None
 
 
 def official_key(name: str) -> str:
@@ -71,9 +74,7 @@ def resolve_directory(path_or_hub_id: str | Path) -> Path:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; is {path.parent} an OpenVLA checkpoint directory?")
-    return json.loads(path.read_text())
+    return read_json_file(path, f"is {path.parent} a complete OpenVLA checkpoint directory? Re-download or re-save it")
 
 
 def config_from_official(config: dict[str, Any]) -> VLAConfig:
@@ -113,18 +114,19 @@ def expected_shapes(config: VLAConfig) -> dict[str, tuple[int, ...]]:
 
 def weight_files(directory: Path) -> dict[str, Path]:
     """Tensor key -> safetensors file, from `model.safetensors.index.json` or a single `model.safetensors`."""
-    from safetensors import safe_open
-
     index = directory / INDEX_FILE
     if index.is_file():
-        files = {key: directory / name for key, name in json.loads(index.read_text())["weight_map"].items()}
-        missing = sorted({p.name for p in files.values() if not p.is_file()})
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CorruptFileError(f"{index} has no weight_map; re-download or re-save the checkpoint")
+        found = {key: directory / name for key, name in weight_map.items()}
+        missing = sorted({p.name for p in found.values() if not p.is_file()})
         if missing:
             raise FileNotFoundError(f"{directory} lacks shard(s) {missing} listed in {INDEX_FILE}; re-download them")
-        return files
+        return found
     single = directory / "model.safetensors"
     if single.is_file():
-        with safe_open(str(single), framework="pt") as f:
+        with open_safetensors(single, _REFETCH) as f:
             return dict.fromkeys(f.keys(), single)
     found = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt"))
     hint = f" (found pickle files {found}; convert them to safetensors)" if found else ""
@@ -133,8 +135,6 @@ def weight_files(directory: Path) -> dict[str, Path]:
 
 def check_weights(files: dict[str, Path], shapes: dict[str, tuple[int, ...]], directory: Path) -> None:
     """Raise unless the checkpoint holds exactly the expected keys with the expected shapes."""
-    from safetensors import safe_open
-
     missing, unexpected = sorted(set(shapes) - set(files)), sorted(set(files) - set(shapes))
     if missing or unexpected:
         raise KeyError(
@@ -142,7 +142,7 @@ def check_weights(files: dict[str, Path], shapes: dict[str, tuple[int, ...]], di
             f"{len(unexpected)} unexpected keys {unexpected[:5]}"
         )
     for file in sorted(set(files.values())):
-        with safe_open(str(file), framework="pt") as f:
+        with open_safetensors(file, _REFETCH) as f:
             keys = f.keys()
             for key in keys:
                 shape = tuple(f.get_slice(key).get_shape())
@@ -150,14 +150,21 @@ def check_weights(files: dict[str, Path], shapes: dict[str, tuple[int, ...]], di
                     raise ValueError(f"{file.name}: {key} has shape {shape}, but config.json implies {shapes[key]}")
 
 
-def read_weights(files: dict[str, Path], dtype: torch.dtype, rename=internal_key) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
-
+def read_weights(sources: dict[str, Path], dtype: torch.dtype, rename=internal_key) -> dict[str, torch.Tensor]:
+    """Every tensor, cast to `dtype`. Each is checked for NaN/inf as it is read (one pass over memory already being
+    read): a checkpoint saved after a divergence fails here, naming its first bad tensor, instead of being evaluated
+    as if it were a weak policy."""
     weights = {}
-    for file in sorted(set(files.values())):
-        with safe_open(str(file), framework="pt") as f:
-            keys = [k for k in f.keys() if k in files]  # noqa: SIM118 (safe_open is not iterable)
-            weights.update({rename(k): f.get_tensor(k).to(dtype) for k in keys})
+    for file in sorted(set(sources.values())):
+        with open_safetensors(file, _REFETCH) as f:
+            for key in [k for k in f.keys() if k in sources]:  # noqa: SIM118 (safe_open is not iterable)
+                try:
+                    tensor = f.get_tensor(key)
+                except Exception as err:  # noqa: BLE001 - a short data section; re-raised naming the file
+                    raise CorruptFileError(f"{file}: tensor {key} cannot be read ({err}): the file is "
+                                                 "truncated or corrupt; re-download or re-save it") from None  # fmt: skip
+                check_finite({key: tensor}, file)
+                weights[rename(key)] = tensor.to(dtype)
     return weights
 
 
@@ -176,23 +183,40 @@ def load_tokenizer(directory: str | Path):
     return tokenizer
 
 
+def training_step(directory: Path) -> int | None:
+    """The step recorded in a fine-tuning run's checkpoint folder (`checkpoint.json`), None for other checkpoints."""
+    path = Path(directory) / "checkpoint.json"
+    return int(read_json(path)["step"]) if path.is_file() else None
+
+
+def read_norm_stats(path_or_hub_id: str | Path, official: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A checkpoint's action statistics without its weights: dataset_statistics.json if present (as the official
+    eval loader does), else config.json's `norm_stats`."""
+    directory = resolve_directory(path_or_hub_id)
+    if (directory / "dataset_statistics.json").is_file():
+        return load_dataset_statistics(directory / "dataset_statistics.json")
+    return (official or read_json(directory / "config.json")).get("norm_stats") or {}
+
+
 def read_official_checkpoint(path_or_hub_id: str | Path, dtype: torch.dtype = torch.bfloat16) -> CheckpointParts:
     """The parts of an official-format directory: config.json (+ norm_stats), safetensors shards, tokenizer files,
     preprocessor_config.json; a local dataset_statistics.json replaces config.json's norm_stats (as the official
     eval loader does). Every tensor must be present with its config-implied shape; none may be left over."""
     directory = resolve_directory(path_or_hub_id)
+    step = training_step(directory)
     official = read_json(directory / "config.json")
     config = config_from_official(official)
-    norm_stats = official.get("norm_stats") or {}
-    if (directory / "dataset_statistics.json").is_file():
-        norm_stats = load_dataset_statistics(directory / "dataset_statistics.json")
+    norm_stats = read_norm_stats(directory, official)
     image_processor = ImageProcessor.from_preprocessor_config(read_json(directory / "preprocessor_config.json"))
     files = weight_files(directory)
     check_weights(files, expected_shapes(config), directory)
     parts = CheckpointParts(
         config, load_tokenizer(directory), read_weights(files, dtype), image_processor, norm_stats,
-        weight_sources={key: (file, key) for key, file in files.items()},
+        weight_sources={key: (file, key) for key, file in files.items()}, step=step,
     )  # fmt: skip
+    if training_step(directory) != step:  # a training run published a new checkpoint here while this one was read
+        raise CorruptFileError(f"{directory} was replaced (step {step} -> {training_step(directory)}) while it was "
+                               "being read, so the weights may mix two steps; load it again")  # fmt: skip
     logger.info("read %s (%d tensors, %d shards)", directory, len(files), len(set(files.values())))
     return parts
 

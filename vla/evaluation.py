@@ -18,6 +18,7 @@ import numpy as np
 
 from vla.env_pool import ResetRequest, open_pool
 from vla.env_scheduler import Episode, Job, Scheduler
+from vla.files import append_jsonl
 from vla.gl_check import RenderConfig
 from vla.hub import check_checkpoint
 from vla.libero_env import SUITE_MAX_STEPS, TaskInfo, check_suite, list_tasks, load_init_states, setup_libero
@@ -170,6 +171,7 @@ class _Recorder:
 
     def __init__(self, cfg: EvalConfig, run_dir: Path, policy: Policy):
         self.cfg, self.run_dir, self.path, self.policy = cfg, run_dir, run_dir / EPISODES_FILE, policy
+        self.step = getattr(getattr(policy, "vla", None), "training_step", None)  # of the weights loaded
 
     def on_action(self, ep: Episode, action: np.ndarray) -> np.ndarray:
         if self.cfg.save_videos:
@@ -189,8 +191,9 @@ class _Recorder:
             "success": status == "success", "steps": ep.steps, "status": status, "error": error, "video": video,
             "wall_time_s": round(time.perf_counter() - ep.started, 3),
         }  # fmt: skip
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.step is not None:
+            record["checkpoint_step"] = self.step
+        append_jsonl(self.path, record)  # cuts off a torn last line first, so this record is not glued to it
         if error is not None:
             log.error("task %d episode %d: error\n%s", task.task_id, index, error)
         return record
@@ -251,6 +254,10 @@ def evaluate(cfg: EvalConfig, policy: Policy) -> dict[str, Any]:
     _prepare_run_dir(cfg, run_dir)
     recorder = _Recorder(cfg, run_dir, policy)
     records = read_episodes(recorder.path)
+    mixed = sorted({r.get("checkpoint_step") for r in records} - {recorder.step}, key=str)
+    if mixed:
+        raise ValueError(f"{recorder.path} holds episodes of checkpoint step(s) {mixed}, but the loaded checkpoint is "
+                         f"step {recorder.step}: evaluate it into a new --out_dir rather than mixing steps")  # fmt: skip
     tasks, jobs = _plan(cfg, records)
     log.info("evaluating %s: %d episodes to run (%d already recorded) in %s", cfg, len(jobs), len(records), run_dir)
     run = None
@@ -281,6 +288,7 @@ def evaluate(cfg: EvalConfig, policy: Policy) -> dict[str, Any]:
             num_trials_per_task=cfg.num_trials_per_task, max_steps=cfg.episode_steps,
         )  # fmt: skip
         summary["run_dir"] = str(run_dir)
+        summary["checkpoint_step"] = recorder.step
         summary["this_session"] = {  # this invocation's throughput: policy steps over wall time, resets included
             "episodes": len(new), "num_envs": num_workers, "policy_steps": timing.steps if timing else 0,
             "wall_time_s": round(timing.wall_s, 2) if timing else 0.0,

@@ -117,14 +117,16 @@ def list_tasks(suite: str) -> list[TaskInfo]:
 
 def load_init_states(suite: str, task_id: int) -> np.ndarray:
     """The benchmark's fixed initial sim states of one task, (50, state_dim) float64 (evaluation only)."""
-    import torch
     from libero.libero import benchmark, get_libero_path
+
+    from vla.files import torch_load_arrays
 
     check_suite(suite)
     task = benchmark.get_benchmark_dict()[suite]().get_task(task_id)
     path = Path(get_libero_path("init_states")) / task.problem_folder / task.init_states_file
-    # PyTorch >= 2.6 defaults to weights_only=True, which rejects these numpy pickles.
-    return np.asarray(torch.load(path, weights_only=False))
+    # torch-saved NumPy arrays: read by torch's weights-only unpickler with NumPy's array constructors allowed, so a
+    # replaced file cannot run code
+    return np.asarray(torch_load_arrays(path, "re-install LIBERO (pip install --force-reinstall libero)"))
 
 
 def check_suite(suite: str) -> None:

@@ -59,6 +59,7 @@ class VLA(nn.Module):
         self.norm_stats: dict[str, Any] = dict(norm_stats or {})
         # official key -> (safetensors file, key in it): unquantized originals of quantized weights, for merged saves
         self.weight_sources: dict[str, tuple[Path, str]] = {}
+        self.training_step: int | None = None  # set by from_pretrained for a fine-tuning run's checkpoint
         self.fast_decoder = None  # a vla.fast_decode.FastActionDecoder once enable_fast_decoding() is called
 
     @classmethod
@@ -318,6 +319,7 @@ def _build_from(parts: CheckpointParts, quantization, lora, device, dtype, pretr
         device=device, dtype=dtype,
     )  # fmt: skip
     vla.weight_sources = parts.weight_sources
+    vla.training_step = parts.step  # a fine-tuning run's step for this checkpoint (eval files its results under it)
     return vla
 
 

@@ -124,6 +124,7 @@ def build_policy(cfg: EvalConfig) -> Policy:
         return RemotePolicy(cfg.server_url, unnorm_key=unnorm_key, center_crop=cfg.center_crop)
     import torch
 
+    from vla.checkpoint import read_norm_stats
     from vla.libero_io import resolve_suite_unnorm_key
     from vla.model import VLA
     from vla.normalization import resolve_unnorm_key
@@ -133,12 +134,13 @@ def build_policy(cfg: EvalConfig) -> Policy:
     dtype = getattr(torch, dtype_name, None)
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"unknown dtype {dtype_name!r}: use a torch dtype name such as bfloat16 or float32")
+    stats = read_norm_stats(cfg.checkpoint)  # the statistics key is checked before the weights load
+    if cfg.unnorm_key is not None:
+        unnorm_key = resolve_unnorm_key(stats, cfg.unnorm_key)
+    else:
+        unnorm_key = resolve_suite_unnorm_key(stats, cfg.task_suite)
     vla = VLA.from_pretrained(cfg.checkpoint, device=device, dtype=dtype, quantization=cfg.quantization)
     vla.eval()
-    if cfg.unnorm_key is not None:
-        unnorm_key = resolve_unnorm_key(vla.norm_stats, cfg.unnorm_key)
-    else:
-        unnorm_key = resolve_suite_unnorm_key(vla.norm_stats, cfg.task_suite)
     fast = device.startswith("cuda") if cfg.fast_decoding is None else cfg.fast_decoding
     log.info("loaded %s on %s (%s); un-normalizing with %r; fast decoding %s", cfg.checkpoint, device, dtype_name,
              unnorm_key, fast)  # fmt: skip

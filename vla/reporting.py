@@ -29,18 +29,11 @@ def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float,
 
 
 def read_episodes(path: Path) -> list[dict[str, Any]]:
-    """The records of an `episodes.jsonl` (a torn last line from a crash is skipped with a warning)."""
-    if not path.exists():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            log.warning("skipping unreadable line %d of %s (a crash mid-write?)", number, path)
-    return records
+    """The records of an `episodes.jsonl`: a torn last line from a crash is dropped with a warning; any other bad
+    line is an error naming the file and the line."""
+    from vla.files import read_jsonl
+
+    return read_jsonl(path, "delete that line: its episode is run again on --resume")
 
 
 def rates(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -123,18 +116,23 @@ def log_wandb(run, summary: dict[str, Any]) -> None:
 
 
 def record_in_training_run(checkpoint: str | Path | None, summary: dict[str, Any]) -> Path | None:
-    """When `checkpoint` is a training run's `merged` dir, add this evaluation to the run's eval_results.jsonl at the
-    step of its last checkpoint (checkpoint.json) and redraw its learning_curve.png; returns the run dir, else None."""
+    """When `checkpoint` is a training run's merged folder, add this evaluation to the run's eval_results.jsonl at
+    the step of the weights evaluated (`summary["checkpoint_step"]`, read when they were loaded; else the folder's
+    own checkpoint.json) and redraw its learning_curve.png; returns the run dir, else None."""
     from vla.run_dir import CHECKPOINT_FILE, MERGED_DIR, RunDir
 
-    if checkpoint is None or Path(checkpoint).name != MERGED_DIR:
+    if checkpoint is None or not Path(checkpoint).name.startswith(MERGED_DIR):
+        return None
+    step = summary.get("checkpoint_step")
+    if step is None and (Path(checkpoint) / CHECKPOINT_FILE).is_file():
+        step = json.loads((Path(checkpoint) / CHECKPOINT_FILE).read_text())["step"]
+    if step is None:  # not saved by a training run of this version: the run's step may not be these weights'
+        log.warning("%s records no training step: not added to its run's learning curve", checkpoint)
         return None
     run = RunDir(Path(checkpoint).parent)
-    if not run.file(CHECKPOINT_FILE).is_file():
-        return None
     overall = summary["overall"]
     run.append_eval({
-        "step": json.loads(run.file(CHECKPOINT_FILE).read_text())["step"], "task_suite": summary["task_suite"],
+        "step": step, "task_suite": summary["task_suite"],
         "success_rate": overall["success_rate"], "ci95": overall["ci95"], "trials": overall["trials"],
         "eval_dir": str(summary["run_dir"]),
     })  # fmt: skip

@@ -28,6 +28,7 @@ from vla.data_config import (  # noqa: F401  (SPLITS, standardization and RLDS_V
     libero_standardize,
 )
 from vla.dataset_specs import DatasetSpec, check_spec, dataset_spec
+from vla.files import check_tfrecord
 from vla.frame_stream import FrameStream
 from vla.normalization import (
     dataset_statistics,
@@ -53,6 +54,9 @@ RLDSConfig = DataConfig  # the old name: RLDS datasets are read with the one dat
 _FIX = "download openvla/modified_libero_rlds (HF datasets) or write one with scripts/collect_demos.py"
 
 
+_RENAMED_DOWNLOADS = {"bridge_orig": ("bridge_dataset",)}  # folder -> builder names OpenVLA's instructions rename
+
+
 def check_rlds_dir(dataset_dir: Path) -> Path:
     """Cheap (no TF) checks of `<root>/<name>/<version>/`: raises ONE FileNotFoundError / ValueError that names
     the path and what is missing (folder, dataset_info.json, features.json, TFRecord shards)."""
@@ -74,11 +78,20 @@ def check_rlds_dir(dataset_dir: Path) -> Path:
         shards = [(split["name"], len(split["shardLengths"])) for split in info["splits"]]
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{info_path} is corrupt ({type(err).__name__}: {err}); re-download or rewrite it") from None
+    # A folder holding another dataset than its name says would train (and save statistics) under the wrong name.
+    if name != dataset_dir.parent.name and name not in _RENAMED_DOWNLOADS.get(dataset_dir.parent.name, ()):
+        raise ValueError(
+            f"{dataset_dir.parent} holds the dataset {name!r} (dataset_info.json, shards {name}-*), not "
+            f"{dataset_dir.parent.name!r}: set data.dataset_name {name!r} with the folder named so, or rewrite it"
+        )
     expected = [f"{name}-{split}.{fmt}-{i:05d}-of-{n:05d}" for split, n in shards for i in range(n)]
     missing = [f for f in expected if not (dataset_dir / f).is_file()]
     if not expected or missing:
         what = f"{len(missing)} of {len(expected)} shards, e.g. {missing[0]}" if missing else "any shard"
         raise FileNotFoundError(f"{dataset_dir} lacks {what} (listed in dataset_info.json); {_FIX}")
+    if fmt == "tfrecord":
+        for shard in expected:  # framing only (one seek per episode): a truncated download fails here, not mid-run
+            check_tfrecord(dataset_dir / shard, f"re-download that shard; {_FIX}")
     return dataset_dir
 
 

@@ -1,12 +1,14 @@
 """A training run's directory (`RunConfig`: where it is and what a save writes): the resolved config,
-`metrics.jsonl`, the trainer state for resume, and the learning-curve plot. Every file is written through a temp file + rename, so a crash never leaves half a file.
-"""
+`metrics.jsonl`, the trainer state for resume, and the learning-curve plot. Every file is written through a temp file
++ rename, so a crash never leaves half a file; a checkpoint's files are published together (vla.checkpoint_publish).
+Run ids are single folder names: no separators, no `..`, never absolute, so a run never lands outside its root."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
+import os
 import random
 from dataclasses import dataclass
 from enum import Enum
@@ -16,16 +18,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla.files import atomic_write, atomic_write_text
+from vla.checkpoint_publish import CHECKPOINT_FILE as CHECKPOINT_FILE  # {"step": N}; also in adapter/, merged/
+from vla.files import append_jsonl, atomic_write, atomic_write_text, read_jsonl
+from vla.trainer_state import STRUCTURE_FILE, TENSORS_FILE, has_trainer_state, load_trainer_state
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
-STATE_FILE = "trainer_state.pt"
+STATE_FILES = (TENSORS_FILE, STRUCTURE_FILE)  # the trainer state (vla.trainer_state)
 STATISTICS_FILE = "dataset_statistics.json"
 CURVE_FILE = "learning_curve.png"
-CHECKPOINT_FILE = "checkpoint.json"  # {"step": N} of the last checkpoint (adapter / merged / trainer state)
 EVALS_FILE = "eval_results.jsonl"  # one line per LIBERO evaluation of this run's merged checkpoint (scripts/eval.py)
 ADAPTER_DIR = "adapter"
 MERGED_DIR = "merged"
@@ -44,11 +47,27 @@ class RunConfig:
     adapter_dir: Path | None = None  # null = <run dir>/adapter; else the adapter goes to adapter_dir/<id>
     device: str = "auto"  # "auto" = cuda:LOCAL_RANK when CUDA is available, else "cpu"
 
+    def check(self) -> None:
+        for name in ("id", "id_note"):
+            if getattr(self, name) is not None:
+                check_name(getattr(self, name), f"run.{name}")
+
     def adapter_path(self, run_dir: Path) -> Path:
         return run_dir / ADAPTER_DIR if self.adapter_dir is None else Path(self.adapter_dir) / run_dir.name
 
     def merged_path(self, run_dir: Path, step: int) -> Path:
         return run_dir / (MERGED_DIR if self.save_latest_only else f"{MERGED_DIR}--{step}_chkpt")
+
+
+def check_name(name: str, what: str) -> None:
+    """`name` must be one plain folder name: a run id or note with `/`, `..` or an absolute path would write outside
+    the run root, or into another run."""
+    separators = {"/", "\\", "\0", os.sep} | ({os.altsep} if os.altsep else set())
+    if not name.strip() or name in (".", "..") or name.startswith("~") or any(c in name for c in separators):
+        raise ValueError(
+            f"{what} {name!r} is not a plain folder name (no '/', '\\', '..', '~' or absolute path); choose a name like "
+            "'libero_spatial-lora' (the run is written to run.root_dir/<id>)"
+        )
 
 
 def _plain(value: Any) -> Any:
@@ -87,15 +106,26 @@ class RunDir:
 
     @property
     def has_state(self) -> bool:
-        return self.file(STATE_FILE).is_file()
+        return has_trainer_state(self.path)
 
     def check_available(self, resume: bool) -> None:
         """Refuse to reuse an existing run directory unless resuming (cheap; call before loading weights)."""
-        if self.path.exists() and not resume and any(self.path.iterdir()):
+        if self.path.exists() and not resume and (not self.path.is_dir() or any(self.path.iterdir())):
             raise FileExistsError(
                 f"run directory {self.path} already exists; pass --resume to continue that run, "
                 "or choose another --run_id / --run_root_dir"
             )
+
+    def claim(self, resume: bool) -> None:
+        """Create the run directory for a new run, atomically: if another process created it since
+        `check_available`, fail instead of writing into it (resuming continues an existing one)."""
+        if resume and self.path.is_dir():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir()
+        except FileExistsError:
+            self.check_available(resume=False)  # an empty folder is fine; anything in it is another run
 
     def write_config(self, config: Any) -> None:
         atomic_write_text(self.file(CONFIG_FILE), config_to_yaml(config))
@@ -103,25 +133,17 @@ class RunDir:
     def write_json(self, name: str, obj: Any) -> None:
         atomic_write_text(self.file(name), json.dumps(obj, indent=2))
 
-    def save_state(self, state: dict[str, Any]) -> None:
-        atomic_write(self.file(STATE_FILE), lambda tmp: torch.save(state, tmp))
-
     def load_state(self) -> dict[str, Any]:
-        # Our own file (optimizer state, RNG tensors and byte strings, python ints): not an arbitrary pickle.
-        return torch.load(self.file(STATE_FILE), map_location="cpu", weights_only=False)
+        """The trainer state of the last complete checkpoint (safetensors + JSON: reading it runs no code)."""
+        return load_trainer_state(self.path)
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        path = self.file(METRICS_FILE)
-        if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        """The logged records; a torn last line (a kill mid-append) is dropped with a warning."""
+        return read_jsonl(self.file(METRICS_FILE), "delete that line (the records after it are lost anyway)")
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """One JSON line per logged optimizer step; appended and flushed (a crash loses at most that line)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.file(METRICS_FILE), "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
+        append_jsonl(self.file(METRICS_FILE), record)
 
     def truncate_metrics(self, last_step: int) -> None:
         """On resume: drop lines logged after the checkpoint (a killed run may have logged steps it never saved)."""
@@ -129,8 +151,7 @@ class RunDir:
         atomic_write_text(self.file(METRICS_FILE), "".join(json.dumps(r) + "\n" for r in kept))
 
     def read_evals(self) -> list[dict[str, Any]]:
-        path = self.file(EVALS_FILE)
-        return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+        return read_jsonl(self.file(EVALS_FILE), "delete that line, then re-run that evaluation")
 
     def append_eval(self, record: dict[str, Any]) -> None:
         """Record one evaluation (`step`, `task_suite`, `success_rate`, `ci95`, `trials`, `eval_dir`), replacing an

@@ -19,6 +19,7 @@ import yaml
 from draccus.argparsing import ArgumentParser
 from draccus.help_formatter import SimpleHelpFormatter
 
+from vla.files import CorruptFileError, read_yaml
 from vla.train_config import TrainConfig
 
 Mapping = Callable[[Any], list[tuple[str, Any]]]
@@ -172,9 +173,10 @@ def parse(argv: list[str]) -> TrainConfig:
     parser = ArgumentParser(TrainConfig, formatter_class=_HelpFormatter, description=DESCRIPTION)
     if config is None:
         return parser.parse_args(args)
-    if not config.is_file():
-        raise FileNotFoundError(f"config file {config} does not exist")
-    nested = upgrade_config(yaml.safe_load(config.read_text()) or {}, where=str(config))
+    raw = read_yaml(config) or {}
+    if not isinstance(raw, dict):
+        raise CorruptFileError(f"{config} holds a {type(raw).__name__}, not a mapping of config fields; see configs/")
+    nested = upgrade_config(raw, where=str(config))
     with tempfile.TemporaryDirectory() as tmp:  # draccus merges a file with the overrides: hand it the nested one
         path = Path(tmp) / config.name
         path.write_text(yaml.safe_dump(nested, sort_keys=False))

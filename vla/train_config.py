@@ -11,7 +11,7 @@ from vla.data import DataConfig, check_data
 from vla.lora import LoraConfig
 from vla.model_source import ModelConfig, check_model
 from vla.optim import OptimConfig
-from vla.run_dir import RunConfig, RunDir
+from vla.run_dir import RunConfig, RunDir, check_name
 from vla.speedups import SpeedConfig
 from vla.train_metrics import LoggingConfig
 
@@ -29,8 +29,16 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)  # run directory, saves, device (vla.run_dir)
 
     @property
+    def run_id(self) -> str:
+        """The run's folder name, checked to be one plain name (ValueError for `a/b`, `..`, `/abs`)."""
+        run_id = self.run.id or self.default_run_id()
+        check_name(run_id, "run id" if self.run.id else "the default run id (set run.id)")
+        return run_id
+
+    @property
     def run_dir(self) -> Path:
-        return Path(self.run.root_dir) / (self.run.id or self.default_run_id())
+        """root_dir/<run id>: the one path both the existence check and every write use."""
+        return Path(self.run.root_dir) / self.run_id
 
     def default_run_id(self) -> str:
         """The official run-id pattern: `<model>+<dataset>+b<batch x accumulation>+lr-<lr>+lora-r<r>+dropout-<p>`
@@ -45,6 +53,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Every check that needs no weights: call before loading a 7B model. Raises one clear error."""
+        self.run.check()
         self.optim.check()
         self.logging.check()
         self.speed.check(self.model.quantization)

@@ -5,6 +5,7 @@ stream, `vla.train_config.TrainConfig` says what to do; files live in `vla.run_d
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from contextlib import nullcontext
@@ -19,9 +20,12 @@ from torch import nn
 
 from vla import model_source
 from vla.distributed import Distributed, average_over_ranks, gather, init_distributed, wrap_ddp
+from vla.files import atomic_write_text
 from vla.optim import learning_rate_at, make_optimizer
 from vla.run_dir import (
+    ADAPTER_DIR,
     CHECKPOINT_FILE,
+    STATE_FILES,
     STATISTICS_FILE,
     RunDir,
     config_to_dict,
@@ -32,6 +36,7 @@ from vla.run_dir import (
 from vla.runtime import seed_everything
 from vla.train_config import TrainConfig
 from vla.train_metrics import METRICS, MetricsLog
+from vla.trainer_state import save_trainer_state
 
 logger = logging.getLogger(__name__)
 
@@ -57,21 +62,38 @@ def train(cfg: TrainConfig) -> Path:
             dist.destroy_process_group()
 
 
-def save_checkpoint(run: RunDir, model: nn.Module, cfg: TrainConfig, state: dict[str, Any]) -> None:
-    """Adapter (or nothing, for full fine-tuning), then the trainer state (the resume point), then optionally the
-    merged model. Main process only; every file lands atomically."""
+def save_checkpoint(run: RunDir, model: nn.Module, cfg: TrainConfig, state: dict[str, Any],
+                    statistics: dict[str, Any]) -> None:  # fmt: skip
+    """One checkpoint: the adapter (LoRA), the merged model (save_merged), the trainer state (the resume point), the
+    dataset statistics and checkpoint.json, all written into a staging folder and published together
+    (vla.checkpoint_publish): a kill at any point leaves the previous checkpoint or this one, never a mix. The adapter
+    and merged folders each hold their own checkpoint.json, so whoever loads them knows their step. Main process
+    only."""
+    from vla.checkpoint_publish import commit, staging_folder
+
+    step, record = state["step"], {"step": state["step"]}
+    stage, targets = staging_folder(run.path, step), {}
     if cfg.lora.enabled:
         from vla.lora import save_adapter
 
-        save_adapter(model, cfg.run.adapter_path(run.path))
-    run.save_state(state)
-    run.write_json(CHECKPOINT_FILE, {"step": state["step"]})
+        save_adapter(model, stage / ADAPTER_DIR)
+        atomic_write_text(stage / ADAPTER_DIR / CHECKPOINT_FILE, json.dumps(record))
+        targets[ADAPTER_DIR] = cfg.run.adapter_path(run.path)
     if cfg.run.save_merged:
         from vla.checkpoint import save_official_checkpoint
 
         # Adapters are merged into CPU copies of the weights one tensor at a time, quantized weights are re-read from
         # their unquantized source files: no second copy of the model on the GPU (the official script's merge OOM).
-        save_official_checkpoint(model, cfg.run.merged_path(run.path, state["step"]), overwrite=True)
+        merged = cfg.run.merged_path(run.path, step)
+        save_official_checkpoint(model, stage / merged.name)
+        atomic_write_text(stage / merged.name / CHECKPOINT_FILE, json.dumps(record))
+        targets[merged.name] = merged
+    save_trainer_state(stage, state)
+    atomic_write_text(stage / STATISTICS_FILE, json.dumps(statistics, indent=2))
+    atomic_write_text(stage / CHECKPOINT_FILE, json.dumps(record))
+    for name in (*STATE_FILES, STATISTICS_FILE, CHECKPOINT_FILE):  # checkpoint.json last: readers look for it
+        targets[name] = run.file(name)
+    commit(stage, step, targets)
     run.plot_learning_curve()
 
 
@@ -105,6 +127,12 @@ def _train(cfg: TrainConfig, env: Distributed) -> Path:
     from vla.prompt import collate
 
     run, device = RunDir(cfg.run_dir), env.device(cfg.run.device)
+    if cfg.run.resume and env.is_main:
+        from vla.checkpoint_publish import finish_interrupted
+
+        finish_interrupted(run.path)  # a save killed after its commit point is completed, an earlier one dropped
+    if cfg.run.resume and env.world_size > 1:
+        dist.barrier()
     state = run.load_state() if cfg.run.resume and run.has_state else None
     if state is not None:
         _check_resumable(state, cfg, env)
@@ -134,7 +162,9 @@ def _train(cfg: TrainConfig, env: Distributed) -> Path:
     optimizer = make_optimizer(cfg.optim, trainable.values())
     if state is not None:
         _restore(state, trainable, optimizer, dataset, env)
+    # Every check has passed and everything is built: only now is the run directory written.
     if env.is_main:
+        run.claim(cfg.run.resume)
         run.truncate_metrics(state["step"] if state else 0)
         run.write_config(cfg)
         run.write_json(STATISTICS_FILE, dataset.dataset_statistics)
@@ -197,12 +227,7 @@ class _Loop:
                     values += np.asarray(self.micro_step(next(batches), sync=micro == accum - 1)) / accum
                 values = average_over_ranks(values.tolist(), self.env, self.device)
                 if not math.isfinite(values[0]):
-                    where = f"step {self.last_saved} in {self.run.path}" if self.last_saved else "none was saved yet"
-                    raise NonFiniteLossError(
-                        f"loss is {values[0]} at step {self.step + 1}: stopped before the optimizer step, saving "
-                        f"nothing; the last good checkpoint is {where} (--resume from it, perhaps with a lower "
-                        "learning_rate)"
-                    )
+                    raise NonFiniteLossError(self.non_finite_message(values[0]))
                 if optim.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(self.trainable, optim.max_grad_norm)
                 for group in self.optimizer.param_groups:
@@ -217,10 +242,23 @@ class _Loop:
         finally:
             self.log.close()
 
+    def non_finite_message(self, loss: float) -> str:
+        """What happened, what is safe on disk, and what to try."""
+        if self.last_saved is None:
+            kept = f"No checkpoint was saved yet: start again (a new --run_id, or delete {self.run.path})"
+        else:
+            kept = (f"The last good checkpoint is step {self.last_saved} in {self.run.path}; nothing after it was "
+                    "saved. Continue from it with --resume")  # fmt: skip
+        return (
+            f"Training stopped at step {self.step + 1}: the loss is {loss} (not finite), so the optimizer step was "
+            f"skipped. {kept}. What to try: a lower --optim.learning_rate (or --optim.warmup_steps), gradient "
+            "clipping (--optim.max_grad_norm 1.0), and checking the data for NaN/inf actions."
+        )
+
     def save(self) -> None:
         state = self.state()  # every rank takes part in the gathers
         if self.env.is_main:
-            save_checkpoint(self.run, self.model, self.cfg, state)
+            save_checkpoint(self.run, self.model, self.cfg, state, self.dataset.dataset_statistics)
             logger.info("saved step %d to %s", self.step, self.run.path)
         if self.env.world_size > 1:
             dist.barrier()
