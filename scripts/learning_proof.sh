@@ -8,12 +8,12 @@
 #   bash scripts/learning_proof.sh expert       # the scripted expert on the full protocol (the data's ceiling)
 #
 # On an offline GPU node first `source <bundle>/activate.sh` (scripts/pack_sim.py; docs/OFFLINE.md). Settings come
-# from the environment: SUITE, OUT (default outputs/proof), EPISODES (per task), NOISE, STEPS, WORKERS, TOKENIZER.
+# from the environment: SUITE, PROOF (default outputs/proof), EPISODES (per task), NOISE, STEPS, WORKERS, TOKENIZER.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SUITE=${SUITE:-libero_spatial}
-OUT=${OUT:-outputs/proof}
+PROOF=${PROOF:-outputs/proof}
 EPISODES=${EPISODES:-60}         # expert attempts per task; failures are dropped
 NOISE=${NOISE:-0.15}             # std of the DART-style noise on the executed xyz/rpy deltas
 STEPS=${STEPS:-4000}             # optimizer steps of batch 128 per model
@@ -24,34 +24,34 @@ SAMPLE_TRIALS=${SAMPLE_TRIALS:-10}  # fixed initial states per task for the inte
 PRESETS=${PRESETS:-"small256 small"}
 BATCH=${BATCH:-128}
 TASKS=${TASKS:-}                  # e.g. "[0,1]" for a smoke run; empty = every task
-DATA="$OUT/data/${SUITE}_no_noops"
+DATA="$PROOF/data/${SUITE}_no_noops"
 PY=${PYTHON:-python}
 
 collect() {
   if [ -f "$DATA/index.json" ]; then echo "demos: $DATA is complete"; return; fi
-  rm -rf "$OUT/data"  # an unfinished store (no index.json) is started again
+  rm -rf "$PROOF/data"  # an unfinished store (no index.json) is started again
   $PY scripts/collect_demos.py --task_suite "$SUITE" --episodes_per_task "$EPISODES" --action_noise "$NOISE" \
-    --format frames --num_workers "$WORKERS" --seed 1 --out "$OUT/data" ${TASKS:+--tasks "${TASKS//[\[\]]/}"}
+    --format frames --num_workers "$WORKERS" --seed 1 --out "$PROOF/data" ${TASKS:+--tasks "${TASKS//[\[\]]/}"}
 }
 
 train_one() {  # $1 = preset
-  local run="$OUT/runs/$1" resume=()
+  local run="$PROOF/runs/$1" resume=()
   [ -f "$run/trainer_state.safetensors" ] || [ -f "$run/trainer_state.pt" ] && resume=(--resume)
   $PY scripts/finetune.py --config configs/small_libero_spatial.yaml --model.preset "$1" \
     --model.tokenizer_path "$TOKENIZER" --data.source frames --data.frames_dir "$DATA" \
     --optim.batch_size "$BATCH" --optim.max_steps "$STEPS" --optim.save_steps $((STEPS / SAVES)) --optim.warmup_steps $((STEPS / 10)) \
-    --run.root_dir "$OUT/runs" --run.id "$1" --run.save_latest_only false "${resume[@]}" > "$OUT/train_$1.log" 2>&1
+    --run.root_dir "$PROOF/runs" --run.id "$1" --run.save_latest_only false "${resume[@]}" > "$PROOF/train_$1.log" 2>&1
 }
 
 train() {  # the runs share the GPU; with EVAL_WHILE_TRAINING=1 finished checkpoints are evaluated meanwhile
-  mkdir -p "$OUT"
+  mkdir -p "$PROOF"
   local pids=()
   for preset in $PRESETS; do train_one "$preset" & pids+=($!); done
   if [ "${EVAL_WHILE_TRAINING:-0}" = 1 ]; then
     while kill -0 "${pids[@]}" 2>/dev/null; do evaluate_samples; sleep 5; done
   fi
-  for pid in "${pids[@]}"; do wait "$pid" || { tail -n 20 "$OUT"/train_*.log; return 1; }; done
-  tail -n 2 "$OUT"/train_*.log
+  for pid in "${pids[@]}"; do wait "$pid" || { tail -n 20 "$PROOF"/train_*.log; return 1; }; done
+  tail -n 2 "$PROOF"/train_*.log
 }
 
 eval_checkpoint() {  # $1 = merged checkpoint dir, $2 = trials per task, $3 = out dir
@@ -62,7 +62,7 @@ eval_checkpoint() {  # $1 = merged checkpoint dir, $2 = trials per task, $3 = ou
 }
 
 checkpoints() {  # $1 = preset: its complete merged checkpoints, oldest first
-  ls -d "$OUT/runs/$1"/merged--*_chkpt 2>/dev/null | awk -F'merged--' '{split($2, a, "_"); print a[1], $0}' | sort -n \
+  ls -d "$PROOF/runs/$1"/merged--*_chkpt 2>/dev/null | awk -F'merged--' '{split($2, a, "_"); print a[1], $0}' | sort -n \
     | cut -d' ' -f2-
 }
 
@@ -70,7 +70,7 @@ evaluate_samples() {  # every checkpoint not yet evaluated, on SAMPLE_TRIALS fix
   for preset in $PRESETS; do
     for ckpt in $(checkpoints "$preset"); do
       step=${ckpt##*merged--}; step=${step%_chkpt}
-      [ -f "$OUT/eval/$preset-$step/summary.json" ] || eval_checkpoint "$ckpt" "$SAMPLE_TRIALS" "$OUT/eval/$preset-$step"
+      [ -f "$PROOF/eval/$preset-$step/summary.json" ] || eval_checkpoint "$ckpt" "$SAMPLE_TRIALS" "$PROOF/eval/$preset-$step"
     done
   done
 }
@@ -79,15 +79,15 @@ evaluate() {  # the samples, then the first preset's last checkpoint on all 50 f
   evaluate_samples
   local first=${PRESETS%% *} last
   last=$(checkpoints "$first" | tail -n 1)
-  [ -z "$last" ] || [ -f "$OUT/eval/$first-full/summary.json" ] || eval_checkpoint "$last" 50 "$OUT/eval/$first-full"
+  [ -z "$last" ] || [ -f "$PROOF/eval/$first-full/summary.json" ] || eval_checkpoint "$last" 50 "$PROOF/eval/$first-full"
 }
 
 expert() {
-  [ -f "$OUT/eval/expert/summary.json" ] && return
+  [ -f "$PROOF/eval/expert/summary.json" ] && return
   local resume=false
-  [ -f "$OUT/eval/expert/episodes.jsonl" ] && resume=true
+  [ -f "$PROOF/eval/expert/episodes.jsonl" ] && resume=true
   $PY scripts/eval.py --task_suite "$SUITE" --policy expert --num_trials_per_task 50 --num_envs "$WORKERS" \
-    --out_dir "$OUT/eval/expert" --resume "$resume"
+    --out_dir "$PROOF/eval/expert" --resume "$resume"
 }
 
 for stage in "$@"; do
