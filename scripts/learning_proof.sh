@@ -20,7 +20,7 @@ STEPS=${STEPS:-4000}             # optimizer steps of batch 128 per model
 SAVES=${SAVES:-5}                # checkpoints per run (evaluated one by one: the learning curve)
 WORKERS=${WORKERS:-16}           # simulator processes
 TOKENIZER=${TOKENIZER:-../shared/tokenizers/llama2}
-SAMPLE_TRIALS=${SAMPLE_TRIALS:-10}  # fixed initial states per task for the intermediate checkpoints
+SAMPLE_TRIALS=${SAMPLE_TRIALS:-5}   # fixed initial states per task for the intermediate checkpoints
 PRESETS=${PRESETS:-"small256 small"}
 BATCH=${BATCH:-128}
 TASKS=${TASKS:-}                  # e.g. "[0,1]" for a smoke run; empty = every task
@@ -54,28 +54,38 @@ train() {  # the runs share the GPU; with EVAL_WHILE_TRAINING=1 finished checkpo
   tail -n 2 "$PROOF"/train_*.log
 }
 
-eval_checkpoint() {  # $1 = merged checkpoint dir, $2 = trials per task, $3 = out dir
-  local resume=false
-  [ -f "$3/episodes.jsonl" ] && resume=true
-  $PY scripts/eval.py --task_suite "$SUITE" --checkpoint "$1" --num_trials_per_task "$2" --num_envs "$WORKERS" \
-    --center_crop true --out_dir "$3" --resume "$resume" ${TASKS:+--tasks "$TASKS"} ${EVAL_FLAGS:-}
+eval_checkpoint() {  # $1 = merged checkpoint dir, $2 = trials per task, $3 = out dir, then extra eval.py flags
+  local ckpt=$1 trials=$2 out=$3 resume=false
+  shift 3
+  [ -f "$out/episodes.jsonl" ] && resume=true
+  $PY scripts/eval.py --task_suite "$SUITE" --checkpoint "$ckpt" --num_trials_per_task "$trials" \
+    --num_envs "$WORKERS" --center_crop true --out_dir "$out" --resume "$resume" ${TASKS:+--tasks "$TASKS"} \
+    ${EVAL_FLAGS:-} "$@" > "$out.log" 2>&1 || { tail -n 20 "$out.log"; return 1; }
+  grep -A 14 "max steps" "$out.log" | tail -n 12
 }
 
 checkpoints() {  # $1 = preset: its complete merged checkpoints, oldest first
-  ls -d "$PROOF/runs/$1"/merged--*_chkpt 2>/dev/null | awk -F'merged--' '{split($2, a, "_"); print a[1], $0}' | sort -n \
-    | cut -d' ' -f2-
+  ls -d "$PROOF/runs/$1"/merged--*_chkpt 2>/dev/null | awk -F'merged--' '{split($2, a, "_"); print a[1], $0}' \
+    | sort -n | cut -d' ' -f2-
 }
 
-evaluate_samples() {  # every checkpoint not yet evaluated, on SAMPLE_TRIALS fixed states per task
+evaluate_samples() {  # on SAMPLE_TRIALS fixed states per task: every checkpoint of the first preset (the learning
+  # curve), the last one of the others (the ablation); the plain decoder (no compile time per checkpoint)
+  local first=${PRESETS%% *} ckpts step
+  mkdir -p "$PROOF/eval"
   for preset in $PRESETS; do
-    for ckpt in $(checkpoints "$preset"); do
+    ckpts=$(checkpoints "$preset")
+    [ "$preset" = "$first" ] || ckpts=$(echo "$ckpts" | tail -n 1)
+    [ "$preset" = "$first" ] || [ -f "$PROOF/runs/$preset/merged--${STEPS}_chkpt/config.json" ] || continue
+    for ckpt in $ckpts; do
       step=${ckpt##*merged--}; step=${step%_chkpt}
-      [ -f "$PROOF/eval/$preset-$step/summary.json" ] || eval_checkpoint "$ckpt" "$SAMPLE_TRIALS" "$PROOF/eval/$preset-$step"
+      [ -f "$PROOF/eval/$preset-$step/summary.json" ] \
+        || eval_checkpoint "$ckpt" "$SAMPLE_TRIALS" "$PROOF/eval/$preset-$step" --fast_decoding false
     done
   done
 }
 
-evaluate() {  # the samples, then the first preset's last checkpoint on all 50 fixed states per task
+evaluate() {  # the samples, then the first preset's last checkpoint on all 50 fixed states per task (fast decoding)
   evaluate_samples
   local first=${PRESETS%% *} last
   last=$(checkpoints "$first" | tail -n 1)

@@ -194,7 +194,9 @@ class RunDir:
             for suite in sorted({e["task_suite"] for e in evals}):
                 points = sorted((e["step"], e["success_rate"], *e["ci95"]) for e in evals if e["task_suite"] == suite)
                 x, y, low, high = (np.array(v, dtype=float) for v in zip(*points, strict=True))
-                ax.errorbar(x, y, yerr=[y - low, high - y], marker="o", capsize=3, label=suite)
+                ax.errorbar(
+                    x, y, yerr=np.clip([y - low, high - y], 0, None), marker="o", capsize=3, label=suite
+                )  # rounding can put y a hair outside its interval
             ax.set_xlim(0, max(steps[-1], max(e["step"] for e in evals)) * 1.05)
             ax.set_ylim(0, 1)
             ax.set_xlabel("optimizer step")
