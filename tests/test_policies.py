@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import vla.policies as policies
+import vla.libero_io as libero_io
 from vla.evaluation import EvalConfig
 from vla.libero_env import TaskInfo
 from vla.policies import ExpertPolicy, RandomPolicy, VLAPolicy, build_policy
@@ -32,7 +32,7 @@ def test_fast_batched_vla_policy_gives_the_plain_actions_on_a_mixed_batch(offici
         pytest.skip("needs CUDA")
     from vla.model import VLA
 
-    monkeypatch.setattr(policies, "libero_image", _numpy_libero_image)
+    monkeypatch.setattr(libero_io, "libero_image", _numpy_libero_image)  # policy_images calls it
     vla = VLA.from_pretrained(official_checkpoint[0], device="cuda", dtype=torch.float32)
     vla.eval()
     rng = np.random.default_rng(0)

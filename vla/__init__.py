@@ -1,15 +1,12 @@
 """vla: OpenVLA LoRA fine-tuning and LIBERO evaluation on current libraries."""
 
 from vla.action_tokenizer import ActionTokenizer
-from vla.normalization import (
-    compute_action_stats,
-    dataset_statistics,
-    load_dataset_statistics,
-    normalize_actions,
-    resolve_unnorm_key,
-    save_dataset_statistics,
-    unnormalize_actions,
-)
+
+# isort: off
+from vla.normalization import (compute_action_stats, dataset_statistics, load_dataset_statistics, normalize_actions,
+                               resolve_unnorm_key, save_dataset_statistics, unnormalize_actions)  # fmt: skip
+
+# isort: on
 from vla.processor import ImageProcessor
 from vla.prompt import IGNORE_INDEX, PROMPT_TEMPLATE, SequenceBuilder, build_prompt, collate
 

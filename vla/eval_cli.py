@@ -6,28 +6,26 @@ with ours (`--num_trials_per_task`, `--center_crop`, `--seed`, `--model_family`,
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
-from draccus.argparsing import ArgumentParser
 
+from vla.cli import Mapping, parse_with_config, split_argv, to, truthy, yaml_value
 from vla.evaluation import EvalConfig
-from vla.train_cli import Mapping, _HelpFormatter, _to, _truthy, _yaml_value
 
 
 def _quantization(bits: str) -> Mapping:
-    return lambda value: [("quantization", bits)] if _truthy(value) else []
+    return lambda value: [("quantization", bits)] if truthy(value) else []
 
 
 # The official GenerateConfig flags whose names differ from ours -> our fields
 OFFICIAL_FLAGS: dict[str, Mapping] = {
-    "pretrained_checkpoint": _to("checkpoint"),
-    "task_suite_name": _to("task_suite"),
+    "pretrained_checkpoint": to("checkpoint"),
+    "task_suite_name": to("task_suite"),
     "load_in_8bit": _quantization("8bit"),
     "load_in_4bit": _quantization("4bit"),
-    "use_wandb": _to("wandb"),
+    "use_wandb": to("wandb"),
 }
 
 
@@ -75,24 +73,15 @@ def upgrade_config(raw: dict[str, Any]) -> dict[str, Any]:
 
 def upgrade_argv(argv: list[str]) -> tuple[Path | None, list[str]]:
     """(config path, argv with EvalConfig's names only). `--flag value` and `--flag=value` forms."""
-    config, out, i = None, [], 0
-    assigned = _Assignments()
-    while i < len(argv):
-        arg = argv[i]
-        name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
-        takes_next = bool(name) and not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--")
-        if takes_next:
-            value = argv[i + 1]
-        i += 2 if takes_next else 1
-        if name in ("config", "config_path"):
-            config = Path(value)
-            continue
-        if name not in OFFICIAL_FLAGS:
+    config, flags = split_argv(argv)
+    out, assigned = [], _Assignments()
+    for name, value, given in flags:
+        if name in OFFICIAL_FLAGS:
+            out.extend(f"--{field}={yaml_value(new)}" for field, new in _translate(name, value, assigned))
+        else:
             if name:
                 _translate(name, value, assigned)
-            out.extend([arg, value] if takes_next else [arg])
-            continue
-        out.extend(f"--{field}={_yaml_value(new)}" for field, new in _translate(name, value, assigned))
+            out.extend(given)
     return config, out
 
 
@@ -105,13 +94,10 @@ official names are fields below. docs/DROP_IN.md maps each and lists the default
 def parse(argv: list[str]) -> EvalConfig:
     """The EvalConfig of a command line (`--config FILE` first, then the flags)."""
     config, args = upgrade_argv(list(argv))
-    parser = ArgumentParser(EvalConfig, formatter_class=_HelpFormatter, description=DESCRIPTION)
-    if config is None:
-        return parser.parse_args(args)
+    return parse_with_config(EvalConfig, DESCRIPTION, config, args, _read_config)
+
+
+def _read_config(config: Path) -> dict[str, Any]:
     if not config.is_file():
         raise FileNotFoundError(f"config file {config} does not exist")
-    flat = upgrade_config(yaml.safe_load(config.read_text()) or {})
-    with tempfile.TemporaryDirectory() as tmp:  # draccus merges a file with the flags: hand it our names
-        path = Path(tmp) / config.name
-        path.write_text(yaml.safe_dump(flat, sort_keys=False))
-        return parser.parse_args([f"--config_path={path}", *args])
+    return upgrade_config(yaml.safe_load(config.read_text()) or {})

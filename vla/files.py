@@ -74,13 +74,21 @@ def _exchange(a: Path, b: Path) -> bool:
 
 def read_json(path: Path, fix: str = "restore it from a backup or re-create it") -> Any:
     """A JSON file; a missing, truncated or garbage file raises one error naming it, what is wrong and `fix`."""
+    return _parse_file(path, json.loads, json.JSONDecodeError, missing=lambda path: f"{path} is missing; {fix}",
+                       invalid=lambda path, err: f"{path} is not valid JSON ({err}): it is truncated or corrupt; {fix}")  # fmt: skip
+
+
+def _parse_file(path: Path, parse: Callable[[str], Any], error: type[Exception], *, missing: Callable[[Path], str],
+                invalid: Callable[[Path, Exception], str]) -> Any:  # fmt: skip
+    """`parse` of a text file; FileNotFoundError(`missing(path)`) when there is none, CorruptFileError(`invalid(path,
+    err)`) when `parse` raises `error` or the file is not UTF-8."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; {fix}")
+        raise FileNotFoundError(missing(path))
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CorruptFileError(f"{path} is not valid JSON ({err}): it is truncated or corrupt; {fix}") from None
+        return parse(path.read_text())
+    except (error, UnicodeDecodeError) as err:
+        raise CorruptFileError(invalid(path, err)) from None
 
 
 @contextlib.contextmanager
@@ -102,13 +110,8 @@ def read_yaml(path: Path, fix: str = "fix the line named above") -> Any:
     """A YAML file (safe loader: plain data only); a syntax error raises one error naming the file and the line."""
     import yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    try:
-        return yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise CorruptFileError(f"{path} is not valid YAML ({' '.join(str(err).split())}); {fix}") from None
+    return _parse_file(path, yaml.safe_load, yaml.YAMLError, missing=lambda path: f"config file {path} does not exist",
+                       invalid=lambda path, err: f"{path} is not valid YAML ({' '.join(str(err).split())}); {fix}")  # fmt: skip
 
 
 def read_jsonl(path: Path, fix: str = "delete or repair that line") -> list[Any]:

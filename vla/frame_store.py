@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from vla.data_config import SPLITS, STANDARDIZE_FNS, train_episodes
-from vla.frame_stream import IndexedFrameStream
-from vla.normalization import dataset_statistics, load_dataset_statistics, save_dataset_statistics, write_json_atomic
+from vla.frame_stream import STATS_NAME, IndexedFrameStream
+from vla.normalization import dataset_statistics, save_dataset_statistics, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,6 @@ FORMAT_VERSION = 1
 INDEX_NAME = "index.json"
 FRAMES_NAME = "frames.u8"
 ACTIONS_NAME = "actions.npy"
-STATS_NAME = "dataset_statistics.json"
 IMAGE_SIZE = 224  # the towers' input size: frames are stored already resized to it
 _ENCODE_THREADS = 4  # encoder threads: keep up with ~16 simulators on a 16-core node
 _MAX_PENDING = 16  # episodes waiting to be encoded before add_episode blocks (bounds memory: ~30 MB each)
@@ -179,44 +178,22 @@ class FrameStoreDataset(IndexedFrameStream):
     The frames stay memory-mapped; each chunk of `chunk_size` stream positions is gathered from the map in one
     sorted fancy index (no per-frame Python work), moved to `device`, augmented there with `augment_batch` when
     `image_aug` (train only) and normalized by `image_processor.normalize_batch`. Splits, shuffling, rank shards and
-    exact resume as `VideoFrameDataset`. Use `DataLoader(num_workers=0)`.
+    exact resume as `VideoFrameDataset`. Use `DataLoader(num_workers=0)`. Arguments: `IndexedFrameStream`'s, `root`
+    the store's folder.
     """
 
-    def __init__(
-        self,
-        root: Path,
-        sequence_builder,
-        image_processor,
-        *,
-        split: str = "train",
-        seed: int = 7,
-        image_aug: bool = False,
-        rank: int | None = None,
-        world_size: int | None = None,
-        device: str | torch.device = "cpu",
-        chunk_size: int = 256,
-    ) -> None:
-        super().__init__(sequence_builder, image_processor, split=split, seed=seed, image_aug=image_aug, rank=rank,
-                         world_size=world_size, device=device, chunk_size=chunk_size)  # fmt: skip
-        self.root = Path(root)
+    def _open(self) -> None:
         index = read_store_index(self.root)
-        self.dataset_name, self.standardize = str(index["dataset_name"]), str(index["standardize"])
-        self.dataset_statistics = load_dataset_statistics(self.root / STATS_NAME)
-        if self.dataset_name not in self.dataset_statistics:
-            raise ValueError(f"{self.root / STATS_NAME} has no entry {self.dataset_name!r}: the store is damaged")
-        size = int(index["image_size"])
-        if getattr(image_processor, "image_size", size) != size:
-            raise ValueError(f"{self.root} holds {size}x{size} frames but the image processor expects "
-                             f"{image_processor.image_size}; use a model of that image size")  # fmt: skip
+        size = self._read_header(index, damaged="the store is damaged", size_fix="use a model of that image size")
         episodes = index["episodes"]
         lengths = np.array([ep["length"] for ep in episodes], np.int64)
         starts = np.concatenate([[0], np.cumsum(lengths)])
-        chosen = [i for i, ep in enumerate(episodes) if ep["split"] == split]
+        chosen = [i for i, ep in enumerate(episodes) if ep["split"] == self.split]
         rows = np.concatenate([np.zeros(0, np.int64)] + [np.arange(starts[i], starts[i + 1]) for i in chosen])
         actions = np.load(self.root / ACTIONS_NAME)
         if actions.shape != (int(starts[-1]), 7):
             raise ValueError(f"{self.root / ACTIONS_NAME} has shape {actions.shape}, the index says ({starts[-1]}, 7)")
-        where = f"{self.root} ({SPLITS[split]} of {len(episodes)} episodes)"
+        where = f"{self.root} ({SPLITS[self.split]} of {len(episodes)} episodes)"
         self._assign_frames(lengths[chosen], actions[rows], [episodes[i]["instruction"] for i in chosen], where)
         self._rows = rows[self._mine]  # this rank's rows of frames.u8
         self._memmap = np.memmap(self.root / FRAMES_NAME, np.uint8, "r", shape=(int(starts[-1]), size, size, 3))

@@ -15,13 +15,16 @@ by `image_processor.normalize_batch`.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from vla.data_config import SPLITS, STANDARDIZE_FNS
-from vla.normalization import normalize_actions
+from vla.normalization import load_dataset_statistics, normalize_actions
+
+STATS_NAME = "dataset_statistics.json"  # a frame folder's `{dataset_name: stats}`
 
 
 def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -92,28 +95,31 @@ class FrameStream(torch.utils.data.IterableDataset):
 
 
 class IndexedFrameStream(FrameStream):
-    """A `FrameStream` over frames it can gather by index (subclasses implement `_gather`).
+    """A `FrameStream` over the frames of a folder `root`, gathered by index (subclasses implement `_open` and
+    `_gather`).
 
-    Call `_assign_frames` in `__init__`. This rank holds frames r, r + w, r + 2w, ... of the split (episodes in
-    storage order). Train: endless, each epoch a permutation of this rank's frames drawn from (seed, rank, epoch);
-    chunks of `chunk_size` stream positions go to `device`, are augmented there (generator seeded by
-    (seed, rank, chunk)) when `image_aug`. Val: one pass in storage order, never augmented.
+    `__init__` checks the arguments and calls `_open`, which reads the folder (`_read_header`) and calls
+    `_assign_frames`. This rank holds frames r, r + w, r + 2w, ... of the split (episodes in storage order). Train:
+    endless, each epoch a permutation of this rank's frames drawn from (seed, rank, epoch); chunks of `chunk_size`
+    stream positions go to `device`, are augmented there (generator seeded by (seed, rank, chunk)) when `image_aug`.
+    Val: one pass in storage order, never augmented.
     """
 
     resume_keys = ("seed", "world_size", "chunk_size")  # chunking fixes the augmentation's seeds
 
     def __init__(
         self,
+        root: Path,
         sequence_builder,
         image_processor,
         *,
-        split: str,
-        seed: int,
-        image_aug: bool,
-        rank: int | None,
-        world_size: int | None,
-        device: str | torch.device | None,
-        chunk_size: int,
+        split: str = "train",
+        seed: int = 7,
+        image_aug: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        device: str | torch.device | None = "cpu",
+        chunk_size: int = 256,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split {split!r} is not one of {sorted(SPLITS)}")
@@ -127,6 +133,29 @@ class IndexedFrameStream(FrameStream):
 
             self._augment = augment_batch
         self._permutation_cache: tuple[int, np.ndarray] | None = None
+        self.root = Path(root)
+        self._open()
+
+    def _open(self) -> None:
+        """Read the folder `self.root`: `_read_header` its index, `_assign_frames` the split's frames and hold what
+        `_gather` reads."""
+        raise NotImplementedError
+
+    def _read_header(self, index: dict, *, damaged: str, size_fix: str) -> int:
+        """Set `dataset_name` and `standardize` from the folder's index and `dataset_statistics` from its
+        `STATS_NAME` (which must hold the dataset's entry; else ValueError ending in `damaged`); check the frames'
+        size against the image processor's (else ValueError ending in `size_fix`, formatted with `expected`).
+        Returns the frames' size."""
+        self.dataset_name, self.standardize = str(index["dataset_name"]), str(index["standardize"])
+        self.dataset_statistics = load_dataset_statistics(self.root / STATS_NAME)
+        if self.dataset_name not in self.dataset_statistics:
+            raise ValueError(f"{self.root / STATS_NAME} has no entry {self.dataset_name!r}: {damaged}")
+        size = int(index["image_size"])
+        expected = getattr(self.image_processor, "image_size", size)
+        if expected != size:
+            raise ValueError(f"{self.root} holds {size}x{size} frames but the image processor expects {expected}; "
+                             + size_fix.format(expected=expected))  # fmt: skip
+        return size
 
     def _assign_frames(self, lengths: np.ndarray, actions: np.ndarray, instructions: list[str], where: str) -> None:
         """Deal the split's frames to ranks. `lengths (E,)` of the split's episodes, their raw actions `(sum, 7)`

@@ -37,6 +37,19 @@ def libero_image(agentview: np.ndarray, *, center_crop: bool, backend: str | Non
     return image_ops.center_crop(image, backend=backend) if center_crop else image
 
 
+def policy_images(observations: dict[int, dict[str, np.ndarray]], slots: list[int], *, center_crop: bool,
+                  last_frames: dict[int, np.ndarray]) -> list[np.ndarray]:  # fmt: skip
+    """The model images of `slots`' raw observations, in that order: `libero_image(agentview, center_crop=...)`,
+    composed so that each slot's uncropped 224² frame (the one OpenVLA writes to its replay videos) lands in
+    `last_frames[slot]`."""
+    images = []
+    for slot in slots:
+        frame = libero_image(observations[slot]["agentview_image"], center_crop=False)
+        last_frames[slot] = frame
+        images.append(image_ops.center_crop(frame) if center_crop else frame)
+    return images
+
+
 def libero_action(action: np.ndarray) -> np.ndarray:
     """Model action (..., 7), gripper in [0 = close, 1 = open] -> LIBERO action (..., 7) float64 with the gripper
     g -> -sign(2g - 1): -1 opens, +1 closes (OpenVLA's `normalize_gripper_action(binarize=True)` then

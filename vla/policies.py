@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from vla import image_ops
 from vla.libero_env import TaskInfo
-from vla.libero_io import libero_action, libero_image
+from vla.libero_io import libero_action, policy_images
 
 if TYPE_CHECKING:
     from vla.evaluation import EvalConfig
@@ -57,12 +56,7 @@ class VLAPolicy:
 
     def act(self, observations: dict[int, Observation], instructions: dict[int, str]) -> dict[int, np.ndarray]:
         slots = sorted(observations)
-        images = []
-        for slot in slots:
-            # Same composition as `libero_image(..., center_crop=True)`, keeping the uncropped frame for the video.
-            frame = libero_image(observations[slot]["agentview_image"], center_crop=False)
-            self.last_frames[slot] = frame
-            images.append(image_ops.center_crop(frame) if self.center_crop else frame)
+        images = policy_images(observations, slots, center_crop=self.center_crop, last_frames=self.last_frames)
         actions = np.asarray(
             self.vla.predict_actions(images, [instructions[s] for s in slots], unnorm_key=self.unnorm_key)
         )

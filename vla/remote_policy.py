@@ -10,9 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from vla import image_ops
 from vla.libero_env import TaskInfo
-from vla.libero_io import libero_action, libero_image
+from vla.libero_io import libero_action, policy_images
 
 Observation = dict[str, np.ndarray]
 
@@ -83,11 +82,7 @@ class RemotePolicy:
 
     def act(self, observations: dict[int, Observation], instructions: dict[int, str]) -> dict[int, np.ndarray]:
         slots = sorted(observations)
-        images = []
-        for slot in slots:
-            frame = libero_image(observations[slot]["agentview_image"], center_crop=False)  # as VLAPolicy
-            self.last_frames[slot] = frame
-            images.append(image_ops.center_crop(frame) if self.center_crop else frame)
+        images = policy_images(observations, slots, center_crop=self.center_crop, last_frames=self.last_frames)
         futures = [
             self.pool.submit(self.request, image, instructions[s]) for s, image in zip(slots, images, strict=True)
         ]

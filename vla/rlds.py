@@ -1,6 +1,6 @@
-"""RLDS datasets stored by tensorflow-datasets: the dataset checks, the statistics cache, and a torch
-`IterableDataset` of model-ready frames. What each dataset's frames are (camera, instruction, action) is its
-`vla.dataset_specs.DatasetSpec`; the writer and the episode reader live in `vla.rlds_io`.
+"""RLDS datasets stored by tensorflow-datasets: the statistics cache and a torch `IterableDataset` of model-ready
+frames. What each dataset's frames are (camera, instruction, action) is its `vla.dataset_specs.DatasetSpec`; the
+folder check, the writer and the episode reader live in `vla.rlds_io` (which never imports this module).
 
 TensorFlow is imported inside functions only: `import vla.rlds` stays light and safe for LIBERO simulation workers.
 """
@@ -18,17 +18,8 @@ from typing import Any
 import numpy as np
 
 from vla import dataset_transforms
-from vla.data_config import (  # noqa: F401  (SPLITS, standardization and RLDS_VERSION re-exported for older imports)
-    RLDS_VERSION,
-    SPLITS,
-    STANDARDIZE_FNS,
-    TRAIN_PERCENT,
-    DataConfig,
-    identity_standardize,
-    libero_standardize,
-)
+from vla.data_config import RLDS_VERSION, SPLITS, DataConfig, libero_standardize  # noqa: F401  (re-exported for older imports)
 from vla.dataset_specs import DatasetSpec, check_spec, dataset_spec
-from vla.files import check_tfrecord
 from vla.frame_stream import FrameStream
 from vla.normalization import (
     dataset_statistics,
@@ -37,8 +28,9 @@ from vla.normalization import (
     save_dataset_statistics,
     write_json_atomic,
 )
-from vla.rlds_io import (  # noqa: F401  (re-exported: the writer and reader used to live here)
+from vla.rlds_io import (  # noqa: F401  (re-exported: the writer, the reader and the checks used to live here)
     IMAGE_SHAPE,
+    check_rlds_dir,
     read_rlds_episodes,
     rlds_features,
     write_rlds_dataset,
@@ -49,50 +41,6 @@ from vla.tf_import import import_tf  # also re-exported: older code imports it f
 logger = logging.getLogger(__name__)
 
 RLDSConfig = DataConfig  # the old name: RLDS datasets are read with the one data config (source="rlds")
-
-
-_FIX = "download openvla/modified_libero_rlds (HF datasets) or write one with scripts/collect_demos.py"
-
-
-_RENAMED_DOWNLOADS = {"bridge_orig": ("bridge_dataset",)}  # folder -> builder names OpenVLA's instructions rename
-
-
-def check_rlds_dir(dataset_dir: Path) -> Path:
-    """Cheap (no TF) checks of `<root>/<name>/<version>/`: raises ONE FileNotFoundError / ValueError that names
-    the path and what is missing (folder, dataset_info.json, features.json, TFRecord shards)."""
-    dataset_dir = Path(dataset_dir)
-    info_path = dataset_dir / "dataset_info.json"
-    if not dataset_dir.parent.is_dir():
-        raise FileNotFoundError(f"no dataset folder {dataset_dir.parent}: expected {info_path}; {_FIX}")
-    if not dataset_dir.is_dir():
-        versions = sorted(p.name for p in dataset_dir.parent.iterdir() if p.is_dir())
-        raise FileNotFoundError(
-            f"no version folder {dataset_dir} (versions found: {versions or 'none'}): expected {info_path}; {_FIX}"
-        )
-    for required in (info_path, dataset_dir / "features.json"):
-        if not required.is_file():
-            raise FileNotFoundError(f"{required} is missing: the dataset is incomplete; {_FIX}")
-    try:
-        info = json.loads(info_path.read_text())
-        name, fmt = info["name"], info.get("fileFormat", "tfrecord")
-        shards = [(split["name"], len(split["shardLengths"])) for split in info["splits"]]
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{info_path} is corrupt ({type(err).__name__}: {err}); re-download or rewrite it") from None
-    # A folder holding another dataset than its name says would train (and save statistics) under the wrong name.
-    if name != dataset_dir.parent.name and name not in _RENAMED_DOWNLOADS.get(dataset_dir.parent.name, ()):
-        raise ValueError(
-            f"{dataset_dir.parent} holds the dataset {name!r} (dataset_info.json, shards {name}-*), not "
-            f"{dataset_dir.parent.name!r}: set data.dataset_name {name!r} with the folder named so, or rewrite it"
-        )
-    expected = [f"{name}-{split}.{fmt}-{i:05d}-of-{n:05d}" for split, n in shards for i in range(n)]
-    missing = [f for f in expected if not (dataset_dir / f).is_file()]
-    if not expected or missing:
-        what = f"{len(missing)} of {len(expected)} shards, e.g. {missing[0]}" if missing else "any shard"
-        raise FileNotFoundError(f"{dataset_dir} lacks {what} (listed in dataset_info.json); {_FIX}")
-    if fmt == "tfrecord":
-        for shard in expected:  # framing only (one seek per episode): a truncated download fails here, not mid-run
-            check_tfrecord(dataset_dir / shard, f"re-download that shard; {_FIX}")
-    return dataset_dir
 
 
 def _statistics_key(cfg: DataConfig, spec: DatasetSpec) -> str:

@@ -1,5 +1,6 @@
-"""Writing and reading RLDS (tfds) datasets: the modified_libero_rlds layout (`write_rlds_dataset`,
-`read_rlds_episodes`, the Episode dicts of docs/DESIGN.md) and any other schema (`write_rlds_examples`).
+"""Checking, writing and reading RLDS (tfds) datasets: the folder check (`check_rlds_dir`), the modified_libero_rlds
+layout (`write_rlds_dataset`, `read_rlds_episodes`, the Episode dicts of docs/DESIGN.md) and any other schema
+(`write_rlds_examples`).
 
 TensorFlow is imported inside functions only.
 """
@@ -7,6 +8,7 @@ TensorFlow is imported inside functions only.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from vla.data_config import RLDS_VERSION
+from vla.files import check_tfrecord
 from vla.tf_import import import_tf
 
 logger = logging.getLogger(__name__)
@@ -27,6 +30,50 @@ _EPISODE_ARRAYS = {  # Episode contract (docs/DESIGN.md): key -> (per-step shape
     "joint_state": ((7,), np.float32),
     "action": ((7,), np.float32),
 }
+
+
+_FIX = "download openvla/modified_libero_rlds (HF datasets) or write one with scripts/collect_demos.py"
+
+
+_RENAMED_DOWNLOADS = {"bridge_orig": ("bridge_dataset",)}  # folder -> builder names OpenVLA's instructions rename
+
+
+def check_rlds_dir(dataset_dir: Path) -> Path:
+    """Cheap (no TF) checks of `<root>/<name>/<version>/`: raises ONE FileNotFoundError / ValueError that names
+    the path and what is missing (folder, dataset_info.json, features.json, TFRecord shards)."""
+    dataset_dir = Path(dataset_dir)
+    info_path = dataset_dir / "dataset_info.json"
+    if not dataset_dir.parent.is_dir():
+        raise FileNotFoundError(f"no dataset folder {dataset_dir.parent}: expected {info_path}; {_FIX}")
+    if not dataset_dir.is_dir():
+        versions = sorted(p.name for p in dataset_dir.parent.iterdir() if p.is_dir())
+        raise FileNotFoundError(
+            f"no version folder {dataset_dir} (versions found: {versions or 'none'}): expected {info_path}; {_FIX}"
+        )
+    for required in (info_path, dataset_dir / "features.json"):
+        if not required.is_file():
+            raise FileNotFoundError(f"{required} is missing: the dataset is incomplete; {_FIX}")
+    try:
+        info = json.loads(info_path.read_text())
+        name, fmt = info["name"], info.get("fileFormat", "tfrecord")
+        shards = [(split["name"], len(split["shardLengths"])) for split in info["splits"]]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{info_path} is corrupt ({type(err).__name__}: {err}); re-download or rewrite it") from None
+    # A folder holding another dataset than its name says would train (and save statistics) under the wrong name.
+    if name != dataset_dir.parent.name and name not in _RENAMED_DOWNLOADS.get(dataset_dir.parent.name, ()):
+        raise ValueError(
+            f"{dataset_dir.parent} holds the dataset {name!r} (dataset_info.json, shards {name}-*), not "
+            f"{dataset_dir.parent.name!r}: set data.dataset_name {name!r} with the folder named so, or rewrite it"
+        )
+    expected = [f"{name}-{split}.{fmt}-{i:05d}-of-{n:05d}" for split, n in shards for i in range(n)]
+    missing = [f for f in expected if not (dataset_dir / f).is_file()]
+    if not expected or missing:
+        what = f"{len(missing)} of {len(expected)} shards, e.g. {missing[0]}" if missing else "any shard"
+        raise FileNotFoundError(f"{dataset_dir} lacks {what} (listed in dataset_info.json); {_FIX}")
+    if fmt == "tfrecord":
+        for shard in expected:  # framing only (one seek per episode): a truncated download fails here, not mid-run
+            check_tfrecord(dataset_dir / shard, f"re-download that shard; {_FIX}")
+    return dataset_dir
 
 
 def rlds_features():
@@ -140,8 +187,6 @@ def write_rlds_examples(examples: Iterable[dict], out_dir: Path, dataset_name: s
 def read_rlds_episodes(dataset_dir: Path, split: str = "train") -> Iterator[dict]:
     """Episode dicts (docs/DESIGN.md, images decoded) of a written dataset `<root>/<name>/<version>/`, in the order
     stored; `split` is any tfds split string ("train", "train[:95%]", ...)."""
-    from vla.rlds import check_rlds_dir
-
     dataset_dir = check_rlds_dir(Path(dataset_dir))
     tf, tfds = import_tf()
     builder = tfds.builder_from_directory(str(dataset_dir))

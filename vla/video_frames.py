@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from vla.data_config import SPLITS, STANDARDIZE_FNS, DataConfig
-from vla.frame_stream import IndexedFrameStream
-from vla.normalization import load_dataset_statistics, save_dataset_statistics
+from vla.frame_stream import STATS_NAME, IndexedFrameStream
+from vla.normalization import save_dataset_statistics
 from vla.rlds import check_rlds_dir, load_statistics
 from vla.tf_import import import_tf
 
@@ -30,7 +30,6 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 INDEX_NAME = "index.npz"
-STATS_NAME = "dataset_statistics.json"
 VIDEO_DIR = "videos"
 FPS = 20  # nominal: only the frames matter
 _INDEX_KEYS = ("videos", "instructions", "lengths", "splits", "actions", "dataset_name", "standardize", "image_size")
@@ -283,37 +282,14 @@ class VideoFrameDataset(IndexedFrameStream):
     All of this rank's frames (frames of the split dealt round-robin to ranks, as `RLDSDataset`) are decoded once at
     construction into one uint8 tensor of yuv444p planes; chunks are converted to RGB on `device`. Shuffling,
     augmentation, sharding and exact resume: `vla.frame_stream.IndexedFrameStream`. Use `DataLoader(num_workers=0)`.
+    Arguments: `IndexedFrameStream`'s, `root` the export's folder.
     """
 
-    def __init__(
-        self,
-        root: Path,
-        sequence_builder,
-        image_processor,
-        *,
-        split: str = "train",
-        seed: int = 7,
-        image_aug: bool = False,
-        rank: int | None = None,
-        world_size: int | None = None,
-        device: str | torch.device = "cpu",
-        chunk_size: int = 256,
-    ) -> None:
-        super().__init__(sequence_builder, image_processor, split=split, seed=seed, image_aug=image_aug, rank=rank,
-                         world_size=world_size, device=device, chunk_size=chunk_size)  # fmt: skip
-        self.root = Path(root)
-        index = read_index(self.root)
-        self.dataset_name, self.standardize = str(index["dataset_name"]), str(index["standardize"])
-        self.dataset_statistics = load_dataset_statistics(self.root / STATS_NAME)
-        if self.dataset_name not in self.dataset_statistics:
-            raise ValueError(f"{self.root / STATS_NAME} has no entry {self.dataset_name!r}: re-export; {_fix(root)}")
-        size = int(index["image_size"])
-        if getattr(image_processor, "image_size", size) != size:
-            raise ValueError(
-                f"{self.root} holds {size}x{size} frames but the image processor expects {image_processor.image_size}"
-                f"; re-export with image_size={image_processor.image_size} or use a matching processor"
-            )
-        episodes = np.flatnonzero(index["splits"] == split)
+    def _open(self) -> None:
+        root, index = self.root, read_index(self.root)
+        size = self._read_header(index, damaged=f"re-export; {_fix(root)}",
+                                 size_fix="re-export with image_size={expected} or use a matching processor")  # fmt: skip
+        episodes = np.flatnonzero(index["splits"] == self.split)
         videos = [self.root / str(v) for v in index["videos"][episodes]]
         missing = [str(v) for v in videos if not v.is_file()]
         if missing:
