@@ -48,7 +48,7 @@ train() {  # the runs share the GPU; with EVAL_WHILE_TRAINING=1 finished checkpo
   local pids=()
   for preset in $PRESETS; do train_one "$preset" & pids+=($!); done
   if [ "${EVAL_WHILE_TRAINING:-0}" = 1 ]; then
-    while kill -0 "${pids[@]}" 2>/dev/null; do evaluate_samples; sleep 5; done
+    while kill -0 "${pids[@]}" 2>/dev/null; do evaluate_samples || true; sleep 5; done
   fi
   for pid in "${pids[@]}"; do wait "$pid" || { tail -n 20 "$PROOF"/train_*.log; return 1; }; done
   tail -n 2 "$PROOF"/train_*.log
@@ -65,7 +65,7 @@ eval_checkpoint() {  # $1 = merged checkpoint dir, $2 = trials per task, $3 = ou
 }
 
 checkpoints() {  # $1 = preset: its complete merged checkpoints, oldest first
-  ls -d "$PROOF/runs/$1"/merged--*_chkpt 2>/dev/null | awk -F'merged--' '{split($2, a, "_"); print a[1], $0}' \
+  { ls -d "$PROOF/runs/$1"/merged--*_chkpt 2>/dev/null || true; } | awk -F'merged--' '{split($2, a, "_"); print a[1], $0}' \
     | sort -n | cut -d' ' -f2-
 }
 

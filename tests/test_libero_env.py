@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vla.env_pool import ResetRequest
 from vla.libero_env import (
     DUMMY_ACTION,
     NUM_STEPS_WAIT,
     SUITE_MAX_STEPS,
     LiberoSetupError,
-    ResetRequest,
     libero_state,
     noop_mask,
     quat_to_axis_angle,

@@ -1,6 +1,6 @@
 """LIBERO set-up (config.yaml, assets), suites and tasks, env creation, and the observation conventions of OpenVLA's
 regenerated data (upright images, `state`, no-op steps). The parallel workers live in `vla.env_pool` (`EnvPool`,
-`ResetRequest`, `StepResult` stay importable from here)."""
+`ResetRequest`, `StepResult`)."""
 
 from __future__ import annotations
 
