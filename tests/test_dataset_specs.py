@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from vla.data import DataConfig, check_data
 from vla.dataset_specs import DatasetSpec, builtin_specs, check_spec, dataset_spec, load_spec_files
 from vla.dataset_transforms import gripper_binarize, gripper_invert, gripper_relative, standardize_episode
 
+LLAMA2_DIR = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "llama2"
 BRIDGE_GRIPPER = [0.0, 1.0, 0.5, 0.02, 0.6, 0.99, 0.3]  # the first step is dropped, the rest binarized
 BRIDGE_EXPECTED = [1.0, 0.0, 0.0, 1.0, 1.0]  # steps 1..5 (the last step is dropped by the relabeling)
 RT1_GRIPPER = [0.0, 1.0, 0.0, -1.0, 0.0]  # keep, close, keep, open, keep
@@ -196,3 +198,23 @@ def test_libero_builtin_spec_matches_the_layout_without_a_spec(tiny_rlds_dataset
     assert spec.source.endswith("libero.yaml") and plain.source.startswith("no spec")
     assert spec.fingerprint().replace("libero_goal_no_noops", "x") == plain.fingerprint().replace("tiny_libero", "x")
     check_spec(DatasetSpec(name="tiny_libero"), dataset_dir)  # the default spec fits the LIBERO layout
+
+
+def test_finetune_official_flags_train_on_a_bridge_like_folder(oxe_root, tmp_path):
+    """The official command line `finetune.py --dataset_name bridge_orig --data_root_dir ...` reads a Bridge-layout
+    RLDS folder through the built-in spec and saves its statistics under `bridge_orig`."""
+    import importlib.util
+    import json
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("finetune_script", repo / "scripts" / "finetune.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    root, episodes, _ = oxe_root
+    args = ["--config", str(repo / "configs" / "tiny.yaml"), "--model.tokenizer_path", str(LLAMA2_DIR),
+            "--dataset_name", "bridge_orig", "--data_root_dir", str(root), "--run_root_dir", str(tmp_path),
+            "--max_steps", "2", "--save_steps", "2", "--shuffle_buffer_size", "4"]  # fmt: skip
+    run_dir = script.main(script.parse(args))
+    saved = json.loads((run_dir / "dataset_statistics.json").read_text())
+    assert list(saved) == ["bridge_orig"]
+    assert saved["bridge_orig"]["num_trajectories"] == len(episodes)
