@@ -22,11 +22,12 @@ RUN_KEY = "two_episodes"  # the fine-tune's dataset: its statistics must land in
 def make_run(run_dir: Path, base: Path) -> object:
     """A fine-tuning run directory as scripts/finetune.py leaves it (config.yaml, adapter/, dataset_statistics.json)
     with non-zero adapters; returns the adapter model (float32, statistics added)."""
-    from vla.lora import LoraSettings, save_adapter
+    from vla.lora import LoraConfig, LoraSettings, save_adapter
     from vla.model import VLA
+    from vla.model_source import ModelConfig
     from vla.normalization import save_dataset_statistics
     from vla.run_dir import atomic_write_text, config_to_yaml
-    from vla.training import TrainConfig
+    from vla.train_config import TrainConfig
 
     vla = VLA.from_pretrained(base, dtype=torch.float32, lora=LoraSettings(rank=4))
     gen = torch.Generator().manual_seed(3)
@@ -36,7 +37,10 @@ def make_run(run_dir: Path, base: Path) -> object:
     save_adapter(vla, run_dir / "adapter")
     stats = {RUN_KEY: {"action": {"q01": [-0.3] * 6 + [0.0], "q99": [0.4] * 6 + [1.0], "mask": [True] * 6 + [False]}}}
     save_dataset_statistics(run_dir / "dataset_statistics.json", stats)
-    atomic_write_text(run_dir / "config.yaml", config_to_yaml(TrainConfig(vla_path=str(base), lora_rank=4)))
+    atomic_write_text(
+        run_dir / "config.yaml",
+        config_to_yaml(TrainConfig(model=ModelConfig(vla_path=str(base)), lora=LoraConfig(rank=4))),
+    )
     vla.norm_stats.update(stats)
     return vla
 

@@ -64,12 +64,15 @@ def _from_run(run_dir: Path, base: str | None) -> tuple[Path, str, Path | None]:
 
     if not (run_dir / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{run_dir} has no {CONFIG_FILE}; is it a run directory of scripts/finetune.py?")
-    config: dict[str, Any] = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
-    if not config.get("use_lora", True):
-        raise ValueError(f"{run_dir} is a full fine-tune (use_lora false): it has no adapter to merge")
-    base = base or config.get("vla_path")
+    from vla.train_cli import upgrade_config
+
+    raw: dict[str, Any] = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
+    config = upgrade_config(raw, where=str(run_dir / CONFIG_FILE))  # runs written before the nested layout too
+    if not config.get("lora", {}).get("enabled", True):
+        raise ValueError(f"{run_dir} is a full fine-tune (lora.enabled false): it has no adapter to merge")
+    base = base or config.get("model", {}).get("vla_path")
     if base is None:
-        raise ValueError(f"{run_dir} trained from random weights (vla_path null), which it did not save; an adapter "
+        raise ValueError(f"{run_dir} trained from random weights (model.vla_path null), which it did not save; an adapter "
                          "alone cannot be merged. Train with save_merged true instead")  # fmt: skip
     statistics = run_dir / STATISTICS_FILE
     return run_dir / ADAPTER_DIR, str(base), statistics if statistics.is_file() else None
