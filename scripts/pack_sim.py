@@ -34,7 +34,9 @@ def parse_args(argv: list[str] | None = None) -> BundleConfig:
     parser.add_argument("--wheel_cache", type=Path, default=None, help="keep and reuse downloads here")
     parser.add_argument("--from_installed", action="store_true", help="copy packages from this environment")
     parser.add_argument("--gl", choices=("apt", "none"), default="apt", help="carry Debian's GL loader libraries")
-    parser.add_argument("--archive", type=_bool, default=True, help="also write <out>.tar.xz")
+    parser.add_argument(
+        "--archive", type=_bool, default=True, help="also write <out>.tar.xz (PNGs stored for xz: bigger folder)"
+    )
     parser.add_argument("--optimize_png", type=_bool, default=True, help="re-encode PNGs losslessly")
     parser.add_argument("--assets_dir", type=Path, default=None, help="LIBERO assets (default $VLA_LIBERO_ASSETS)")
     args = parser.parse_args(argv)

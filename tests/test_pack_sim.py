@@ -42,6 +42,54 @@ def test_read_file_list_error_type(tmp_path, monkeypatch):
         read_file_list("libero_spatial")
 
 
+def test_unused_mujoco_and_opengl_parts_are_left_out():
+    from vla.sim_bundle import _keep
+
+    for rel in [
+        "mujoco/plugin/libsdf.so",
+        "mujoco/_simulate.cpython-312-x86_64-linux-gnu.so",
+        "mujoco/viewer.py",
+        "mujoco/include/mujoco/mujoco.h",
+        "OpenGL/DLLS/freeglut64.vc15.dll",
+        "OpenGL/raw/GLES2/_types.py",
+        "OpenGL/GLUT/__init__.py",
+        "OpenGL/WGL/__init__.py",
+    ]:
+        assert not _keep(rel, set()), rel
+    for rel in [
+        "mujoco/__init__.py",
+        "mujoco/libmujoco.so.3.3.2",
+        "mujoco/egl/__init__.py",
+        "mujoco/renderer.py",
+        "OpenGL/EGL/__init__.py",
+        "OpenGL/raw/GL/_types.py",
+        "OpenGL/GLU/__init__.py",
+        "OpenGL/GLX/__init__.py",
+    ]:
+        assert _keep(rel, set()), rel
+
+
+def test_png_for_xz_is_lossless_and_compresses_better():
+    import io
+    import lzma
+
+    import numpy as np
+    from PIL import Image
+
+    from vla.sim_bundle import optimize_png
+
+    rng = np.random.default_rng(0)
+    smooth = np.cumsum(rng.integers(-2, 3, size=(128, 128, 3)), axis=1) + np.arange(128)[:, None, None]
+    pixels = (smooth % 256).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    original = buf.getvalue()
+    for for_xz in (False, True):
+        packed = optimize_png(original, for_xz=for_xz)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(packed))), pixels)
+        assert len(lzma.compress(packed, preset=6)) <= len(lzma.compress(original, preset=6))
+
+
 # The child: every task of the suite from the bundle; reports where the simulator packages came from.
 _CHILD = """
 import json, sys

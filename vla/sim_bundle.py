@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import lzma
 import os
 import subprocess
 import sys
@@ -52,6 +53,17 @@ BUNDLED = {
     "typing-inspect": "0.9.0",
     "mypy-extensions": "1.2.0",
 }
+# Parts of mujoco and PyOpenGL that LIBERO simulation under EGL never imports or loads (checked with sys.modules
+# after creating, resetting and stepping tasks, and by running tests/test_pack_sim.py's bundle without them):
+# mujoco's C headers, plugin libraries (loaded at import when present; no LIBERO/robosuite model declares a
+# <plugin> or <extension>), the interactive viewer (_simulate), rollout, USD export, introspection and test data;
+# PyOpenGL's Windows DLLs and WGL, macOS AGL, OpenGL ES, GLUT, GLE and Tk bindings.
+UNUSED_MUJOCO = {"include", "plugin", "usd", "introspect", "testdata", "viewer", "rollout", "_simulate", "_rollout"}
+UNUSED_OPENGL = {"DLLS", "WGL", "AGL", "GLES1", "GLES2", "GLES3", "GLUT", "GLE", "Tk"}
+UNUSED_OPENGL |= {f"raw/{name}" for name in UNUSED_OPENGL}
+# `xz -9e` with a 128 MiB dictionary: an unpacked bundle is 100-300 MiB, so xz's 64 MiB at -9 misses repeats
+# further apart. Unpacking needs ~130 MiB of memory, packing ~1.4 GiB.
+XZ_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": 128 * 2**20}]
 SDIST_ONLY = ("libero", "bddl")  # no wheels on PyPI: built here into pure-Python wheels
 GL_PACKAGES = ("libegl1", "libgl1", "libgles2", "libglvnd0", "libglx0", "libopengl0")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
@@ -166,8 +178,10 @@ def _keep(rel: str, traced_site: set[str]) -> bool:
         return False
     if parts[0] == "tests":  # draccus ships its test suite as a top-level `tests` package, which would shadow ours
         return False
-    if parts[0] == "mujoco" and (rel.endswith("_test.py") or parts[1:2] == ("include",)):
-        return False  # unit tests and C headers: nothing imports or opens them
+    if parts[0] == "mujoco" and (rel.endswith("_test.py") or parts[1].split(".")[0] in UNUSED_MUJOCO):
+        return False  # unit tests, C headers, and parts no LIBERO simulation imports or loads (UNUSED_MUJOCO)
+    if parts[0] == "OpenGL" and ("/".join(parts[1:2]) in UNUSED_OPENGL or "/".join(parts[1:3]) in UNUSED_OPENGL):
+        return False
     if parts[0] in TRIMMED_PACKAGES:
         return rel.endswith(".py") or rel in traced_site
     return True
@@ -194,9 +208,19 @@ def site_entries(cfg: BundleConfig, traced_site: set[str], cache: Path) -> tuple
 # ---- lossless PNG re-encoding ----
 
 
-def optimize_png(data: bytes) -> bytes:
+def _xz_size(data: bytes) -> int:
+    import lzma
+
+    return len(lzma.compress(data, preset=6))
+
+
+def optimize_png(data: bytes, for_xz: bool = False) -> bytes:
     """The smallest of: the original, Pillow's optimized re-encoding, and (for an RGBA image whose alpha is all 255)
-    the RGB re-encoding; a candidate counts only if it decodes to exactly the same RGBA pixels."""
+    the RGB re-encoding; a candidate counts only if it decodes to exactly the same RGBA pixels.
+
+    for_xz (the file goes into an .tar.xz): also the filtered PNG with *stored* (uncompressed) deflate blocks, kept
+    when its xz-compressed size is the smaller: LZMA compresses filtered rows ~12% better than deflate does, and
+    deflate output is incompressible. The unpacked file is then ~4x larger, the archive smaller."""
     import numpy as np
     from PIL import Image
 
@@ -207,22 +231,31 @@ def optimize_png(data: bytes) -> bytes:
     candidates = [image]
     if image.mode == "RGBA" and (pixels[..., 3] == 255).all():
         candidates.append(image.convert("RGB"))
-    best = data
-    for candidate in candidates:
+
+    def encode(candidate, **options) -> bytes | None:
         buf = io.BytesIO()
-        candidate.save(buf, "PNG", optimize=True)
+        candidate.save(buf, "PNG", **options)
         encoded = buf.getvalue()
         same = np.array_equal(np.asarray(Image.open(io.BytesIO(encoded)).convert("RGBA")), pixels)
-        if same and len(encoded) < len(best):
+        return encoded if same else None
+
+    best = data
+    for candidate in candidates:
+        encoded = encode(candidate, optimize=True)
+        if encoded is not None and len(encoded) < len(best):
             best = encoded
+    if for_xz and candidates[-1].mode != "P":
+        stored = encode(candidates[-1], compress_level=0)
+        if stored is not None and _xz_size(stored) < _xz_size(best):
+            best = stored
     return best
 
 
-def _cached_png(data: bytes, cache: Path) -> bytes:
-    key = cache / "png" / (hashlib.sha256(data).hexdigest() + ".png")
+def _cached_png(data: bytes, cache: Path, for_xz: bool = False) -> bytes:
+    key = cache / ("png-xz" if for_xz else "png") / (hashlib.sha256(data).hexdigest() + ".png")
     if key.is_file():
         return key.read_bytes()
-    best = optimize_png(data)
+    best = optimize_png(data, for_xz)
     key.parent.mkdir(parents=True, exist_ok=True)
     key.write_bytes(best)
     return best
@@ -332,7 +365,7 @@ def pack(cfg: BundleConfig) -> dict:
     for rel in traced_assets:
         data = (assets_dir / rel).read_bytes()
         if cfg.optimize_png and rel.endswith(".png"):
-            png_before, data = png_before + len(data), _cached_png(data, cache)
+            png_before, data = png_before + len(data), _cached_png(data, cache, for_xz=cfg.archive)
             png_after += len(data)
         writer.write(f"libero_assets/{rel}", data)
     for needed in ("scenes", "stable_scanned_objects"):  # vla.libero_env checks these folders exist
@@ -378,7 +411,10 @@ def make_archive(folder: Path) -> Path:
         return info
 
     paths = sorted(p for p in folder.rglob("*"))
-    with tarfile.open(target, "w:xz", preset=9) as tar:
+    with (
+        lzma.open(target, "wb", format=lzma.FORMAT_XZ, filters=XZ_FILTERS) as xz,
+        tarfile.open(fileobj=xz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
         tar.add(folder, arcname=folder.name, recursive=False, filter=clean)
         for path in paths:
             tar.add(path, arcname=f"{folder.name}/{path.relative_to(folder).as_posix()}", recursive=False, filter=clean)
