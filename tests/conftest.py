@@ -104,7 +104,7 @@ def libero_assets_dir() -> str:
 
 
 # ---- VLA model fixtures (tests/test_model.py, test_checkpoint.py, test_lora.py) ----
-# Official checkpoint layout written from reference §7's key list, NOT from vla.checkpoint's code. Tiny sizes: the same
+# Official checkpoint layout written from the official checkpoint format's key list, NOT from vla.checkpoint's code. Tiny sizes: the same
 # timm classes at depth 3 / 4, width 64 / 96, and a 2-layer Llama of width 64 over the real 32064-id vocabulary.
 TINY_DIMS = {
     "dino_dim": 64, "dino_depth": 3, "siglip_dim": 96, "siglip_depth": 4,
@@ -115,7 +115,7 @@ FULL_DIMS = {
     "dino_dim": 1024, "dino_depth": 24, "siglip_dim": 1152, "siglip_depth": 27, "siglip_mlp": 4304,
     "hidden": 4096, "intermediate": 11008, "layers": 32, "heads": 32, "vocab": 32064,
 }  # fmt: skip
-SPATIAL_STATS = {  # reference §2, libero_spatial
+SPATIAL_STATS = {  # the official statistics, libero_spatial
     "q01": [-0.745473, -0.661607, -0.9375, -0.107143, -0.206786, -0.184286, 0.0],
     "q99": [0.9375, 0.875893, 0.932143, 0.103929, 0.176786, 0.145714, 1.0],
     "mask": [True] * 6 + [False],
@@ -123,7 +123,7 @@ SPATIAL_STATS = {  # reference §2, libero_spatial
 
 
 def official_key_shapes(d: dict) -> dict[str, tuple]:
-    """Every tensor key and shape of an OpenVLA checkpoint (reference §7) for the sizes in `d`."""
+    """Every tensor key and shape of an OpenVLA checkpoint (the official checkpoint format) for the sizes in `d`."""
     shapes: dict[str, tuple] = {}
     dino, sig, h, p = "vision_backbone.featurizer.", "vision_backbone.fused_featurizer.", d["hidden"], 256
     D, S, M = d["dino_dim"], d["siglip_dim"], d["siglip_mlp"]
@@ -187,7 +187,7 @@ def random_official_weights(shapes: dict[str, tuple], seed: int = 0) -> dict:
 
 
 def write_official_checkpoint(directory: Path, norm_stats: dict, seed: int = 0, dtype=None) -> dict:
-    """A tiny official-format OpenVLA checkpoint, file by file as reference §7 describes it: config.json (text_config
+    """A tiny official-format OpenVLA checkpoint, file by file as the official checkpoint format describes it: config.json (text_config
     diff + norm_stats; `timm_overrides` is our extension for non-standard tower sizes), 2 safetensors shards + index,
     tokenizer files (tokenizer.model + JSON, no tokenizer.json), preprocessor_config.json. Returns the tensors."""
     import json

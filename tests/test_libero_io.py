@@ -17,7 +17,7 @@ def _two_tone(height=256, width=256, split=128):
 
 
 def _official_pipeline(agentview: np.ndarray, center_crop: bool) -> np.ndarray:
-    """OpenVLA's eval image path written out with raw tf.image calls (reference §10), independent of vla.image_ops."""
+    """OpenVLA's eval image path written out with raw tf.image calls, independent of vla.image_ops."""
     tf = pytest.importorskip("tensorflow")
     img = agentview[::-1, ::-1]
     img = tf.image.encode_jpeg(img)

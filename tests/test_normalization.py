@@ -40,7 +40,7 @@ def test_stats_match_numpy():
 
 
 def test_reference_test_vector_unnormalizes():
-    # Token 31872 (normalized 0.0) seven times with the libero_spatial stats (reference §1, openvla#346).
+    # Token 31872 (normalized 0.0) seven times with the libero_spatial stats (openvla#346).
     out = unnormalize_actions(np.zeros(7), SPATIAL)
     np.testing.assert_allclose(out, [0.0960, 0.1071, -0.0027, -0.0016, -0.0150, -0.0193, 0.0], atol=6e-5)
     assert out.dtype == np.float64

@@ -7,7 +7,7 @@ import numpy as np
 
 class ActionTokenizer:
     """Uniform bins on [min_action, max_action], mapped onto ids `vocab_size - 1` (lowest bin) down to
-    `vocab_size - n_bins` (the bin that holds `max_action`), as OpenVLA does (reference §1).
+    `vocab_size - n_bins` (the bin that holds `max_action`), as OpenVLA does.
 
     `n_bins` edges make `n_bins - 1` bin centers; `np.digitize` yields 1..n_bins, so the bin holding exactly
     `max_action` has no center of its own and decodes to the last center (+0.99608 for 256 bins).

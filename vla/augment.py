@@ -1,4 +1,4 @@
-"""Train-time image augmentation as OpenVLA applies it (dlimp's `augment_image`, reference §9): random resized crop,
+"""Train-time image augmentation as OpenVLA applies it (dlimp's `augment_image`): random resized crop,
 then brightness, contrast, saturation and hue, each clipped to [0, 1]. Stateless: one seed fixes the whole result.
 `augment_batch` is a batched PyTorch port of the same chain (any device, no TensorFlow) for GPU data paths.
 

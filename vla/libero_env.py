@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-# Max policy steps per episode in OpenVLA's eval (reference §10): 1.1x-1.2x the longest training demo of each suite.
+# Max policy steps per episode in OpenVLA's eval: 1.1x-1.2x the longest training demo of each suite.
 SUITE_MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
 NUM_STEPS_WAIT = 10  # objects fall ~7 cm after placement; the eval waits this many dummy steps before acting
 DUMMY_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)  # no motion, gripper open
 DUMMY_ACTION.setflags(write=False)
 CAMERAS = ("agentview", "robot0_eye_in_hand")
-ENV_ASSETS = "VLA_LIBERO_ASSETS"  # env var naming the assets folder (ours: ../shared/libero_assets)
+ENV_ASSETS = "VLA_LIBERO_ASSETS"  # env var naming the assets folder (the PyPI libero ships none)
 _REPO = Path(__file__).resolve().parents[1]
 
 
@@ -165,7 +165,7 @@ def quat_to_axis_angle(quat: np.ndarray) -> np.ndarray:
 
 
 def libero_state(obs: dict[str, np.ndarray]) -> np.ndarray:
-    """The RLDS `state` (8,) float32: eef position 3 + eef axis-angle 3 + gripper finger positions 2 (reference §9)."""
+    """The RLDS `state` (8,) float32: eef position 3 + eef axis-angle 3 + gripper finger positions 2."""
     eef_axis_angle = quat_to_axis_angle(obs["robot0_eef_quat"])
     return np.concatenate([obs["robot0_eef_pos"], eef_axis_angle, obs["robot0_gripper_qpos"]]).astype(np.float32)
 
@@ -173,7 +173,7 @@ def libero_state(obs: dict[str, np.ndarray]) -> np.ndarray:
 def noop_mask(actions: np.ndarray, threshold: float = 1e-4) -> np.ndarray:
     """(T, 7) LIBERO actions -> (T,) bool, True for the steps to KEEP. A step is a no-op, and dropped, when
     ‖a[:6]‖ < threshold and its gripper equals the previous kept step's gripper (for the first step: the norm test
-    alone) — `is_noop` of OpenVLA's regenerate_libero_dataset.py (reference §9)."""
+    alone) — `is_noop` of OpenVLA's regenerate_libero_dataset.py."""
     keep = np.zeros(len(actions), dtype=bool)
     last_gripper = None
     for t, action in enumerate(np.asarray(actions, dtype=np.float64)):

@@ -1,4 +1,4 @@
-"""The LIBERO eval contract of OpenVLA (reference §10): raw agentview render -> the model's 224² image, model action
+"""The LIBERO eval contract of OpenVLA: raw agentview render -> the model's 224² image, model action
 -> LIBERO action (gripper binarized and inverted), and the `unnorm_key` that goes with a suite.
 
 TensorFlow is imported only when `libero_image` runs with the "tf" backend (through `vla.image_ops`), so simulation

@@ -77,7 +77,7 @@ def check_rlds_dir(dataset_dir: Path) -> Path:
 
 
 def rlds_features():
-    """The tfds features of moojink/rlds_dataset_builder's LIBERO datasets (reference §9)."""
+    """The tfds features of moojink/rlds_dataset_builder's LIBERO datasets."""
     _, tfds = import_tf()
     feat = tfds.features
     image = {"shape": IMAGE_SHAPE, "dtype": np.uint8, "encoding_format": "jpeg"}
