@@ -76,7 +76,7 @@ def test_png_for_xz_is_lossless_and_compresses_better():
     import numpy as np
     from PIL import Image
 
-    from vla.sim_bundle import optimize_png
+    from vla.sim_archive import optimize_png
 
     rng = np.random.default_rng(0)
     smooth = np.cumsum(rng.integers(-2, 3, size=(128, 128, 3)), axis=1) + np.arange(128)[:, None, None]

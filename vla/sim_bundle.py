@@ -15,19 +15,18 @@ Identical files are hard links, so an archive stores them once.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import lzma
 import os
 import subprocess
 import sys
-import tarfile
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path, PurePosixPath
+
+from vla.sim_archive import cached_png, make_archive
 
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 SIM_FILES_DIR = Path(__file__).resolve().parent / "sim_files"
@@ -63,7 +62,6 @@ UNUSED_OPENGL = {"DLLS", "WGL", "AGL", "GLES1", "GLES2", "GLES3", "GLUT", "GLE",
 UNUSED_OPENGL |= {f"raw/{name}" for name in UNUSED_OPENGL}
 # `xz -9e` with a 128 MiB dictionary: an unpacked bundle is 100-300 MiB, so xz's 64 MiB at -9 misses repeats
 # further apart. Unpacking needs ~130 MiB of memory, packing ~1.4 GiB.
-XZ_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": 128 * 2**20}]
 SDIST_ONLY = ("libero", "bddl")  # no wheels on PyPI: built here into pure-Python wheels
 GL_PACKAGES = ("libegl1", "libgl1", "libgles2", "libglvnd0", "libglx0", "libopengl0")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
@@ -205,62 +203,6 @@ def site_entries(cfg: BundleConfig, traced_site: set[str], cache: Path) -> tuple
     return chosen, sources
 
 
-# ---- lossless PNG re-encoding ----
-
-
-def _xz_size(data: bytes) -> int:
-    import lzma
-
-    return len(lzma.compress(data, preset=6))
-
-
-def optimize_png(data: bytes, for_xz: bool = False) -> bytes:
-    """The smallest of: the original, Pillow's optimized re-encoding, and (for an RGBA image whose alpha is all 255)
-    the RGB re-encoding; a candidate counts only if it decodes to exactly the same RGBA pixels.
-
-    for_xz (the file goes into an .tar.xz): also the filtered PNG with *stored* (uncompressed) deflate blocks, kept
-    when its xz-compressed size is the smaller: LZMA compresses filtered rows ~12% better than deflate does, and
-    deflate output is incompressible. The unpacked file is then ~4x larger, the archive smaller."""
-    import numpy as np
-    from PIL import Image
-
-    image = Image.open(io.BytesIO(data))
-    if image.format != "PNG" or image.mode not in ("RGB", "RGBA", "L", "LA", "P"):
-        return data  # 16-bit and other modes stay as they are
-    pixels = np.asarray(image.convert("RGBA"))
-    candidates = [image]
-    if image.mode == "RGBA" and (pixels[..., 3] == 255).all():
-        candidates.append(image.convert("RGB"))
-
-    def encode(candidate, **options) -> bytes | None:
-        buf = io.BytesIO()
-        candidate.save(buf, "PNG", **options)
-        encoded = buf.getvalue()
-        same = np.array_equal(np.asarray(Image.open(io.BytesIO(encoded)).convert("RGBA")), pixels)
-        return encoded if same else None
-
-    best = data
-    for candidate in candidates:
-        encoded = encode(candidate, optimize=True)
-        if encoded is not None and len(encoded) < len(best):
-            best = encoded
-    if for_xz and candidates[-1].mode != "P":
-        stored = encode(candidates[-1], compress_level=0)
-        if stored is not None and _xz_size(stored) < _xz_size(best):
-            best = stored
-    return best
-
-
-def _cached_png(data: bytes, cache: Path, for_xz: bool = False) -> bytes:
-    key = cache / ("png-xz" if for_xz else "png") / (hashlib.sha256(data).hexdigest() + ".png")
-    if key.is_file():
-        return key.read_bytes()
-    best = optimize_png(data, for_xz)
-    key.parent.mkdir(parents=True, exist_ok=True)
-    key.write_bytes(best)
-    return best
-
-
 # ---- GL loader libraries ----
 
 
@@ -365,7 +307,7 @@ def pack(cfg: BundleConfig) -> dict:
     for rel in traced_assets:
         data = (assets_dir / rel).read_bytes()
         if cfg.optimize_png and rel.endswith(".png"):
-            png_before, data = png_before + len(data), _cached_png(data, cache, for_xz=cfg.archive)
+            png_before, data = png_before + len(data), cached_png(data, cache, for_xz=cfg.archive)
             png_after += len(data)
         writer.write(f"libero_assets/{rel}", data)
     for needed in ("scenes", "stable_scanned_objects"):  # vla.libero_env checks these folders exist
@@ -399,26 +341,6 @@ def pack(cfg: BundleConfig) -> dict:
     if cfg.archive:
         manifest["archive_bytes"] = make_archive(out).stat().st_size
     return manifest
-
-
-def make_archive(folder: Path) -> Path:
-    """<folder>.tar.xz, byte-for-byte reproducible: sorted members, zero times and owners, hard links kept."""
-    folder = Path(folder)
-    target = folder.with_name(folder.name + ".tar.xz")
-
-    def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-        return info
-
-    paths = sorted(p for p in folder.rglob("*"))
-    with (
-        lzma.open(target, "wb", format=lzma.FORMAT_XZ, filters=XZ_FILTERS) as xz,
-        tarfile.open(fileobj=xz, mode="w", format=tarfile.PAX_FORMAT) as tar,
-    ):
-        tar.add(folder, arcname=folder.name, recursive=False, filter=clean)
-        for path in paths:
-            tar.add(path, arcname=f"{folder.name}/{path.relative_to(folder).as_posix()}", recursive=False, filter=clean)
-    return target
 
 
 def size_table(manifest: dict) -> str:
