@@ -43,12 +43,17 @@ train_one() {  # $1 = preset
     --run.root_dir "$PROOF/runs" --run.id "$1" --run.save_latest_only false "${resume[@]}" > "$PROOF/train_$1.log" 2>&1
 }
 
+any_alive() {  # true while one of the given processes still runs
+  for pid in "$@"; do kill -0 "$pid" 2>/dev/null && return 0; done
+  return 1
+}
+
 train() {  # the runs share the GPU; with EVAL_WHILE_TRAINING=1 finished checkpoints are evaluated meanwhile
   mkdir -p "$PROOF"
   local pids=()
   for preset in $PRESETS; do train_one "$preset" & pids+=($!); done
   if [ "${EVAL_WHILE_TRAINING:-0}" = 1 ]; then
-    while kill -0 "${pids[@]}" 2>/dev/null; do evaluate_samples || true; sleep 5; done
+    while any_alive "${pids[@]}"; do evaluate_samples || true; sleep 5; done
   fi
   for pid in "${pids[@]}"; do wait "$pid" || { tail -n 20 "$PROOF"/train_*.log; return 1; }; done
   tail -n 2 "$PROOF"/train_*.log
