@@ -12,11 +12,11 @@ records the clean action (DART-style recovery data).
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 from typing import Any
 
 from vla.demos import SUMMARY_FILE, CollectConfig, collect
+from vla.runtime import configure_logging
 
 
 def main(cfg: CollectConfig) -> dict[str, Any]:
@@ -52,5 +52,5 @@ def parse_args(argv: list[str] | None = None) -> CollectConfig:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     main(parse_args())

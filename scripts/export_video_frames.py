@@ -8,10 +8,10 @@ TensorFlow-free training data that `vla.video_frames.VideoFrameDataset` reads.
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from vla.rlds import RLDSConfig
+from vla.runtime import configure_logging
 from vla.video_frames import describe_export, export_video_frames
 
 
@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="export folder (must not exist or be empty)")
     parser.add_argument("--crf", type=int, default=23, help="libx264 quality: lower = larger and closer (0-51)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     cfg = RLDSConfig(data_root_dir=args.data_root_dir, dataset_name=args.dataset_name)
     out = export_video_frames(cfg, args.out, crf=args.crf)
     info = describe_export(out)

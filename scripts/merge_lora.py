@@ -9,12 +9,12 @@ Every field is documented in `vla.merge.MergeConfig`.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import draccus
 
 from vla.merge import MergeConfig, merge, peak_rss_gib
+from vla.runtime import configure_logging
 
 
 def main(cfg: MergeConfig) -> Path:
@@ -24,5 +24,5 @@ def main(cfg: MergeConfig) -> Path:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     main(draccus.parse(MergeConfig))

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import logging
 from pathlib import Path
 
 from vla.rlds import RLDS_VERSION, check_rlds_dir, read_rlds_episodes, write_rlds_dataset
+from vla.runtime import configure_logging
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -28,5 +28,5 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     main()

@@ -9,10 +9,9 @@ Client: `json_numpy.patch(); requests.post("http://HOST:8000/act", json={"image"
 
 from __future__ import annotations
 
-import logging
-
 import draccus
 
+from vla.runtime import configure_logging
 from vla.server import ServeConfig, serve
 
 
@@ -21,5 +20,5 @@ def main(cfg: ServeConfig) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     main(draccus.parse(ServeConfig))
