@@ -203,13 +203,12 @@ def test_libero_builtin_spec_matches_the_layout_without_a_spec(tiny_rlds_dataset
 def test_finetune_official_flags_train_on_a_bridge_like_folder(oxe_root, tmp_path):
     """The official command line `finetune.py --dataset_name bridge_orig --data_root_dir ...` reads a Bridge-layout
     RLDS folder through the built-in spec and saves its statistics under `bridge_orig`."""
-    import importlib.util
     import json
 
+    from scripts_loader import load_script
+
     repo = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("finetune_script", repo / "scripts" / "finetune.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("finetune")
     root, episodes, _ = oxe_root
     args = ["--config", str(repo / "configs" / "tiny.yaml"), "--model.tokenizer_path", str(LLAMA2_DIR),
             "--dataset_name", "bridge_orig", "--data_root_dir", str(root), "--run_root_dir", str(tmp_path),

@@ -1,13 +1,13 @@
 """Demo collection on a fake env pool (no simulator): random placements only (never the fixed eval states), DART-style
 noise on the executed action with the clean action recorded, successes only, and the TF-free frame-store path."""
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from scripts_loader import load_script
 
 import vla.demos as demos
 import vla.env_pool as env_pool
@@ -157,10 +157,7 @@ def test_config_checks_noise_format_and_existing_output(tmp_path):
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("collect_demos", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("collect_demos")
 
 
 def test_demos_and_its_script_import_no_tensorflow():

@@ -128,12 +128,9 @@ def hf_home(tmp_path, monkeypatch):
 
 
 def _load_script():
-    import importlib.util
+    from scripts_loader import load_script
 
-    spec = importlib.util.spec_from_file_location("eval_script", REPO / "scripts" / "eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("eval")
 
 
 class _Validated(Exception):

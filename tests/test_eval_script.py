@@ -1,7 +1,6 @@
 """scripts/eval.py: the CLI maps onto EvalConfig, and `main` evaluates a tiny VLA checkpoint end to end in LIBERO
 with TensorFlow in the main process and the simulator only in the workers."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import LLAMA2_DIR
+from scripts_loader import load_script
 from test_evaluation import RECORD_KEYS
 from test_server import server  # noqa: F401  (scripts/serve.py on a free port with the tiny checkpoint)
 
@@ -19,10 +19,7 @@ SCRIPT = REPO / "scripts" / "eval.py"
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("eval_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("eval")
 
 
 def test_cli_flags_map_onto_the_config():
@@ -119,6 +116,7 @@ from vla.remote_policy import RemotePolicy
 sys.path.insert(0, {script_dir!r})
 import eval as script
 from vla.eval_cli import parse
+from scripts_loader import load_script
 
 local = VLAPolicy(VLA.from_pretrained({checkpoint!r}, dtype=torch.float32), "libero_spatial", center_crop=True,
                   fast_decoding=False)

@@ -3,13 +3,12 @@ through EnvPool and `scripts/collect_demos.py` writing a dataset that is read ba
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from scripts_loader import load_script
 
 from vla.expert import ScriptedExpert, SequenceExpert, UnsupportedTaskError, parse_goal, plan_task, rotation_error
 from vla.expert_skills import STOVE_KNOB, KnobSkill
@@ -211,11 +210,7 @@ def test_expert_solves_a_libero_spatial_episode_through_the_pool(libero_assets_d
 
 
 def _collect_demos_module():
-    spec = importlib.util.spec_from_file_location("collect_demos", REPO / "scripts" / "collect_demos.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_script("collect_demos")
 
 
 def test_collect_demos_cli_parses_the_documented_flags():

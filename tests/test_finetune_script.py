@@ -3,7 +3,6 @@ the tiny config, and a 2-process torchrun (gloo) run that matches one process at
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from scripts_loader import load_script
 
 from vla.run_dir import RunDir
 
@@ -20,10 +20,7 @@ LLAMA2_DIR = REPO.parent / "shared" / "tokenizers" / "llama2"
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("finetune_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("finetune")
 
 
 @pytest.fixture(scope="module")
