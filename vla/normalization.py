@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from vla.run_dir import atomic_write_text
+from vla.files import atomic_write_text
 
 # Official LIBERO recipe: the 6 end-effector deltas are normalized, the gripper (already {0, 1}) is not.
 LIBERO_ACTION_MASK = (True,) * 6 + (False,)
