@@ -116,7 +116,6 @@ from vla.remote_policy import RemotePolicy
 sys.path.insert(0, {script_dir!r})
 import eval as script
 from vla.eval_cli import parse
-from scripts_loader import load_script
 
 local = VLAPolicy(VLA.from_pretrained({checkpoint!r}, dtype=torch.float32), "libero_spatial", center_crop=True,
                   fast_decoding=False)
