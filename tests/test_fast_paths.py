@@ -55,6 +55,30 @@ def test_static_cache_decoder_matches_plain_decoding(tiny_vla):
                                       single)  # fmt: skip
 
 
+def test_bucketed_batches_decode_the_same_actions(tiny_vla):
+    """CUDA graphs run batches padded to a captured shape (extra rows, more pads after BOS): each real row's actions
+    are those of the batch as given and of the plain path."""
+    from vla.batch_shapes import BATCH_BUCKETS, bucket_batch, bucket_length
+    from vla.fast_decode import FastActionDecoder
+
+    assert [bucket_batch(n) for n in (1, 2, 3, 5, 9, 13, 17, 64, 65)] == [1, 2, 4, 8, 12, 16, 24, 64, 80]
+    assert all(bucket_batch(size) == size for size in BATCH_BUCKETS)
+    assert [bucket_length(n) for n in (1, 8, 9, 17)] == [8, 8, 16, 24]
+    fast = FastActionDecoder(tiny_vla)
+    pixel_values, prompts = decode_inputs(tiny_vla, n=5, seed=3)  # 5 rows of 4 instruction lengths
+    plain = tiny_vla.generate_action_ids(pixel_values, prompts, 7)
+    pixels, input_ids, mask, n, padded = fast.batch_inputs(pixel_values, prompts, 7, bucket=True)
+    assert input_ids.shape[0] == 8 and input_ids.shape[1] % 8 == 0 and padded
+    assert input_ids.shape[1] >= max(len(p) for p in prompts) and (mask[5:] == mask[4]).all()
+    np.testing.assert_array_equal(fast.decode(pixels, input_ids, mask, n, padded)[:5].numpy(), plain)
+    same = [prompts[0]] * 3  # one instruction: no pads, whatever the bucket
+    args = fast.batch_inputs(pixel_values[:3], same, 7, bucket=True)
+    assert args[1].shape == (4, len(prompts[0])) and not args[4]
+    np.testing.assert_array_equal(
+        fast.decode(*args)[:3].numpy(), tiny_vla.generate_action_ids(pixel_values[:3], same, 7)
+    )
+
+
 def test_predict_actions_with_fast_decoding(tiny_vla):
     frames, texts = images(3, seed=5), INSTRUCTIONS[:3]
     plain = tiny_vla.predict_actions(frames, texts, unnorm_key="libero_spatial")

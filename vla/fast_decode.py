@@ -1,7 +1,12 @@
 """Fast greedy action decoding: a static KV cache, a Llama pass written over the model's own modules (so LoRA,
 bitsandbytes and weight-only int8 layers run as they are), and one CUDA graph per (batch, prompt length, action size)
 that replays towers -> projector -> prefill -> every decode step with no host round trip; optionally with the
-elementwise ops compiled into fused kernels and q/k/v, gate/up each one matmul over the same weights."""
+elementwise ops compiled into fused kernels and q/k/v, gate/up each one matmul over the same weights.
+
+Batches of every size and instruction mix (an eval's waiting envs, a server's queued requests) map onto few graphs:
+`vla.batch_shapes` pads the batch to a captured size (copies of its last row, whose actions are dropped) and a padded
+batch's prompts to a multiple of 8 ids (more pads after BOS, masked as any pad). The graphs share
+one memory pool: each replay recomputes everything it reads, so they need the workspace of the largest, not the sum."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vla.batch_shapes import bucket_length, pad_batch
 from vla.prompt import pad_prompts
 
 logger = logging.getLogger(__name__)
@@ -38,10 +44,11 @@ class _Graph:
 class FastActionDecoder:
     """`generate_action_ids` with the contract of `VLA.generate_action_ids`, fast.
 
-    cuda_graphs: capture each (B, L, n) shape on its first call (two warm-up runs, then capture), replay it after;
-    off, or on CPU, the same static-cache pass runs eagerly. int8_weight_only: route LLM.int8 layers through
+    cuda_graphs: capture each bucketed (B, L, n) shape on its first call (two warm-up runs, then capture), replay it
+    after; off, or on CPU, the same static-cache pass runs eagerly on the batch as given. int8_weight_only: route LLM.int8 layers through
     `vla.int8_linear` (same int8 weights; needed for graphs, as bitsandbytes' outlier search syncs with the host).
-    max_graphs: captured shapes kept (least recently used dropped; each holds its KV cache and activations).
+    max_graphs: captured shapes kept (least recently used dropped; they share one memory pool for KV cache and
+    activations, each keeps only its static inputs and outputs).
     compile: fuse the elementwise chain of each layer (RMSNorm with the residual add before it, rotary embedding,
     SiLU * up) into `torch.compile`d kernels (True: inductor's "default" mode, or a name from `COMPILE_MODES`); the
     matmuls stay the modules' own. If compilation fails, decoding goes on eagerly and `compile_error` says why.
@@ -57,7 +64,7 @@ class FastActionDecoder:
         *,
         cuda_graphs: bool = True,
         int8_weight_only: bool = True,
-        max_graphs: int = 4,
+        max_graphs: int = 16,
         compile: bool | str = False,
         fuse_projections: bool | None = None,
     ) -> None:
@@ -77,6 +84,7 @@ class FastActionDecoder:
         self.fuse_projections = bool(mode) if fuse_projections is None else fuse_projections
         self._ops = _EAGER if mode is None else _compiled_ops(mode)
         self._graphs: OrderedDict[tuple[int, int, int, bool], _Graph] = OrderedDict()
+        self._pool = None  # the memory pool every graph is captured into
         self._fused: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []  # per layer: (qkv, gate_up) weights
         if int8_weight_only:
             from vla.int8_linear import enable_int8_weight_only
@@ -92,6 +100,7 @@ class FastActionDecoder:
     def reset(self) -> None:
         """Drop every captured graph (and the memory it holds); fuse the projections of modules not fused yet."""
         self._graphs.clear()
+        self._pool = None
         if not self.fuse_projections:
             return
         previous, self._fused = self._fused, []
@@ -106,6 +115,7 @@ class FastActionDecoder:
         """Drop the graphs and give every fused weight its own storage again, layer by layer (e.g. before saving the
         model: safetensors refuses tensors that share memory). Decoding goes on without fused projections."""
         self._graphs.clear()
+        self._pool = None
         fused, self._fused = self._fused, []
         for layer in self._layers[: len(fused)]:
             qkv, gate_up = fused.pop(0)
@@ -126,28 +136,38 @@ class FastActionDecoder:
         vla = self.vla
         if vla.training:  # dropout would differ from what a graph captured: decode as the plain path does
             return vla.generate_action_ids(pixel_values, prompts, n)
-        input_ids, attention_mask = pad_prompts(prompts, vla.config.pad_token_id)
-        pixel_values = pixel_values.to(vla.device, vla.dtype)
-        input_ids, attention_mask = input_ids.to(vla.device), attention_mask.to(vla.device)
-        padded = any(len(p) != len(prompts[0]) for p in prompts)
-        args = (pixel_values, input_ids, attention_mask, n, padded)
-        if not (self.cuda_graphs and vla.device.type == "cuda" and self.graph_error is None):
+        graphs = self.cuda_graphs and vla.device.type == "cuda" and self.graph_error is None
+        rows = len(prompts)
+        args = self.batch_inputs(pixel_values, prompts, n, bucket=graphs)
+        if not graphs:
             return self._decode(*args).cpu().numpy()
+        _, input_ids, attention_mask, _, padded = args
         key = (input_ids.shape[0], input_ids.shape[1], n, padded)
         entry = self._graphs.get(key)
         if entry is None:
             entry = self._capture(*args)
             if entry is None:
-                return self._decode(*args).cpu().numpy()
+                return self._decode(*args)[:rows].cpu().numpy()
             self._graphs[key] = entry
             while len(self._graphs) > self.max_graphs:
                 self._graphs.popitem(last=False)
         self._graphs.move_to_end(key)
-        entry.pixel_values.copy_(pixel_values)
+        entry.pixel_values.copy_(args[0])
         entry.input_ids.copy_(input_ids)
         entry.attention_mask.copy_(attention_mask)
         entry.graph.replay()
-        return entry.tokens.cpu().numpy()
+        return entry.tokens[:rows].cpu().numpy()
+
+    def batch_inputs(self, pixel_values: torch.Tensor, prompts: Sequence[Sequence[int]], n: int, bucket: bool):
+        """`decode`'s arguments on the model's device; bucket: pad to a captured shape (`vla.batch_shapes`)."""
+        vla = self.vla
+        if bucket:
+            pixel_values, prompts = pad_batch(pixel_values, prompts)
+        padded = any(len(p) != len(prompts[0]) for p in prompts)
+        length = bucket_length(max(len(p) for p in prompts)) if bucket and padded else None
+        input_ids, attention_mask = pad_prompts(prompts, vla.config.pad_token_id, length)
+        pixel_values = pixel_values.to(vla.device, vla.dtype)
+        return pixel_values, input_ids.to(vla.device), attention_mask.to(vla.device), n, padded
 
     def _decode(self, *args) -> torch.Tensor:
         """`decode`; if the compiled ops fail (compilation or their first run), record why and go on eagerly."""
@@ -171,8 +191,9 @@ class FastActionDecoder:
                     self._decode(*static, n, padded)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, pool=self._pool):
                 tokens = self.decode(*static, n, padded)
+            self._pool = graph.pool()
         except RuntimeError as err:  # a layer that syncs with the host (e.g. LLM.int8's outlier search)
             error = f"{type(err).__name__}: {err}"
             torch.cuda.synchronize()

@@ -80,11 +80,15 @@ def collate(samples: Sequence[dict], pad_token_id: int = PAD_TOKEN_ID) -> dict[s
 
 
 def pad_prompts(
-    prompts: Sequence[Sequence[int]], pad_token_id: int = PAD_TOKEN_ID
+    prompts: Sequence[Sequence[int]], pad_token_id: int = PAD_TOKEN_ID, length: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """B id lists starting with BOS -> input_ids, attention_mask (B, L) int64, padded *after BOS* (`[BOS | pad... |
-    text]`) so that the image inserted after BOS is followed by each row's text without a gap of pads."""
-    length = max(len(p) for p in prompts)
+    text]`) so that the image inserted after BOS is followed by each row's text without a gap of pads.
+    length: L, at least the longest prompt (default: exactly that)."""
+    longest = max(len(p) for p in prompts)
+    if length is not None and length < longest:
+        raise ValueError(f"length {length} is shorter than the longest prompt ({longest} ids)")
+    length = length or longest
     input_ids = torch.full((len(prompts), length), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros_like(input_ids)
     for row, ids in enumerate(prompts):
