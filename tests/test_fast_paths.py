@@ -71,12 +71,14 @@ def test_bucketed_batches_decode_the_same_actions(tiny_vla):
     assert input_ids.shape[0] == 8 and input_ids.shape[1] % 8 == 0 and padded
     assert input_ids.shape[1] >= max(len(p) for p in prompts) and (mask[5:] == mask[4]).all()
     np.testing.assert_array_equal(fast.decode(pixels, input_ids, mask, n, padded)[:5].numpy(), plain)
-    same = [prompts[0]] * 3  # one instruction: no pads, whatever the bucket
+    same = [prompts[0]] * 3  # one instruction: pads only up to the bucketed length
     args = fast.batch_inputs(pixel_values[:3], same, 7, bucket=True)
-    assert args[1].shape == (4, len(prompts[0])) and not args[4]
+    assert args[1].shape == (4, bucket_length(len(prompts[0]))) and args[4] == (len(prompts[0]) % 8 != 0)
     np.testing.assert_array_equal(
         fast.decode(*args)[:3].numpy(), tiny_vla.generate_action_ids(pixel_values[:3], same, 7)
     )
+    single = fast.batch_inputs(pixel_values[:1], prompts[:1], 7, bucket=True)  # alone: its own length, unmasked
+    assert single[1].shape == (1, len(prompts[0])) and not single[4]
 
 
 def test_predict_actions_with_fast_decoding(tiny_vla):

@@ -19,7 +19,7 @@ BATCH_BUCKETS = (
     48,
     64,
 )  # batch sizes captured; larger batches round up to a multiple of 16
-LENGTH_MULTIPLE = 8  # a padded batch's prompt length rounds up to this (prompts of one length stay unpadded)
+LENGTH_MULTIPLE = 8  # a batch's prompt length rounds up to this (one prompt alone keeps its length)
 
 
 def bucket_batch(rows: int) -> int:
@@ -28,7 +28,7 @@ def bucket_batch(rows: int) -> int:
 
 
 def bucket_length(length: int) -> int:
-    """A padded batch's prompt length, rounded up to a multiple of `LENGTH_MULTIPLE`."""
+    """A batch's prompt length, rounded up to a multiple of `LENGTH_MULTIPLE`."""
     return -(-length // LENGTH_MULTIPLE) * LENGTH_MULTIPLE
 
 

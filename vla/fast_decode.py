@@ -4,8 +4,8 @@ that replays towers -> projector -> prefill -> every decode step with no host ro
 elementwise ops compiled into fused kernels and q/k/v, gate/up each one matmul over the same weights.
 
 Batches of every size and instruction mix (an eval's waiting envs, a server's queued requests) map onto few graphs:
-`vla.batch_shapes` pads the batch to a captured size (copies of its last row, whose actions are dropped) and a padded
-batch's prompts to a multiple of 8 ids (more pads after BOS, masked as any pad). The graphs share
+`vla.batch_shapes` pads the batch to a captured size (copies of its last row, whose actions are dropped) and, for
+batches of more than one, the prompts to a multiple of 8 ids (pads after BOS, masked as any pad). The graphs share
 one memory pool: each replay recomputes everything it reads, so they need the workspace of the largest, not the sum."""
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class FastActionDecoder:
         *,
         cuda_graphs: bool = True,
         int8_weight_only: bool = True,
-        max_graphs: int = 16,
+        max_graphs: int = 32,
         compile: bool | str = False,
         fuse_projections: bool | None = None,
     ) -> None:
@@ -161,10 +161,12 @@ class FastActionDecoder:
     def batch_inputs(self, pixel_values: torch.Tensor, prompts: Sequence[Sequence[int]], n: int, bucket: bool):
         """`decode`'s arguments on the model's device; bucket: pad to a captured shape (`vla.batch_shapes`)."""
         vla = self.vla
+        length = None
         if bucket:
             pixel_values, prompts = pad_batch(pixel_values, prompts)
-        padded = any(len(p) != len(prompts[0]) for p in prompts)
-        length = bucket_length(max(len(p) for p in prompts)) if bucket and padded else None
+            if len(prompts) > 1:  # a batch takes a bucketed length; a single prompt its own (the unmasked path)
+                length = bucket_length(max(len(p) for p in prompts))
+        padded = any(len(p) != (length or len(prompts[0])) for p in prompts)
         input_ids, attention_mask = pad_prompts(prompts, vla.config.pad_token_id, length)
         pixel_values = pixel_values.to(vla.device, vla.dtype)
         return pixel_values, input_ids.to(vla.device), attention_mask.to(vla.device), n, padded

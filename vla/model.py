@@ -171,7 +171,7 @@ class VLA(nn.Module):
         token_ids = generate(self.image_processor(list(images)), prompts, len(stats["q01"]))
         return unnormalize_actions(self.action_tokenizer.decode(token_ids), stats)
 
-    def enable_fast_decoding(self, cuda_graphs: bool = True, max_graphs: int = 16, compile: bool | str = False) -> None:
+    def enable_fast_decoding(self, cuda_graphs: bool = True, max_graphs: int = 32, compile: bool | str = False) -> None:
         """Make `predict_action(s)` decode with `vla.fast_decode.FastActionDecoder` (static KV cache, CUDA graphs on
         GPU; LLM.int8 layers switch to weight-only int8 matmuls over the same int8 weights). compile: also fuse each
         layer's elementwise ops with `torch.compile` and run q/k/v and gate/up of unquantized, LoRA-free layers as one
