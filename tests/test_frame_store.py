@@ -244,3 +244,27 @@ def test_writer_and_reader_need_no_tensorflow(tmp_path):
         "assert next(ds.frames())['image'].shape == (224, 224, 3)\n"
     )
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "s")], check=True)
+
+
+def test_threaded_encoding_keeps_the_frames_in_the_order_they_were_added(tmp_path, monkeypatch):
+    # The writer encodes on 4 threads; episodes that finish out of order must still land in add order, each frame
+    # next to its action. Random encode delays shuffle the completion order; every frame carries its (episode, step).
+    import random
+    import time
+
+    import vla.frame_store as frame_store
+
+    encode, rng = frame_store._encode, random.Random(0)
+    monkeypatch.setattr(frame_store, "_encode", lambda images, size: (time.sleep(rng.random() * 0.01), encode(images, size))[1])  # fmt: skip
+    writer, ids = FrameStoreWriter(tmp_path / "store", "x", image_size=8), []
+    for e in range(120):
+        steps = [(e % 30, e // 30, s) for s in range(1 + e % 5)]
+        images = np.stack([np.full((8, 8, 3), np.array(i, np.uint8) * 8) for i in steps])
+        actions = np.array([[e, s, 0, 0, 0, 0, 0] for _, _, s in steps], np.float32)
+        writer.add_episode({"image": images, "action": actions, "language_instruction": f"{e}"})
+        ids += [(e, s) for _, _, s in steps]
+    root = writer.close()
+    frames = np.fromfile(root / "frames.u8", np.uint8).reshape(-1, 8, 8, 3)[:, 4, 4].astype(int)
+    decoded = [(a + 30 * b, s) for a, b, s in np.rint(frames / 8).astype(int)]
+    assert decoded == ids
+    assert [tuple(a) for a in np.load(root / "actions.npy")[:, :2].astype(int)] == ids
