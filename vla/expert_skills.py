@@ -43,7 +43,9 @@ def fixture_of(region: str) -> str:
 
 PUSH_REASON = (
     "pushing a plate onto a table region is not supported: the push must start between the plate and the cabinet, "
-    "where the arm cannot reach down (the hand meets the cabinet's handles)"
+    "where the arm cannot reach down (the hand meets the cabinet's handles); pushing the rim from inside the plate "
+    "with the closed fingers (hand turned square to the push) was tried: the arm stalls short of the start point and "
+    "the descent shoves the plate sideways"
 )
 DRAWER_REASON = (
     "drawers are not supported: from above, the finger meshes hit the cabinet top and the handle of the drawer "
