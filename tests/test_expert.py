@@ -198,19 +198,21 @@ def test_expert_resolves_a_region_target_to_its_object_and_reset_restarts():
 
 
 @pytest.mark.libero
-def test_expert_solves_a_libero_spatial_episode_through_the_pool(libero_assets_dir):
+@pytest.mark.parametrize("suite, task_id", [("libero_spatial", 0), ("libero_goal", 7)])  # pick-and-place; the knob
+def test_expert_solves_a_libero_episode_through_the_pool(libero_assets_dir, suite, task_id):
     from vla.env_pool import EnvPool, ResetRequest
-    from vla.libero_env import SUITE_MAX_STEPS
+    from vla.libero_env import SUITE_MAX_STEPS, load_init_states
 
-    with EnvPool("libero_spatial", 1, assets_dir=libero_assets_dir, cameras=()) as pool:
-        expert = ScriptedExpert.from_bddl(pool.task_info(0).bddl_file)
-        result = pool.reset({0: ResetRequest(0, seed=5)})[0]
-        for _ in range(SUITE_MAX_STEPS["libero_spatial"]):
+    with EnvPool(suite, 1, assets_dir=libero_assets_dir, cameras=()) as pool:
+        expert = ScriptedExpert.from_bddl(pool.task_info(task_id).bddl_file)
+        init_state = load_init_states(suite, task_id)[0]  # the benchmark's first fixed state, as the eval runs it
+        result = pool.reset({0: ResetRequest(task_id, init_state, seed=7)})[0]
+        for _ in range(SUITE_MAX_STEPS[suite]):
             result = pool.step({0: expert.act(result.obs)})[0]
             assert result.error is None
             if result.done:
                 break
-    assert result.done, f"expert did not finish task 0 in the eval's step limit (phase {expert.phase})"
+    assert result.done, f"expert did not finish {suite} task {task_id} in the eval's step limit (phase {expert.phase})"
 
 
 def _collect_demos_module():

@@ -4,8 +4,8 @@ lacks (drawers, pushing). Each skill is a small phase machine on privileged obse
 
 Fixtures (stoves) expose no joint state in the observations, so their geometry is measured once from the LIBERO
 models and stored here relative to a region site: a stove's knob is a fixed offset from its `_cook_region` site.
-The offset holds for the unrotated stoves of the LIBERO scenes. The knob's angle is not observed: the skill sweeps
-once and reports finished; a sequence whose last skill it is sweeps again while the episode goes on."""
+The offset holds for the unrotated stoves of the LIBERO scenes. The knob's angle is not observed: the skill twists
+once and reports finished; a sequence whose last skill it is twists again while the episode goes on."""
 
 from __future__ import annotations
 
