@@ -137,6 +137,28 @@ def test_noisy_collection_records_clean_actions_of_successes_from_random_placeme
     assert (rows[SUCCEEDS]["successes"], rows[NEVER]["failures"]) == (3, 3)
 
 
+class EchoExpert(ConstantExpert):
+    """The CLEAN action with dim 0 set from the observation it was computed from (the fake env's step count t)."""
+
+    def act(self, observations, instructions):
+        return {s: np.array([obs["robot0_eef_pos"][0] / 10, *CLEAN[1:]]) for s, obs in observations.items()}
+
+
+def test_each_frame_is_paired_with_the_clean_action_computed_from_it(tmp_path, fake_collection):
+    # no off-by-one between a recorded observation and its action, and the noisy executed action is not what is kept
+    demos.collect(_cfg(tmp_path, action_noise=0.2, num_workers=1), EchoExpert())
+    executed = np.stack([a for _, a in fake_collection[-1].requests if not isinstance(a, ResetRequest)])
+    for episode in FakeWriter.instances[-1].episodes:
+        steps = episode["image"][:, 0, 0, 0].astype(np.float32)  # the fake render's value is the step count t
+        np.testing.assert_array_equal(steps, np.arange(SUCCESS_STEP))  # the reset's observation first, none after
+        np.testing.assert_array_equal(episode["state"][:, 0], steps)
+        np.testing.assert_allclose(episode["action"][:, 0], steps / 10, atol=1e-7)
+        np.testing.assert_array_equal(
+            episode["action"][:, 1:], np.tile(CLEAN[1:].astype(np.float32), (SUCCESS_STEP, 1))
+        )
+    assert np.abs(executed[:SUCCESS_STEP, 0] - np.arange(SUCCESS_STEP) / 10).min() > 1e-4  # noise was executed
+
+
 def test_noise_is_reproducible_and_zero_noise_executes_the_clean_action(tmp_path, fake_collection):
     def executed(out, noise):
         demos.collect(_cfg(out, action_noise=noise, num_workers=1), ConstantExpert())

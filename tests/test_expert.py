@@ -11,7 +11,7 @@ import pytest
 from scripts_loader import load_script
 
 from vla.expert import ScriptedExpert, SequenceExpert, UnsupportedTaskError, parse_goal, plan_task, rotation_error
-from vla.expert_skills import STOVE_KNOB, KnobSkill
+from vla.expert_skills import KNOB_GRIP, STOVE_KNOB, KnobSkill
 
 REPO = Path(__file__).resolve().parents[1]
 BDDL = """(define (problem LIBERO_Tabletop_Manipulation)
@@ -106,25 +106,29 @@ def _knob_obs(eef, cook=(-0.25, 0.2, 0.905)):
             "flat_stove_1_cook_region_pos": np.asarray(cook, float)}  # fmt: skip
 
 
-def test_knob_skill_sweeps_the_pointer_towards_plus_y_with_closed_fingers_then_lifts():
+def test_knob_skill_grasps_the_ridge_open_then_twists_counter_clockwise_closed_and_lifts():
+    """On ideal kinematics (5 cm x action per step, the wrist turning 0.5 rad x rotation action)."""
     skill, eef, cook = KnobSkill("flat_stove_1"), np.array([-0.2, 0.0, 1.17]), np.array([-0.25, 0.2, 0.905])
-    knob = cook + STOVE_KNOB
-    phases, sweep_y = [], []
+    grip = cook + STOVE_KNOB + KNOB_GRIP
+    phases, yaw, twist_yaw = [], 0.0, []
     for _ in range(300):
-        action = skill.act(_knob_obs(eef, cook))
-        assert action[6] == 1.0 and np.all(np.abs(action) <= 1)
+        quat = np.array([np.cos(yaw / 2), np.sin(yaw / 2), 0.0, 0.0])  # gripper down, turned `yaw` about world z
+        action = skill.act({**_knob_obs(eef, cook), "robot0_eef_quat": quat})
+        assert np.all(np.abs(action) <= 1)
         phases.append(skill.phase)
-        if skill.phase == "sweep":
-            sweep_y.append(eef[1])
-            assert abs(eef[2] - skill.height) < 0.01 and eef[0] > knob[0]  # level with the pointer, on its +x side
-        eef = eef + 0.05 * 0.5 * action[:3]
+        if skill.phase in ("approach", "descend"):
+            assert action[6] == -1.0  # open while coming down over the ridge
+        if skill.phase == "twist":
+            assert action[6] == 1.0 and np.linalg.norm(eef - grip) < 0.01  # holding the ridge at the knob's axis
+            twist_yaw.append(yaw)
+        eef, yaw = eef + 0.05 * 0.5 * action[:3], yaw + 0.5 * action[5]
         if skill.finished(_knob_obs(eef, cook)):
             break
     assert [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p] == [
-        "approach", "descend", "sweep", "release", "done"
+        "approach", "descend", "close", "twist", "release", "lift", "done"
     ]  # fmt: skip
-    assert sweep_y[0] < knob[1] - 0.03 and sweep_y[-1] > knob[1] + 0.03  # swept across the knob's axis
-    assert eef[2] > skill.height + 0.1
+    assert twist_yaw[-1] - twist_yaw[0] > 0.6  # counter-clockwise seen from above: the knob's "on" direction
+    assert eef[2] > grip[2] + 0.1
 
 
 def test_sequence_expert_moves_on_when_a_skill_finishes_and_repeats_an_unobserved_last_skill():
@@ -194,19 +198,21 @@ def test_expert_resolves_a_region_target_to_its_object_and_reset_restarts():
 
 
 @pytest.mark.libero
-def test_expert_solves_a_libero_spatial_episode_through_the_pool(libero_assets_dir):
+@pytest.mark.parametrize("suite, task_id", [("libero_spatial", 0), ("libero_goal", 7)])  # pick-and-place; the knob
+def test_expert_solves_a_libero_episode_through_the_pool(libero_assets_dir, suite, task_id):
     from vla.env_pool import EnvPool, ResetRequest
-    from vla.libero_env import SUITE_MAX_STEPS
+    from vla.libero_env import SUITE_MAX_STEPS, load_init_states
 
-    with EnvPool("libero_spatial", 1, assets_dir=libero_assets_dir, cameras=()) as pool:
-        expert = ScriptedExpert.from_bddl(pool.task_info(0).bddl_file)
-        result = pool.reset({0: ResetRequest(0, seed=5)})[0]
-        for _ in range(SUITE_MAX_STEPS["libero_spatial"]):
+    with EnvPool(suite, 1, assets_dir=libero_assets_dir, cameras=()) as pool:
+        expert = ScriptedExpert.from_bddl(pool.task_info(task_id).bddl_file)
+        init_state = load_init_states(suite, task_id)[0]  # the benchmark's first fixed state, as the eval runs it
+        result = pool.reset({0: ResetRequest(task_id, init_state, seed=7)})[0]
+        for _ in range(SUITE_MAX_STEPS[suite]):
             result = pool.step({0: expert.act(result.obs)})[0]
             assert result.error is None
             if result.done:
                 break
-    assert result.done, f"expert did not finish task 0 in the eval's step limit (phase {expert.phase})"
+    assert result.done, f"expert did not finish {suite} task {task_id} in the eval's step limit (phase {expert.phase})"
 
 
 def _collect_demos_module():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vla.data import libero_standardize
-from vla.frame_store import FrameStoreDataset, FrameStoreWriter, read_store_index
+from vla.frame_store import FrameStoreDataset, FrameStoreWriter, read_store_index, split_order
 from vla.image_ops import jpeg_roundtrip, resize_image
 from vla.normalization import dataset_statistics, normalize_actions
 from vla.processor import ImageProcessor
@@ -48,9 +48,10 @@ def store(tmp_path_factory, rlds_episodes_factory):
     return _write(tmp_path_factory.mktemp("frames") / "store", episodes), episodes
 
 
-def _expected(episodes, split):
+def _expected(root, episodes, split):
     stats = dataset_statistics(libero_standardize(np.concatenate([e["action"] for e in episodes])), len(episodes))
-    chosen = episodes[:19] if split == "train" else episodes[19:]
+    splits = [ep["split"] for ep in read_store_index(root)["episodes"]]
+    chosen = [e for e, s in zip(episodes, splits, strict=True) if s == split]
     return [
         {
             "image": resize_image(jpeg_roundtrip(image, backend="numpy"), 224, backend="numpy"),
@@ -65,7 +66,8 @@ def _expected(episodes, split):
 def test_index_layout_and_statistics(store):
     root, episodes = store
     index = read_store_index(root)
-    assert [ep["split"] for ep in index["episodes"]] == ["train"] * 19 + ["val"]
+    val = split_order([e["file_path"] for e in episodes])[-1]  # 95 percent of 20: one val episode
+    assert [ep["split"] for ep in index["episodes"]] == ["val" if i == val else "train" for i in range(20)]
     assert [ep["length"] for ep in index["episodes"]] == [len(e["action"]) for e in episodes]
     assert index["num_frames"] == sum(len(e["action"]) for e in episodes) and index["image_size"] == 224
     np.testing.assert_array_equal(np.load(root / "actions.npy"), np.concatenate([e["action"] for e in episodes]))
@@ -74,10 +76,33 @@ def test_index_layout_and_statistics(store):
     assert stored == json.loads(json.dumps({"store": dataset_statistics(actions, 20)}))
 
 
+def test_val_mixes_tasks_and_ignores_the_order_episodes_came_in(tmp_path):
+    # A collection adds episodes task by task (10 tasks x 60, as the issue-14 run): val must not be the tail (= the
+    # last task alone), as the RLDS path's key-hash storage order does not make it; the same episodes added in
+    # another order get the same split.
+    paths = [
+        f"scripted_expert/libero_spatial/task{t}_seed{100_000 + 1_000 * t + e}" for t in range(10) for e in range(60)
+    ]
+    tiny = np.zeros((1, 8, 8, 3), np.uint8)
+
+    def val_paths(order, name):
+        writer = FrameStoreWriter(tmp_path / name, "x", image_size=8)
+        for i in order:
+            writer.add_episode({"image": tiny, "action": np.zeros((1, 7), np.float32), "language_instruction": "t",
+                                "file_path": paths[i]})  # fmt: skip
+        return [ep["file_path"] for ep in read_store_index(writer.close())["episodes"] if ep["split"] == "val"]
+
+    val = val_paths(range(600), "in_order")
+    assert len(val) == 30 and val != paths[-30:]
+    per_task = collections.Counter(path.split("/")[-1].split("_")[0] for path in val)
+    assert len(per_task) >= 5 and max(per_task.values()) <= 10, per_task
+    assert sorted(val_paths(range(599, -1, -1), "reversed")) == sorted(val)
+
+
 def test_val_is_one_pass_of_the_rlds_pipeline_frames(store):
     root, episodes = store
     ds = _dataset(root, split="val")
-    got, expected = list(ds.frames()), _expected(episodes, "val")
+    got, expected = list(ds.frames()), _expected(root, episodes, "val")
     assert (ds.num_episodes, ds.num_frames) == (1, len(expected)) and len(got) == len(expected)
     for frame, want in zip(got, expected, strict=True):
         assert frame["instruction"] == want["instruction"]
@@ -87,7 +112,7 @@ def test_val_is_one_pass_of_the_rlds_pipeline_frames(store):
 
 def test_train_epochs_are_seeded_permutations_and_samples_match(store):
     root, episodes = store
-    expected = {_key(f): f["image"] for f in _expected(episodes, "train")}
+    expected = {_key(f): f["image"] for f in _expected(root, episodes, "train")}
     ds = _dataset(root, chunk_size=8)
     stream = _take(ds, 2 * ds.num_frames)
     epochs = [stream[: ds.num_frames], stream[ds.num_frames :]]
@@ -144,7 +169,7 @@ def test_augmentation_changes_train_pixels_only(store):
 
 def test_ranks_partition_the_split(store):
     root, episodes = store
-    expected = collections.Counter(map(_key, _expected(episodes, "train")))
+    expected = collections.Counter(map(_key, _expected(root, episodes, "train")))
     shards = [_dataset(root, rank=r, world_size=3) for r in range(3)]
     got = collections.Counter(_key(f) for s in shards for f in _take(s, len(s._mine)))
     assert got == expected and sum(len(s._mine) for s in shards) == shards[0].num_frames
@@ -219,3 +244,27 @@ def test_writer_and_reader_need_no_tensorflow(tmp_path):
         "assert next(ds.frames())['image'].shape == (224, 224, 3)\n"
     )
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "s")], check=True)
+
+
+def test_threaded_encoding_keeps_the_frames_in_the_order_they_were_added(tmp_path, monkeypatch):
+    # The writer encodes on 4 threads; episodes that finish out of order must still land in add order, each frame
+    # next to its action. Random encode delays shuffle the completion order; every frame carries its (episode, step).
+    import random
+    import time
+
+    import vla.frame_store as frame_store
+
+    encode, rng = frame_store._encode, random.Random(0)
+    monkeypatch.setattr(frame_store, "_encode", lambda images, size: (time.sleep(rng.random() * 0.01), encode(images, size))[1])  # fmt: skip
+    writer, ids = FrameStoreWriter(tmp_path / "store", "x", image_size=8), []
+    for e in range(120):
+        steps = [(e % 30, e // 30, s) for s in range(1 + e % 5)]
+        images = np.stack([np.full((8, 8, 3), np.array(i, np.uint8) * 8) for i in steps])
+        actions = np.array([[e, s, 0, 0, 0, 0, 0] for _, _, s in steps], np.float32)
+        writer.add_episode({"image": images, "action": actions, "language_instruction": f"{e}"})
+        ids += [(e, s) for _, _, s in steps]
+    root = writer.close()
+    frames = np.fromfile(root / "frames.u8", np.uint8).reshape(-1, 8, 8, 3)[:, 4, 4].astype(int)
+    decoded = [(a + 30 * b, s) for a, b, s in np.rint(frames / 8).astype(int)]
+    assert decoded == ids
+    assert [tuple(a) for a in np.load(root / "actions.npy")[:, :2].astype(int)] == ids

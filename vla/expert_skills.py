@@ -4,8 +4,8 @@ lacks (drawers, pushing). Each skill is a small phase machine on privileged obse
 
 Fixtures (stoves) expose no joint state in the observations, so their geometry is measured once from the LIBERO
 models and stored here relative to a region site: a stove's knob is a fixed offset from its `_cook_region` site.
-The offset holds for the unrotated stoves of the LIBERO scenes. The knob's angle is not observed: the skill sweeps
-once and reports finished; a sequence whose last skill it is sweeps again while the episode goes on."""
+The offset holds for the unrotated stoves of the LIBERO scenes. The knob's angle is not observed: the skill twists
+once and reports finished; a sequence whose last skill it is twists again while the episode goes on."""
 
 from __future__ import annotations
 
@@ -22,7 +22,10 @@ class UnsupportedTaskError(ValueError):
 
 
 STOVE_KNOB = (-0.15, 0.0, 0.0)  # the knob's hinge axis minus the stove's cook-region site (flat_stove)
-KNOB_LEVER = 0.025  # the knob's pointer reaches this far along +x from its axis; pushing it towards +y turns it on
+# The knob's grip is a ridge across its top, ~9 cm long along x (from -5.2 to +4.0 cm of the axis) and 2.5 cm wide,
+# standing from 0.013 to 0.045 m above the stove's base; its hinge (vertical, damping 1, limits -0.005..2.1 rad)
+# turns the stove on past +0.5 rad, counter-clockwise seen from above.
+KNOB_GRIP = (-0.006, 0.0, 0.03)  # gripper site while holding the ridge, from the knob's axis at the stove's base
 
 
 def category(name: str) -> str:
@@ -40,7 +43,9 @@ def fixture_of(region: str) -> str:
 
 PUSH_REASON = (
     "pushing a plate onto a table region is not supported: the push must start between the plate and the cabinet, "
-    "where the arm cannot reach down (the hand meets the cabinet's handles)"
+    "where the arm cannot reach down (the hand meets the cabinet's handles); pushing the rim from inside the plate "
+    "with the closed fingers (hand turned square to the push) was tried: the arm stalls short of the start point and "
+    "the descent shoves the plate sideways"
 )
 DRAWER_REASON = (
     "drawers are not supported: from above, the finger meshes hit the cabinet top and the handle of the drawer "
@@ -122,12 +127,13 @@ class Skill:
 
 
 class KnobSkill(Skill):
-    """Turn a flat stove on: the closed gripper comes down beside the knob's pointer and sweeps it round (towards
-    +y, the direction that raises the knob's hinge angle past LIBERO's 0.5 rad `TurnOn` threshold)."""
+    """Turn a flat stove on: grasp the ridge on the knob's top with the fingers closing across it (the gripper's
+    starting yaw), then twist the wrist counter-clockwise; the ridge's ends carry the wrist's torque to the hinge
+    (pushing the ridge with the closed fingers stalls on its edge a few degrees in)."""
 
-    PHASES = ("approach", "descend", "sweep", "release", "done")
-    sweep = 0.06  # m the fingers travel past the knob's axis along +y
-    height = 0.93  # gripper site height while sweeping (the pointer stands ~0.92-0.95 m)
+    PHASES = ("approach", "descend", "close", "twist", "release", "lift", "done")
+    twist = 0.9  # rad of wrist yaw asked for (the stove is on past 0.5 rad of knob)
+    twist_steps = 40
 
     def __init__(self, stove: str):
         if category(stove) != "flat_stove":
@@ -135,30 +141,46 @@ class KnobSkill(Skill):
         self.stove = stove
         super().__init__()
 
+    def reset(self) -> None:
+        super().reset()
+        self.home_quat: np.ndarray | None = None
+
     def finished(self, obs: dict[str, np.ndarray]) -> bool:
         return self.phase == "done"
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         eef, quat = self._tick(obs)
-        knob = np.asarray(obs[f"{self.stove}_cook_region_pos"], float) + STOVE_KNOB
-        start = np.array([knob[0] + KNOB_LEVER, knob[1] - 0.045, self.height])
-        if self.phase == "approach":
-            goal = start + [0, 0, 0.08]
-            if self._arrived(eef, goal, 0.015):
+        if self.home_quat is None:
+            self.home_quat = self.quat.copy()
+        grip = np.asarray(obs[f"{self.stove}_cook_region_pos"], float) + STOVE_KNOB + KNOB_GRIP
+        phase, gripper = self.phase, -1.0
+        if phase == "approach":
+            goal = grip + [0, 0, 0.08]
+            if self._arrived(eef, goal, 0.01):
                 self._next("descend")
-        elif self.phase == "descend":
-            goal = start
-            if self._arrived(eef, goal, 0.008):
-                self._next("sweep")
-        elif self.phase == "sweep":
-            goal = np.array([start[0], knob[1] + self.sweep, self.height])
-            if self._arrived(eef, goal, 0.01, timeout=60):
+        elif phase == "descend":
+            goal = grip
+            if self._arrived(eef, goal, 0.006):
+                self._next("close")
+        elif phase == "close":
+            goal, gripper = grip, 1.0
+            if self.phase_steps >= 12:
+                self._next("twist")
+        elif phase == "twist":
+            goal, gripper = grip, 1.0
+            half = self.twist / 2
+            self.quat = _quat_mul(np.array([0.0, 0.0, np.sin(half), np.cos(half)]), self.home_quat)
+            if self.phase_steps >= self.twist_steps:
                 self._next("release")
-            return self._action(eef, quat, goal, 1.0, speed=0.5)
-        elif self.phase == "release":
-            goal = np.array([eef[0], eef[1], self.height + 0.12])
+        elif phase == "release":
+            goal = eef
+            if self.phase_steps >= 8:
+                self._next("lift")
+        elif phase == "lift":
+            goal = np.array([eef[0], eef[1], grip[2] + 0.12])
             if self._arrived(eef, goal, 0.02, timeout=30):
+                self.quat = self.home_quat.copy()
                 self._next("done")
         else:
-            return self._action(eef, quat, eef, 1.0)
-        return self._action(eef, quat, goal, 1.0)
+            goal = eef
+        return self._action(eef, quat, goal, gripper)

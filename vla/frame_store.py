@@ -11,12 +11,18 @@ Layout of `<out_dir>`:
 - `actions.npy`: raw actions (N, 7) float32 in LIBERO's convention, episodes concatenated;
 - `dataset_statistics.json`: `{dataset_name: stats}`, computed as `vla.rlds` computes them (all episodes);
 - `index.json`: written last and atomically (temp + rename) by `close()`: format, name, image size, and per episode
-  its length, instruction and split (first 95 percent of episodes train, by tfds' rounding). A folder without it is a
-  collection that never finished, and reading it says so.
+  its length, instruction and split. A folder without it is a collection that never finished, and reading it says so.
+
+The split is the RLDS path's: 95 percent of the episodes train (tfds' rounding), the rest val, taken in a hashed
+order of the episodes' `file_path`s (`split_order`), not in the order they were added. An RLDS dataset stores its
+episodes in tfds' key-hash order, so its last 5 percent mix tasks; a collection adds episodes task by task, so its
+tail would be the last task alone (a 585-episode libero_spatial collection: all 29 val episodes from task 9, which
+kept only 31 of its 60 for training).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections import deque
@@ -40,6 +46,13 @@ ACTIONS_NAME = "actions.npy"
 IMAGE_SIZE = 224  # the towers' input size: frames are stored already resized to it
 _ENCODE_THREADS = 4  # encoder threads: keep up with ~16 simulators on a 16-core node
 _MAX_PENDING = 16  # episodes waiting to be encoded before add_episode blocks (bounds memory: ~30 MB each)
+
+
+def split_order(file_paths: list[str]) -> list[int]:
+    """Episode numbers in the order the 95/5 split is taken: sorted by a hash of each `file_path` (the episode's
+    number when it has none), so the split depends on which episodes there are, not on the order they came in."""
+    keys = [path or f"#{number}" for number, path in enumerate(file_paths)]
+    return sorted(range(len(keys)), key=lambda n: (hashlib.sha256(keys[n].encode()).digest(), n))
 
 
 def _encode(images: np.ndarray, size: int) -> bytes:
@@ -117,8 +130,9 @@ class FrameStoreWriter:
         np.save(self.out_dir / ACTIONS_NAME, actions)
         stats = dataset_statistics(STANDARDIZE_FNS["libero"](actions), len(self._episodes))
         save_dataset_statistics(self.out_dir / STATS_NAME, {self.dataset_name: stats})
-        n_train = train_episodes(len(self._episodes))
-        episodes = [{**ep, "split": "train" if i < n_train else "val"} for i, ep in enumerate(self._episodes)]
+        order = split_order([ep["file_path"] for ep in self._episodes])
+        train = set(order[: train_episodes(len(order))])
+        episodes = [{**ep, "split": "train" if i in train else "val"} for i, ep in enumerate(self._episodes)]
         index = {
             "format_version": FORMAT_VERSION,
             "dataset_name": self.dataset_name,
