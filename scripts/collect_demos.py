@@ -1,8 +1,8 @@
 """Collect scripted-expert LIBERO demonstrations as a dataset `<out>/<suite>_no_noops/` (RLDS, or a TF-free frame
 store with --format frames), recorded as OpenVLA's regenerated data: 256² images rotated 180°, state, joint state,
 actions, no-op steps dropped, failed episodes dropped. Initial states come from LIBERO's random placement, never the
-fixed eval states. --action_noise S executes the expert's action plus N(0, S²) noise on the xyz/rpy deltas and
-records the clean action (DART-style recovery data).
+fixed eval states. --action_noise S executes the expert's action plus N(0, S²) noise on the xyz deltas (--noise_dims
+xyzrpy: the rotation deltas too) and records the clean action (DART-style recovery data).
 
     python scripts/collect_demos.py --task_suite libero_spatial --episodes_per_task 50 --out data/demos --num_workers 2
     python scripts/collect_demos.py --task_suite libero_spatial --episodes_per_task 2 --out /tmp/demos --tasks 0,1
@@ -43,7 +43,8 @@ def parse_args(argv: list[str] | None = None) -> CollectConfig:
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--max_steps", type=int, default=d.max_steps)
     parser.add_argument("--libero_assets", default=d.libero_assets)
-    parser.add_argument("--action_noise", type=float, default=d.action_noise, help="std on xyz/rpy, e.g. 0.1")
+    parser.add_argument("--action_noise", type=float, default=d.action_noise, help="noise std, e.g. 0.1")
+    parser.add_argument("--noise_dims", choices=("xyz", "xyzrpy"), default=d.noise_dims, help="the deltas noised")
     parser.add_argument("--format", choices=("rlds", "frames"), default=d.format, help="default: rlds if TF imports")
     parser.add_argument("--gl", choices=("egl", "osmesa"), default=d.gl, help="default: $MUJOCO_GL, else egl")
     int_list = lambda s: [int(t) for t in s.split(",")]  # noqa: E731

@@ -15,7 +15,8 @@ cd "$(dirname "$0")/.."
 SUITE=${SUITE:-libero_spatial}
 PROOF=${PROOF:-outputs/proof}
 EPISODES=${EPISODES:-60}         # expert attempts per task; failures are dropped
-NOISE=${NOISE:-0.15}             # std of the DART-style noise on the executed xyz/rpy deltas
+NOISE=${NOISE:-0.15}             # std of the DART-style noise on the executed deltas
+NOISE_DIMS=${NOISE_DIMS:-xyz}    # xyz | xyzrpy (rotation noise makes the clean rpy labels unlearnable: docs/RESULTS.md)
 STEPS=${STEPS:-4000}             # optimizer steps of batch 128 per model
 SAVES=${SAVES:-5}                # checkpoints per run (evaluated one by one: the learning curve)
 WORKERS=${WORKERS:-16}           # simulator processes
@@ -31,7 +32,7 @@ collect() {
   if [ -f "$DATA/index.json" ]; then echo "demos: $DATA is complete"; return; fi
   rm -rf "$PROOF/data"  # an unfinished store (no index.json) is started again
   $PY scripts/collect_demos.py --task_suite "$SUITE" --episodes_per_task "$EPISODES" --action_noise "$NOISE" \
-    --format frames --num_workers "$WORKERS" --seed 1 --out "$PROOF/data" ${TASKS:+--tasks "${TASKS//[\[\]]/}"}
+    --noise_dims "$NOISE_DIMS" --format frames --num_workers "$WORKERS" --seed 1 --out "$PROOF/data" ${TASKS:+--tasks "${TASKS//[\[\]]/}"}
 }
 
 train_one() {  # $1 = preset

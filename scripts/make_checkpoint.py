@@ -39,6 +39,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--device", default="cpu", help="where the random weights are drawn (cuda is much faster)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max_shard_gb", type=float, default=5.0, help="GB per safetensors shard (official: ~5)")
     parser.add_argument("--adapter", type=Path, help="also write a random LoRA adapter (nonzero B) here")
     parser.add_argument("--lora_rank", type=int, default=32)
     args = parser.parse_args(argv)
@@ -61,7 +62,7 @@ def main(args: argparse.Namespace) -> Path:
     stats = {key: synthetic_stats() for key in args.unnorm_key}
     vla = build_vla(VLAConfig.preset(args.preset), load_tokenizer(args.tokenizer), norm_stats=stats,
                     device=args.device, dtype=dtype)  # fmt: skip
-    save_official_checkpoint(vla, args.out, dtype=dtype)
+    save_official_checkpoint(vla, args.out, dtype=dtype, max_shard_size=int(args.max_shard_gb * 1e9))
     print(f"checkpoint: {args.out}")
     if args.adapter is not None:
         apply_lora(vla, LoraSettings(rank=args.lora_rank))

@@ -129,9 +129,9 @@ def test_noisy_collection_records_clean_actions_of_successes_from_random_placeme
         assert episode["action"].shape == (SUCCESS_STEP, 7) and episode["image"].shape == (SUCCESS_STEP, 8, 8, 3)
         np.testing.assert_array_equal(episode["action"], np.tile(CLEAN.astype(np.float32), (SUCCESS_STEP, 1)))
     executed = np.stack([a for _, a in pool.requests if not isinstance(a, ResetRequest)])
-    assert np.all(executed[:, 6] == CLEAN[6])  # the gripper command is never noised
-    noise = executed[:, :6] - CLEAN[:6]
-    assert np.all(np.abs(executed[:, :6]) <= 1) and 0.1 < noise.std() < 0.3
+    assert np.all(executed[:, 3:] == CLEAN[3:])  # by default rotations and the gripper command are not noised
+    noise = executed[:, :3] - CLEAN[:3]
+    assert np.all(np.abs(executed[:, :3]) <= 1) and 0.1 < noise.std() < 0.3
     assert summary["format"] == "frames" and summary["timing"]["steps"] == len(executed)
     rows = {r["task_id"]: r for r in summary["tasks"]}
     assert (rows[SUCCEEDS]["successes"], rows[NEVER]["failures"]) == (3, 3)
@@ -157,6 +157,14 @@ def test_each_frame_is_paired_with_the_clean_action_computed_from_it(tmp_path, f
             episode["action"][:, 1:], np.tile(CLEAN[1:].astype(np.float32), (SUCCESS_STEP, 1))
         )
     assert np.abs(executed[:SUCCESS_STEP, 0] - np.arange(SUCCESS_STEP) / 10).min() > 1e-4  # noise was executed
+
+
+def test_noise_dims_xyzrpy_noises_the_rotations_too(tmp_path, fake_collection):
+    demos.collect(_cfg(tmp_path, action_noise=0.2, noise_dims="xyzrpy", num_workers=1), ConstantExpert())
+    executed = np.stack([a for _, a in fake_collection[-1].requests if not isinstance(a, ResetRequest)])
+    assert np.all(executed[:, 6] == CLEAN[6]) and 0.1 < (executed[:, 3:6] - CLEAN[3:6]).std() < 0.3
+    with pytest.raises(ValueError, match="noise_dims"):
+        _cfg(tmp_path / "x", noise_dims="rpy").validate()
 
 
 def test_noise_is_reproducible_and_zero_noise_executes_the_clean_action(tmp_path, fake_collection):
