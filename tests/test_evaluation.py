@@ -200,6 +200,18 @@ def test_one_batched_act_for_all_waiting_envs_and_fixed_initial_states(tmp_path,
     assert timing["env_step_s"] == pytest.approx(0.25 * len(pool.steps)) and timing["env_reset_s"] == 3.0
 
 
+def test_the_timing_so_far_is_logged_while_the_run_goes(tmp_path, fake_libero, monkeypatch, caplog):
+    import vla.env_scheduler
+
+    monkeypatch.setattr(vla.env_scheduler, "PROGRESS_LOG_S", 0.0)  # every turn of the loop
+    with caplog.at_level("INFO", logger="vla.env_scheduler"):
+        evaluate(_cfg(tmp_path, tasks=[NEVER], num_trials_per_task=2, num_envs=2), RecordingPolicy())
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("so far, timing:")]
+    assert len(lines) >= 5 and "steps in" in lines[-1] and "resets" in lines[-1]
+    steps = [int(line.split("timing: ")[1].split(" steps")[0]) for line in lines]
+    assert steps == sorted(steps) and steps[-1] > 0  # the counts grow as the run goes
+
+
 def test_a_policy_exception_is_an_error_with_traceback_and_the_run_goes_on(tmp_path, fake_libero):
     policy = RecordingPolicy(raise_for={"do thing 1"})
     summary = evaluate(_cfg(tmp_path, tasks=[SUCCEEDS, NEVER], num_envs=1), policy)

@@ -5,6 +5,8 @@ the policy computes. Per-episode outcomes depend only on the job and the policy,
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 import traceback
 from collections import deque
@@ -17,6 +19,9 @@ import numpy as np
 from vla.env_pool import EnvPool, ResetRequest, StepResult
 from vla.libero_env import TaskInfo
 from vla.policies import Observation, Policy
+
+log = logging.getLogger(__name__)
+PROGRESS_LOG_S = 60.0  # default period of the "so far" timing line
 
 
 @dataclass(frozen=True)
@@ -96,10 +101,19 @@ ActionHook = Callable[[Episode, np.ndarray], np.ndarray]
 class Scheduler:
     """Runs `jobs` on `pool` with `policy`, each episode until `done` or `max_steps` actions. `run` yields every
     Outcome as it happens; `timing` accumulates over runs. A policy exception ends the episodes of that batch as
-    errors, an env exception its own episode; the run goes on."""
+    errors, an env exception its own episode; the run goes on. Every `log_every_s` (default `PROGRESS_LOG_S`) the
+    timing so far is logged, so a run stopped from outside (a job's time limit) still says where its time went."""
 
-    def __init__(self, pool: EnvPool, policy: Policy, max_steps: int, on_action: ActionHook | None = None):
+    def __init__(
+        self,
+        pool: EnvPool,
+        policy: Policy,
+        max_steps: int,
+        on_action: ActionHook | None = None,
+        log_every_s: float | None = None,
+    ):
         self.pool, self.policy, self.max_steps, self.on_action = pool, policy, max_steps, on_action
+        self.log_every_s = PROGRESS_LOG_S if log_every_s is None else log_every_s
         self.timing = Timing(num_workers=pool.num_workers)
 
     def run(self, jobs: Iterable[Job]) -> Iterator[Outcome]:
@@ -107,8 +121,14 @@ class Scheduler:
         queue, free = deque(jobs), deque(range(self.pool.num_workers))
         busy: dict[int, Episode] = {}  # a request in flight
         waiting: dict[int, Episode] = {}  # an observation, no action yet
+        logged = started
         try:
             while queue or busy or waiting:
+                now = time.perf_counter()
+                if now - logged >= self.log_every_s:
+                    logged = now
+                    so_far = dataclasses.replace(self.timing, wall_s=self.timing.wall_s + now - started)
+                    log.info("so far, %s", so_far.line())
                 while free and queue:
                     outcome = self._start(free.popleft(), queue.popleft(), busy)
                     if outcome is not None:
