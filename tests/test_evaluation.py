@@ -212,6 +212,19 @@ def test_the_timing_so_far_is_logged_while_the_run_goes(tmp_path, fake_libero, m
     assert steps == sorted(steps) and steps[-1] > 0  # the counts grow as the run goes
 
 
+def test_a_policy_that_warms_up_gets_the_instructions_and_envs_before_the_first_step(tmp_path, fake_libero):
+    class WarmPolicy(RecordingPolicy):
+        warmed = None
+
+        def warm_up(self, instructions, max_batch):
+            assert not self.calls  # before any action
+            self.warmed = (instructions, max_batch)
+
+    policy = WarmPolicy()
+    evaluate(_cfg(tmp_path, tasks=[SUCCEEDS, NEVER], num_trials_per_task=2, num_envs=3), policy)
+    assert policy.warmed == (["do thing 0", "do thing 1"], 3) and policy.calls
+
+
 def test_a_policy_exception_is_an_error_with_traceback_and_the_run_goes_on(tmp_path, fake_libero):
     policy = RecordingPolicy(raise_for={"do thing 1"})
     summary = evaluate(_cfg(tmp_path, tasks=[SUCCEEDS, NEVER], num_envs=1), policy)

@@ -81,6 +81,33 @@ def test_bucketed_batches_decode_the_same_actions(tiny_vla):
     assert single[1].shape == (1, len(prompts[0])) and not single[4]
 
 
+def test_warm_up_covers_every_batch_shape_of_its_instructions(tiny_vla):
+    """Every batch of up to max_batch of the warmed instructions runs in a shape the warm-up captured."""
+    from vla.batch_shapes import warmup_batches
+    from vla.fast_decode import FastActionDecoder
+
+    fast = FastActionDecoder(tiny_vla)
+    texts = [*INSTRUCTIONS, "pick up the bowl", "open the drawer"]
+    prompts = [tiny_vla.sequence_builder.inference_ids(t) for t in texts]
+    pixel = tiny_vla.image_processor(images(1))
+
+    def key(batch):
+        _, ids, _, n, padded = fast.batch_inputs(pixel.expand(len(batch), -1, -1, -1), batch, 7, bucket=True)
+        return ids.shape[0], ids.shape[1], n, padded
+
+    warmed = {key(batch) for batch in warmup_batches(prompts, max_batch=12)}
+    assert len(warmed) <= 32  # within the decoder's default max_graphs
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        size = int(rng.integers(1, 13))
+        batch = [prompts[i] for i in rng.integers(0, len(prompts), size)]
+        assert key(batch) in warmed, [len(p) for p in batch]
+    assert tiny_vla.warm_up_decoding(texts, 12, "libero_spatial") == 0  # no fast decoder: nothing to capture
+    tiny_vla.enable_fast_decoding()
+    assert tiny_vla.warm_up_decoding(texts, 12, "libero_spatial") == 0  # on the CPU no graphs are captured
+    tiny_vla.disable_fast_decoding()
+
+
 def test_predict_actions_with_fast_decoding(tiny_vla):
     frames, texts = images(3, seed=5), INSTRUCTIONS[:3]
     plain = tiny_vla.predict_actions(frames, texts, unnorm_key="libero_spatial")

@@ -39,3 +39,20 @@ def pad_batch(pixel_values: torch.Tensor, prompts: Sequence[Sequence[int]]):
         return pixel_values, prompts
     filler = pixel_values[-1:].expand(extra, *pixel_values.shape[1:])
     return torch.cat([pixel_values, filler]), [*prompts, *[prompts[-1]] * extra]
+
+
+def warmup_batches(prompts: Sequence[Sequence[int]], max_batch: int) -> list[list[Sequence[int]]]:
+    """Batches whose bucketed shapes are those that any batch of up to `max_batch` of these prompts runs in: each
+    prompt length alone; and for every batch bucket > 1 and every bucketed length, a padded batch (the longest prompt of
+    that length with the shortest) and, for prompts exactly as long as their bucket, the unpadded batch of one prompt."""
+    distinct = list({tuple(p): p for p in prompts}.values())
+    shortest = min(distinct, key=len)
+    batches = [[p] for p in {len(p): p for p in distinct}.values()]
+    for size in (b for b in BATCH_BUCKETS if 1 < b <= bucket_batch(max_batch)):
+        for length in sorted({bucket_length(len(p)) for p in distinct}):
+            group = [p for p in distinct if bucket_length(len(p)) == length]
+            longest = max(group, key=len)
+            if len(shortest) < length:
+                batches.append([longest, *[shortest] * (size - 1)])
+            batches.extend([p] * size for p in {len(p): p for p in group if len(p) == length}.values())
+    return batches

@@ -272,6 +272,8 @@ def evaluate(cfg: EvalConfig, policy: Policy) -> dict[str, Any]:
                 open_pool(cfg.task_suite, num_workers, cameras, cfg.render, cfg.libero_assets) as pool,
                 tqdm(total=len(jobs), desc=f"{cfg.task_suite} episodes", unit="ep") as bar,
             ):
+                if hasattr(policy, "warm_up"):  # while the workers start: no graph capture mid-run
+                    policy.warm_up(sorted({job.task.language for job in jobs}), num_workers)
                 scheduler = Scheduler(pool, policy, cfg.episode_steps, on_action=recorder.on_action)
                 for outcome in scheduler.run(jobs):
                     record = recorder.finish(outcome.episode, outcome.status, outcome.error)

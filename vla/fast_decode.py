@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vla.batch_shapes import bucket_length, pad_batch
+from vla.batch_shapes import bucket_length, pad_batch, warmup_batches
+from vla.fused_projections import fuse, gate_up_modules, is_fused, qkv_modules
 from vla.prompt import pad_prompts
 
 logger = logging.getLogger(__name__)
@@ -106,9 +107,9 @@ class FastActionDecoder:
         previous, self._fused = self._fused, []
         for i, layer in enumerate(self._layers):
             pair = []
-            for which, modules in enumerate((_qkv_modules(layer), _gate_up_modules(layer))):
+            for which, modules in enumerate((qkv_modules(layer), gate_up_modules(layer))):
                 old = previous[i][which] if i < len(previous) else None
-                pair.append(old if old is not None and _is_fused(old, modules) else _fuse(modules))
+                pair.append(old if old is not None and is_fused(old, modules) else fuse(modules))
             self._fused.append((pair[0], pair[1]))
 
     def release(self) -> None:
@@ -119,8 +120,8 @@ class FastActionDecoder:
         fused, self._fused = self._fused, []
         for layer in self._layers[: len(fused)]:
             qkv, gate_up = fused.pop(0)
-            for weight, modules in ((qkv, _qkv_modules(layer)), (gate_up, _gate_up_modules(layer))):
-                if weight is not None and _is_fused(weight, modules):
+            for weight, modules in ((qkv, qkv_modules(layer)), (gate_up, gate_up_modules(layer))):
+                if weight is not None and is_fused(weight, modules):
                     for module in modules:
                         module.weight.data = module.weight.data.clone()
             del qkv, gate_up, weight  # the last reference to this layer's buffers: freed before the next clone
@@ -157,6 +158,16 @@ class FastActionDecoder:
         entry.attention_mask.copy_(attention_mask)
         entry.graph.replay()
         return entry.tokens[:rows].cpu().numpy()
+
+    def warm_up(self, pixel_values: torch.Tensor, prompts: Sequence[Sequence[int]], max_batch: int, n: int) -> int:
+        """Capture now the graphs that batches of up to `max_batch` of these prompts need (`warmup_batches`), so no
+        capture stalls a live request or env; pixel_values (1, 6, S, S). Returns the graphs captured (0 off CUDA)."""
+        if not (self.cuda_graphs and self.vla.device.type == "cuda"):
+            return 0
+        before = len(self._graphs)
+        for batch in warmup_batches(prompts, max_batch):
+            self.generate_action_ids(pixel_values.expand(len(batch), *pixel_values.shape[1:]), batch, n)
+        return len(self._graphs) - before
 
     def batch_inputs(self, pixel_values: torch.Tensor, prompts: Sequence[Sequence[int]], n: int, bucket: bool):
         """`decode`'s arguments on the model's device; bucket: pad to a captured shape (`vla.batch_shapes`)."""
@@ -266,7 +277,7 @@ class FastActionDecoder:
         x = ops.rms_norm(hidden, *_norm_args(llama.layers[0].input_layernorm))
         for i, layer in enumerate(llama.layers):
             attn = layer.self_attn
-            q, k, v = self._project(x, i, 0, _qkv_modules(layer))
+            q, k, v = self._project(x, i, 0, qkv_modules(layer))
             q, kv = ops.rotary(q, k, v, cos, sin, attn.head_dim)  # (B, heads, S, d), (2, B, kv_heads, S, d)
             cache[i, :, :, :, start:end] = kv
             keys, values = (kv[0], kv[1]) if start == 0 else (cache[i, 0, :, :, :end], cache[i, 1, :, :, :end])
@@ -279,7 +290,7 @@ class FastActionDecoder:
             )
             out = attn.o_proj(out.transpose(1, 2).reshape(batch, size, -1))
             hidden, x = ops.add_rms_norm(hidden, out, *_norm_args(layer.post_attention_layernorm))
-            gate, up = self._project(x, i, 1, _gate_up_modules(layer))
+            gate, up = self._project(x, i, 1, gate_up_modules(layer))
             out = layer.mlp.down_proj(ops.swiglu(gate, up))
             after = llama.layers[i + 1].input_layernorm if i + 1 < len(llama.layers) else llama.norm
             hidden, x = ops.add_rms_norm(hidden, out, *_norm_args(after))
@@ -289,48 +300,9 @@ class FastActionDecoder:
         """x (B, S, K) through `modules` (the layer's q/k/v or gate/up): one matmul over their fused weight while it
         is still theirs, else each module."""
         fused = self._fused[layer][which] if self._fused else None
-        if fused is not None and _is_fused(fused, modules):
+        if fused is not None and is_fused(fused, modules):
             return F.linear(x, fused).split([m.weight.shape[0] for m in modules], dim=-1)
         return [module(x) for module in modules]
-
-
-def _qkv_modules(layer: nn.Module) -> tuple[nn.Module, ...]:
-    return layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj
-
-
-def _gate_up_modules(layer: nn.Module) -> tuple[nn.Module, ...]:
-    return layer.mlp.gate_proj, layer.mlp.up_proj
-
-
-def _fuse(modules: Sequence[nn.Module]) -> torch.Tensor | None:
-    """One (sum of N, K) weight holding the modules' weights as row blocks, each module's weight rebound to a view of
-    its block (same values; the old storage is freed); None unless all are bias-free floating-point `nn.Linear`s
-    of one dtype, device and input size (LoRA-wrapped or quantized layers keep their own matmuls)."""
-    if not all(type(m) is nn.Linear and m.bias is None for m in modules):
-        return None
-    weights = [m.weight for m in modules]
-    if len({(w.dtype, w.device, w.shape[1]) for w in weights}) > 1 or not weights[0].is_floating_point():
-        return None
-    fused = torch.cat([w.detach() for w in weights])
-    start = 0
-    for module in modules:
-        rows = module.weight.shape[0]
-        module.weight.data = fused[start : start + rows]
-        start += rows
-    return fused
-
-
-def _is_fused(fused: torch.Tensor, modules: Sequence[nn.Module]) -> bool:
-    """Whether the modules are plain Linears whose weights are still the consecutive row blocks of `fused`."""
-    if fused.dim() != 2 or not fused.is_contiguous():
-        return False
-    address, row_bytes, rows = fused.data_ptr(), fused.shape[1] * fused.element_size(), 0
-    for module in modules:
-        weight = module.weight if type(module) is nn.Linear else None
-        if weight is None or weight.dtype != fused.dtype or weight.data_ptr() != address + rows * row_bytes:
-            return False
-        rows += weight.shape[0]
-    return rows == fused.shape[0]
 
 
 def _norm_args(norm: nn.Module) -> tuple[torch.Tensor, float]:

@@ -182,6 +182,18 @@ class VLA(nn.Module):
             self.fast_decoder.release()  # unfuse layer by layer before the new decoder fuses: no second copy
         self.fast_decoder = FastActionDecoder(self, cuda_graphs=cuda_graphs, max_graphs=max_graphs, compile=compile)
 
+    def warm_up_decoding(self, instructions: Sequence[str], max_batch: int, unnorm_key: str | None = None) -> int:
+        """Capture the fast decoder's CUDA graphs for every batch of up to `max_batch` of these instructions now (a
+        server before it answers, an eval before its envs step), so none stalls a live call. Returns the graphs
+        captured; 0 without fast decoding on CUDA. `unnorm_key` sets the action size, as in `predict_actions`."""
+        if self.fast_decoder is None:
+            return 0
+        n = len(self.norm_stats[resolve_unnorm_key(self.norm_stats, unnorm_key)]["action"]["q01"])
+        size = self.config.vision.image_size
+        pixel_values = self.image_processor([np.full((size, size, 3), 128, np.uint8)])
+        prompts = [self.sequence_builder.inference_ids(text) for text in instructions]
+        return self.fast_decoder.warm_up(pixel_values, prompts, max_batch, n)
+
     def disable_fast_decoding(self) -> None:
         """Back to the plain `generate_action_ids` (LLM.int8 layers back to bitsandbytes' matmul, fused weights back
         to one storage each)."""

@@ -5,6 +5,7 @@ random baseline, and `build_policy` from an eval config. One `act` call covers e
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -53,6 +54,14 @@ class VLAPolicy:
 
     def reset(self, slot: int, task: TaskInfo) -> None:
         self.last_frames.pop(slot, None)
+
+    def warm_up(self, instructions: list[str], max_batch: int) -> None:
+        """Capture the fast decoder's graphs for batches of up to `max_batch` of these instructions before the envs
+        step (no-op without fast decoding on CUDA)."""
+        started = time.perf_counter()
+        graphs = self.vla.warm_up_decoding(instructions, max_batch, self.unnorm_key)
+        if graphs:
+            log.info("captured %d decoding graphs in %.1f s", graphs, time.perf_counter() - started)
 
     def act(self, observations: dict[int, Observation], instructions: dict[int, str]) -> dict[int, np.ndarray]:
         slots = sorted(observations)

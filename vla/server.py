@@ -9,16 +9,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
+WARMUP_INSTRUCTION = "pick up the black bowl between the plate and the ramekin and place it on the plate"  # LIBERO's
 
 ALLOWED_KEYS = {"image", "instruction", "unnorm_key"}
 MAX_INSTRUCTION_CHARS = 1000  # a Llama-2 prompt of ~250 tokens; the model's context is 2048 positions
@@ -40,6 +42,9 @@ class ServeConfig:
     unnorm_key: str | None = None  # statistics for requests that send none; None = the checkpoint's only key
     max_body_mb: float = 16.0  # larger request bodies are refused with 413 (a 224² uint8 image is ~0.2 MB)
     max_image_side: int = 4096  # images with a larger height or width are refused with 400
+    warmup_instructions: list[str] = field(default_factory=lambda: [WARMUP_INSTRUCTION])  # fast decoding: their
+    # CUDA graphs for every batch up to max_batch are captured before the server answers (a capture inside a request
+    # costs the 7B ~1 s); other instruction lengths are captured on first use. [] = none
 
     @property
     def name(self) -> str:
@@ -298,6 +303,11 @@ def serve(cfg: ServeConfig) -> None:
     vla = VLA.from_pretrained(directory, device=device, dtype=getattr(torch, dtype))
     if cfg.fast_decoding and device.startswith("cuda"):
         vla.enable_fast_decoding()
+        if cfg.warmup_instructions:
+            started = time.perf_counter()
+            key = cfg.unnorm_key or next(iter(vla.norm_stats))  # any key: only the action size matters here
+            graphs = vla.warm_up_decoding(cfg.warmup_instructions, cfg.max_batch, key)
+            logger.info("captured %d decoding graphs in %.1f s", graphs, time.perf_counter() - started)
     logger.info("serving %s on %s (%s), max_batch %d, max_wait %.1f ms at http://%s:%d/act", cfg.name, device, dtype,
                 cfg.max_batch, cfg.max_wait_ms, cfg.host, cfg.port)  # fmt: skip
     uvicorn.run(build_app(vla, cfg), host=cfg.host, port=cfg.port, log_level="warning")
