@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The GPU-node measurements of docs/PERFORMANCE.md (issues 13 and 15) in stages, each <= 9 minutes on one H200 with
+# 16 cores, its steps' time limits summing below that so a stage always ends with its logs written:
+#
+#   bash scripts/node_benchmarks.sh sim      # bench_sim at 8 and 16 workers, the expert on the full protocol
+#   bash scripts/node_benchmarks.sh vla      # a small and the full-size VLA (random weights) through eval.py, 16 envs
+#   bash scripts/node_benchmarks.sh serve    # the full-size VLA behind serve.py: bench_serve at 1 / 8 / 32 clients
+#
+# On an offline node first `source <bundle>/activate.sh` (scripts/pack_sim.py; docs/OFFLINE.md); serve needs
+# fastapi, uvicorn and json_numpy (carry their wheels). Settings: OUT_ROOT (default outputs/node), TOKENIZER (a
+# directory with Llama-2's tokenizer.model), PYTHON. Random-weight checkpoints are written once to /tmp (63-73 s for
+# the 7B) and reused by later stages while the machine is kept.
+set -uo pipefail  # no -e: a step that hits its limit is recorded and the stage goes on
+cd "$(dirname "$0")/.."
+
+OUT_ROOT=${OUT_ROOT:-outputs/node}
+TOKENIZER=${TOKENIZER:-../shared/tokenizers/llama2}
+PY=${PYTHON:-python}
+
+step() {  # name, limit in s, command...: runs it with a time limit, logs its output and wall time
+  local name=$1 limit=$2 started=$SECONDS
+  shift 2
+  timeout "$limit" "$@" > "$DIR/$name.log" 2>&1
+  echo "$name: rc $? in $((SECONDS - started)) s" | tee -a "$DIR/times.txt"
+}
+
+checkpoint() {  # preset, dir, limit: a random-weight official-format checkpoint, once
+  [ -f "$2/config.json" ] || step "make_$1" "$3" $PY scripts/make_checkpoint.py --preset "$1" --tokenizer "$TOKENIZER" \
+    --out "$2" --device cuda
+}
+
+sim() {
+  step bench_sim 200 $PY scripts/bench_sim.py --workers 8,16 --cameras both,none --seconds 10
+  step expert 300 $PY scripts/eval.py --task_suite libero_spatial --policy expert --num_trials_per_task 50 --num_envs 16 \
+    --out_dir "$DIR/expert"
+}
+
+vla() {  # random weights never succeed: every episode runs its 220 steps (the protocol's worst case)
+  checkpoint small /tmp/vla_small 60
+  step small 120 $PY scripts/eval.py --checkpoint /tmp/vla_small --num_trials_per_task 2 --num_envs 16 --out_dir "$DIR/small"
+  checkpoint full /tmp/vla_full 100
+  step full 240 $PY scripts/eval.py --checkpoint /tmp/vla_full --num_trials_per_task 1 --num_envs 16 --out_dir "$DIR/full"
+}
+
+serve() {
+  checkpoint full /tmp/vla_full 100
+  step serve 300 $PY scripts/bench_serve.py --checkpoint /tmp/vla_full --clients 1 8 32 --seconds 20 \
+    --unnorm_key libero_spatial --device cuda --dtype bfloat16 --max_batch 32
+}
+
+for stage in "$@"; do
+  DIR="$OUT_ROOT/$stage"
+  mkdir -p "$DIR"
+  case "$stage" in
+    sim) sim ;;
+    vla) vla ;;
+    serve) serve ;;
+    *) echo "unknown stage $stage: sim | vla | serve" >&2; exit 2 ;;
+  esac
+  grep -h "timing:" "$DIR"/*.log 2>/dev/null | tail -n 4
+done
