@@ -7,18 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
-BATCH_BUCKETS = (
-    1,
-    2,
-    4,
-    8,
-    12,
-    16,
-    24,
-    32,
-    48,
-    64,
-)  # batch sizes captured; larger batches round up to a multiple of 16
+# batch sizes captured; larger batches round up to a multiple of 16
+BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 LENGTH_MULTIPLE = 8  # a batch's prompt length rounds up to this (one prompt alone keeps its length)
 
 
@@ -43,8 +33,9 @@ def pad_batch(pixel_values: torch.Tensor, prompts: Sequence[Sequence[int]]):
 
 def warmup_batches(prompts: Sequence[Sequence[int]], max_batch: int) -> list[list[Sequence[int]]]:
     """Batches whose bucketed shapes are those that any batch of up to `max_batch` of these prompts runs in: each
-    prompt length alone; and for every batch bucket > 1 and every bucketed length, a padded batch (the longest prompt of
-    that length with the shortest) and, for prompts exactly as long as their bucket, the unpadded batch of one prompt."""
+    prompt length alone; and for every batch bucket > 1 and every bucketed length, a padded batch (the longest
+    prompt of that length with the shortest) and, for prompts exactly as long as their bucket, the unpadded batch of
+    one prompt."""
     distinct = list({tuple(p): p for p in prompts}.values())
     shortest = min(distinct, key=len)
     batches = [[p] for p in {len(p): p for p in distinct}.values()]

@@ -45,9 +45,10 @@ class _Graph:
 class FastActionDecoder:
     """`generate_action_ids` with the contract of `VLA.generate_action_ids`, fast.
 
-    cuda_graphs: capture each bucketed (B, L, n) shape on its first call (two warm-up runs, then capture), replay it
-    after; off, or on CPU, the same static-cache pass runs eagerly on the batch as given. int8_weight_only: route LLM.int8 layers through
-    `vla.int8_linear` (same int8 weights; needed for graphs, as bitsandbytes' outlier search syncs with the host).
+    cuda_graphs: capture each bucketed (B, L, n) shape on its first call (two warm-up runs, then capture) or in
+    `warm_up`, replay it after; off, or on CPU, the same static-cache pass runs eagerly on the batch as given.
+    int8_weight_only: route LLM.int8 layers through `vla.int8_linear` (same int8 weights; needed for graphs, as
+    bitsandbytes' outlier search syncs with the host).
     max_graphs: captured shapes kept (least recently used dropped; they share one memory pool for KV cache and
     activations, each keeps only its static inputs and outputs).
     compile: fuse the elementwise chain of each layer (RMSNorm with the residual add before it, rotary embedding,

@@ -43,8 +43,8 @@ class ServeConfig:
     max_body_mb: float = 16.0  # larger request bodies are refused with 413 (a 224² uint8 image is ~0.2 MB)
     max_image_side: int = 4096  # images with a larger height or width are refused with 400
     warmup_instructions: list[str] = field(default_factory=lambda: [WARMUP_INSTRUCTION])  # fast decoding: their
-    # CUDA graphs for every batch up to max_batch are captured before the server answers (a capture inside a request
-    # costs the 7B ~1 s); other instruction lengths are captured on first use. [] = none
+    # CUDA graphs for every batch up to max_batch are captured before the server answers (captures inside requests
+    # stall them); other instruction lengths are captured on first use. [] = none
 
     @property
     def name(self) -> str:
