@@ -158,7 +158,8 @@ class ScriptedExpert:
         `SequenceExpert` of skills otherwise; raises `UnsupportedTaskError` naming what it cannot do."""
         try:
             text = Path(bddl_file).read_text()
-            return plan_task(parse_goal(text), config=config, init=parse_goal(text, ":init"))
+            init = parse_goal(text, ":init") if "(:init" in text else []
+            return plan_task(parse_goal(text), config=config, init=init)
         except UnsupportedTaskError as err:
             raise UnsupportedTaskError(f"{bddl_file}: {err}") from None
 
