@@ -29,7 +29,8 @@ class ObjectSpec:
     site closes `radius` out from the position (on a rim wall, fingers across it) and `height` above it; `top`:
     its top above its position (where a held object is released); `bottom`: its base below its position.
     `confined_radius`: the gripper site's distance from the axis when the object starts in a drawer: closer in, so
-    the outer open finger stays inside the drawer's walls (the closing fingers slide the object over). With `facets`, the grasp turns to the middle of the nearest collision facet of the wall (a seam slips); with
+    the outer open finger stays inside the drawer's walls (the closing fingers slide the object over). With
+    `facets`, the grasp turns to the middle of the nearest collision facet of the wall (a seam slips); with
     `align`, a centre grasp closes across the object's local y axis (its short side)."""
 
     radius: float = 0.0
@@ -90,9 +91,10 @@ class ExpertConfig:
     retreat_steps: int = 25  # steps after opening without success before grasping again
     drop_distance: float = 0.04  # held object further than this from where the grasp held it -> regrasp
     align_tolerance: float = 0.005  # approach error before a confined descent (the object starts in a drawer)
-    drift_tolerance: float = 0.01
-    drawer_far_side: bool = True
-    confined_speed: float = 0.5  # cap on |action[:3]| of that descent, which pauses while off by more than that
+    confined_speed: float = 0.5  # cap on |action[:3]| of that descent, ...
+    drift_tolerance: float = 0.01  # ... which stops going down while this far off the grasp point in xy ...
+    drift_steps: int = 30  # ... during its first this many steps (an arm that cannot close the gap goes on)
+    drawer_far_side: bool = True  # False: in a drawer, grasp the side facing the robot first (no room check)
 
 
 def parse_goal(bddl: str, section: str = ":goal") -> list[tuple[str, ...]]:
@@ -318,7 +320,12 @@ class ScriptedExpert:
             speed = cfg.confined_speed
         move = np.zeros(3) if goal is None else np.clip(cfg.gain * (goal - eef), -speed, speed)
         drift = np.inf if goal is None else np.linalg.norm(goal[:2] - eef[:2])
-        if self.confined and self.phase == "descend" and drift > cfg.drift_tolerance and self.phase_steps < 30:
+        if (
+            self.confined
+            and self.phase == "descend"
+            and drift > cfg.drift_tolerance
+            and self.phase_steps < cfg.drift_steps
+        ):
             move[2] = 0.0  # the arm drifts ~2 cm sideways on a fast way down: re-centre before going on, not on the rim
         self._advance(eef, obj, target, np.inf if goal is None else float(np.linalg.norm(goal - eef)))
         rotation = np.clip(cfg.rot_gain * rotation_error(self.quat, quat) / ROT_SCALE, -1, 1)
