@@ -21,7 +21,9 @@ class CheckConfig:
     states: int = 5  # the first N fixed initial states per task
     first_state: int = 0
     workers: int = 1
-    seed: int = 7
+    # `env.seed()` before each reset, as the benchmark evaluation (scripts/eval.py's env_seed): the fixtures (cabinet,
+    # stove) are placed from it, not from the fixed initial state, so another seed moves a drawer around its bowl
+    seed: int = 0
     verbose: bool = False
 
 

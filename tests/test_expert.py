@@ -197,8 +197,55 @@ def test_expert_resolves_a_region_target_to_its_object_and_reset_restarts():
         ScriptedExpert("akita_black_bowl_1", "wooden_cabinet_1_top_side").act(_obs(eef=(-0.2, 0, 1.2)))
 
 
+def test_plan_task_marks_an_object_that_starts_in_a_drawer(tmp_path):
+    init = [("in", "akita_black_bowl_1", "wooden_cabinet_1_top_region"), ("on", "plate_1", "main_table_plate_region")]
+    expert = plan_task([("on", "akita_black_bowl_1", "plate_1")], init=init)
+    assert expert.drawer == "wooden_cabinet_1_top_region" and expert.radius == pytest.approx(0.03)
+    assert plan_task([("on", "plate_1", "akita_black_bowl_1")], init=init).drawer is None  # the plate is on the table
+    path = tmp_path / "task.bddl"
+    path.write_text(
+        BDDL.replace("(On akita_black_bowl_1 main_table_region)", "(In akita_black_bowl_1 wooden_cabinet_1_top_region)")
+    )
+    assert parse_goal(path.read_text(), ":init") == [("in", "akita_black_bowl_1", "wooden_cabinet_1_top_region")]
+    assert ScriptedExpert.from_bddl(path).drawer == "wooden_cabinet_1_top_region"
+    path.write_text(BDDL)
+    assert ScriptedExpert.from_bddl(path).drawer is None and ScriptedExpert.from_bddl(path).radius == 0.047
+
+
+@pytest.mark.parametrize("centre_dx, far", [(0.02, True), (-0.02, False)])
+def test_a_drawer_grasp_is_nearer_the_axis_on_the_side_with_more_room(centre_dx, far):
+    """The bowl sits 2 cm off the drawer's centre (its region site): towards the robot (centre_dx > 0: the drawer's
+    centre is further from the robot) the grasp goes to the far side, where the wall is further away."""
+    expert = ScriptedExpert("akita_black_bowl_1", "plate_1", drawer="wooden_cabinet_1_top_region")
+    bowl = np.array([0.1, 0.0, 1.06])
+    obs = {**_obs(eef=(-0.2, 0.0, 1.2), bowl=bowl), "wooden_cabinet_1_top_region_pos": bowl + [centre_dx, 0, 0.03]}
+    expert.act(obs)
+    offset = expert.grasp_offset
+    assert np.linalg.norm(offset[:2]) == pytest.approx(0.03, abs=1e-6)
+    assert (offset[0] > 0) == far and abs(offset[1]) < 0.02  # in front of (x < 0) or behind the bowl
+    expert._retry(turn=True)  # a blocked descent tries the other side
+    expert.phase = "approach"
+    expert.act(obs)
+    assert (expert.grasp_offset[0] > 0) != far
+
+
+def test_a_drawer_descent_waits_while_the_hand_is_off_the_grasp_point():
+    expert = ScriptedExpert("akita_black_bowl_1", "plate_1", drawer="wooden_cabinet_1_top_region")
+    bowl = np.array([0.1, 0.0, 1.06])
+    obs = {**_obs(eef=(0.0, 0.0, 1.2), bowl=bowl), "wooden_cabinet_1_top_region_pos": bowl}
+    expert.act(obs)
+    grasp = bowl + expert.grasp_offset
+    expert.phase = "descend"
+    off = expert.act({**obs, "robot0_eef_pos": grasp + [0.02, 0.0, 0.1]})  # drifted 2 cm: re-centre, no lower
+    assert off[2] == 0.0 and off[0] < 0
+    on = expert.act({**obs, "robot0_eef_pos": grasp + [0.002, 0.0, 0.1]})
+    assert -expert.cfg.confined_speed <= on[2] < 0  # lined up: down, at the capped speed
+
+
 @pytest.mark.libero
-@pytest.mark.parametrize("suite, task_id", [("libero_spatial", 0), ("libero_goal", 7)])  # pick-and-place; the knob
+@pytest.mark.parametrize(
+    "suite, task_id", [("libero_spatial", 0), ("libero_spatial", 4), ("libero_goal", 7)]
+)  # pick-and-place; the bowl in a drawer; the knob
 def test_expert_solves_a_libero_episode_through_the_pool(libero_assets_dir, suite, task_id):
     from vla.env_pool import EnvPool, ResetRequest
     from vla.libero_env import SUITE_MAX_STEPS, load_init_states
@@ -206,7 +253,7 @@ def test_expert_solves_a_libero_episode_through_the_pool(libero_assets_dir, suit
     with EnvPool(suite, 1, assets_dir=libero_assets_dir, cameras=()) as pool:
         expert = ScriptedExpert.from_bddl(pool.task_info(task_id).bddl_file)
         init_state = load_init_states(suite, task_id)[0]  # the benchmark's first fixed state, as the eval runs it
-        result = pool.reset({0: ResetRequest(task_id, init_state, seed=7)})[0]
+        result = pool.reset({0: ResetRequest(task_id, init_state, seed=0)})[0]  # the eval's env seed
         for _ in range(SUITE_MAX_STEPS[suite]):
             result = pool.step({0: expert.act(result.obs)})[0]
             assert result.error is None

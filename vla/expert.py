@@ -28,7 +28,9 @@ class ObjectSpec:
     """Geometry of one object category relative to its `<name>_pos` (metres; the gripper points down). The gripper
     site closes `radius` out from the position (on a rim wall, fingers across it) and `height` above it; `top`:
     its top above its position (where a held object is released); `bottom`: its base below its position.
-    With `facets`, the grasp turns to the middle of the nearest collision facet of the wall (a seam slips); with
+    `confined_radius`: the gripper site's distance from the axis when the object starts in a drawer: closer in, so
+    the outer open finger stays inside the drawer's walls (the closing fingers slide the object over). With
+    `facets`, the grasp turns to the middle of the nearest collision facet of the wall (a seam slips); with
     `align`, a centre grasp closes across the object's local y axis (its short side)."""
 
     radius: float = 0.0
@@ -37,6 +39,7 @@ class ObjectSpec:
     bottom: float = 0.0
     facets: tuple[float, ...] = ()  # yaws (degrees, object frame) of wall facets to grasp at the middle of
     align: bool = False
+    confined_radius: float | None = None  # `radius` when the object starts inside a drawer (walls close around it)
 
 
 # Measured from LIBERO's collision geoms: the bowl's upper wall is a ring of 18 flared boxes ~4.7 cm from its axis
@@ -46,7 +49,7 @@ BOWL_FACETS = (2.3, 22.9, 43.5, 64.0, 90.1, 111.5, 132.3, 153.4, 174.4, -165.2, 
 _CAN = ObjectSpec(height=0.0, top=0.038, bottom=0.038)
 _BOX = ObjectSpec(height=0.0, top=0.009, bottom=0.009, align=True)
 OBJECT_SPECS = {  # libero_object's positions are the objects' centres (their collision boxes span +-top/bottom)
-    "akita_black_bowl": ObjectSpec(radius=0.047, height=0.025, top=0.04, facets=BOWL_FACETS),
+    "akita_black_bowl": ObjectSpec(radius=0.047, height=0.025, top=0.04, facets=BOWL_FACETS, confined_radius=0.03),
     "plate": ObjectSpec(top=0.012),
     "basket": ObjectSpec(top=0.146),
     "alphabet_soup": _CAN,
@@ -87,20 +90,25 @@ class ExpertConfig:
     phase_timeout: int = 80  # a move phase that has not converged by then moves on anyway
     retreat_steps: int = 25  # steps after opening without success before grasping again
     drop_distance: float = 0.04  # held object further than this from where the grasp held it -> regrasp
+    align_tolerance: float = 0.005  # approach error before a confined descent (the object starts in a drawer)
+    confined_speed: float = 0.5  # cap on |action[:3]| of that descent, ...
+    drift_tolerance: float = 0.01  # ... which stops going down while this far off the grasp point in xy ...
+    drift_steps: int = 30  # ... during its first this many steps (an arm that cannot close the gap goes on)
+    drawer_far_side: bool = True  # False: in a drawer, grasp the side facing the robot first (no room check)
 
 
-def parse_goal(bddl: str) -> list[tuple[str, ...]]:
+def parse_goal(bddl: str, section: str = ":goal") -> list[tuple[str, ...]]:
     """The goal predicates of a BDDL problem, lower-cased: `(:goal (And (On bowl_1 plate_1)))` ->
-    [("on", "bowl_1", "plate_1")]."""
-    start = bddl.find("(:goal")
+    [("on", "bowl_1", "plate_1")]; `section=":init"`: the initial predicates instead."""
+    start = bddl.find(f"({section}")
     if start < 0:
-        raise UnsupportedTaskError("BDDL problem has no (:goal ...) section")
+        raise UnsupportedTaskError(f"BDDL problem has no ({section} ...) section")
     depth, end = 0, start
     for end in range(start, len(bddl)):
         depth += {"(": 1, ")": -1}.get(bddl[end], 0)
         if depth == 0:
             break
-    inner = re.findall(r"\(([^()]+)\)", bddl[start + len("(:goal") : end])
+    inner = re.findall(r"\(([^()]+)\)", bddl[start + len(section) + 1 : end])
     return [tuple(part.lower() for part in atom.split()) for atom in inner]
 
 
@@ -134,10 +142,16 @@ class ScriptedExpert:
 
     PHASES = ("approach", "descend", "close", "lift", "carry", "lower", "open", "retreat", "regrasp")
 
-    def __init__(self, obj: str, target: str, *, config: ExpertConfig | None = None):
+    def __init__(self, obj: str, target: str, *, config: ExpertConfig | None = None, drawer: str | None = None):
         self.obj, self.target = obj, target
         self.cfg = config or ExpertConfig()
         self.spec = object_spec(obj)
+        # `drawer`: the drawer region the object starts in; grasped closer to its axis (`confined_radius`), from
+        # the side facing the robot or the opposite one, whichever is further from the drawer's wall.
+        self.drawer, self.confined = drawer, drawer is not None
+        self.radius = self.spec.radius
+        if self.confined and self.spec.confined_radius is not None:
+            self.radius = self.spec.confined_radius
         self.reset()
 
     @classmethod
@@ -145,7 +159,9 @@ class ScriptedExpert:
         """The expert for a task's BDDL file (`plan_task`): this class for a single pick-and-place, a
         `SequenceExpert` of skills otherwise; raises `UnsupportedTaskError` naming what it cannot do."""
         try:
-            return plan_task(parse_goal(Path(bddl_file).read_text()), config=config)
+            text = Path(bddl_file).read_text()
+            init = parse_goal(text, ":init") if "(:init" in text else []
+            return plan_task(parse_goal(text), config=config, init=init)
         except UnsupportedTaskError as err:
             raise UnsupportedTaskError(f"{bddl_file}: {err}") from None
 
@@ -159,6 +175,7 @@ class ScriptedExpert:
     def reset(self) -> None:
         """Forget the episode: the next `act` starts a new pick-and-place from the observed scene."""
         self.phase, self.phase_steps, self.still_steps, self.side = "approach", 0, 0, 0
+        self.far_side: bool | None = None  # a drawer grasp from the side away from the robot (this attempt)
         self.home: tuple[np.ndarray, np.ndarray] | None = None  # initial eef (xy, quat)
         self.target_name: str | None = None
         self.quat: np.ndarray | None = None  # gripper orientation for this grasp
@@ -185,6 +202,14 @@ class ScriptedExpert:
         home_xy, home_quat = self.home
         toward = home_xy - obj_pos[:2]
         turn = self.cfg.grasp_angle + RETRY_TURNS[self.side % len(RETRY_TURNS)]
+        if self.confined:  # a drawer's side walls leave room in front of and behind the object only
+            if self.far_side is None and not self.cfg.drawer_far_side:
+                self.far_side = bool(self.side % 2)
+            if self.far_side is None:  # the drawer region's site is the drawer's centre: more room on its side
+                centre = obs.get(f"{self.drawer}_pos")
+                offset = 0.0 if centre is None else float((obj_pos[:2] - np.asarray(centre)[:2]) @ toward)
+                self.far_side = (offset > 0) != bool(self.side % 2)
+            turn = self.cfg.grasp_angle + 180.0 * self.far_side
         angle = np.arctan2(toward[1], toward[0]) + np.deg2rad(turn)
         if self.spec.facets:
             yaw = _yaw(obj_quat)
@@ -193,7 +218,7 @@ class ScriptedExpert:
         # The fingers close along the gripper's y axis (world y at the home pose): turn it onto the radial
         # direction, by the smaller of the two yaws (the gripper is symmetric under a half turn).
         yaw = angle % np.pi - np.pi / 2
-        offset = np.array([np.cos(angle) * self.spec.radius, np.sin(angle) * self.spec.radius, self.spec.height])
+        offset = np.array([np.cos(angle) * self.radius, np.sin(angle) * self.radius, self.spec.height])
         if self.spec.align:  # the gripper's y axis onto the object's y axis: the same yaw, modulo a half turn
             yaw = (_yaw(obj_quat) + np.pi / 2) % np.pi - np.pi / 2
             offset[:2] = self._clear_shift(obs, obj_pos, _yaw(obj_quat))
@@ -223,6 +248,7 @@ class ScriptedExpert:
     def _retry(self, turn: bool = False) -> None:
         """Open, back off upwards and grasp again (`turn`: from another side)."""
         self.side += int(turn)
+        self.far_side = None
         self._next("regrasp")
 
     def _waypoint(self, eef: np.ndarray, obj: np.ndarray, target: np.ndarray) -> tuple[np.ndarray | None, float]:
@@ -250,6 +276,10 @@ class ScriptedExpert:
         precise = phase in ("descend", "lower")
         stalled = self.still_steps >= cfg.stall_steps
         reached = distance < (cfg.tolerance if precise else cfg.hover_tolerance)
+        if phase == "approach" and self.confined:
+            # In a drawer the outer finger has ~3 cm between the object and the wall: line up over the grasp point
+            # before going down (a diagonal descent lands a finger on the rim or the wall).
+            reached = distance < cfg.align_tolerance
         # Lowering a held object stalls when it touches down: that is the place to let go.
         reached = reached or (stalled and (distance < cfg.stall_tolerance or phase == "lower"))
         reached = reached or steps > cfg.phase_timeout
@@ -286,7 +316,17 @@ class ScriptedExpert:
         goal, gripper = self._waypoint(eef, obj, target)
         slow = self.phase == "lift" and eef[2] - self.grasp_z < cfg.slow_lift
         speed = cfg.lift_speed if slow else 1.0
+        if self.confined and self.phase == "descend":
+            speed = cfg.confined_speed
         move = np.zeros(3) if goal is None else np.clip(cfg.gain * (goal - eef), -speed, speed)
+        drift = np.inf if goal is None else np.linalg.norm(goal[:2] - eef[:2])
+        if (
+            self.confined
+            and self.phase == "descend"
+            and drift > cfg.drift_tolerance
+            and self.phase_steps < cfg.drift_steps
+        ):
+            move[2] = 0.0  # the arm drifts ~2 cm sideways on a fast way down: re-centre before going on, not on the rim
         self._advance(eef, obj, target, np.inf if goal is None else float(np.linalg.norm(goal - eef)))
         rotation = np.clip(cfg.rot_gain * rotation_error(self.quat, quat) / ROT_SCALE, -1, 1)
         action = np.concatenate([move, rotation, [gripper]])
@@ -298,9 +338,10 @@ ORDER = {"turnon": 0, "open": 1, "on": 2, "in": 2, "close": 3}  # knob first (no
 PUSHED = {"plate"}  # flat and wide: onto a table region it would be pushed, not lifted (unsupported)
 
 
-def plan_task(goal: list[tuple[str, ...]], *, config: ExpertConfig | None = None):
+def plan_task(goal: list[tuple[str, ...]], *, config: ExpertConfig | None = None, init: list[tuple[str, ...]] = ()):
     """The skills that reach `goal` (parsed BDDL predicates), in order: turn knobs on, then pick-and-place each
-    object. One pick-and-place alone is a `ScriptedExpert`. Raises `UnsupportedTaskError` with the reason for
+    object (`init`, the initial predicates, tells which objects start inside a drawer). One pick-and-place alone
+    is a `ScriptedExpert`. Raises `UnsupportedTaskError` with the reason for
     drawers (`Open`, `Close`, `In` a drawer), pushing (a plate onto a table region) and other predicates."""
     skills: list = []
     for pred in sorted(goal, key=lambda p: ORDER.get(p[0], 9)):
@@ -314,7 +355,8 @@ def plan_task(goal: list[tuple[str, ...]], *, config: ExpertConfig | None = None
             obj, target = args
             if re.sub(r"_\d+$", "", obj) in PUSHED and target.startswith("main_table_"):
                 raise UnsupportedTaskError(f"goal predicate {pred}: {PUSH_REASON}")
-            skills.append(ScriptedExpert(obj, target, config=config))
+            drawer = next((p[-1] for p in init if p[0] == "in" and p[1] == obj and is_drawer_region(p[-1])), None)
+            skills.append(ScriptedExpert(obj, target, config=config, drawer=drawer))
         else:
             raise UnsupportedTaskError(f"goal predicate {pred} needs a skill the expert does not have")
     if len(skills) == 1 and isinstance(skills[0], ScriptedExpert):
