@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vla.expert_drawer import DrawerSkill
 from vla.expert_skills import (
     DRAWER_REASON,
     PUSH_REASON,
@@ -346,6 +347,9 @@ def plan_task(goal: list[tuple[str, ...]], *, config: ExpertConfig | None = None
     skills: list = []
     for pred in sorted(goal, key=lambda p: ORDER.get(p[0], 9)):
         kind, args = pred[0], pred[1:]
+        if kind == "open" and len(args) == 1 and is_drawer_region(args[0]) and "wooden_cabinet" in args[0]:
+            skills.append(DrawerSkill(args[0]))
+            continue
         if kind in ("open", "close") or (kind in ("on", "in") and is_drawer_region(pred[-1])):
             reason = DRAWER_REASON if "cabinet" in pred[-1] else f"no skill opens or closes {pred[-1]!r}"
             raise UnsupportedTaskError(f"goal predicate {pred}: {reason}")
