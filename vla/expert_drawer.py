@@ -65,7 +65,10 @@ class DrawerSkill(Skill):
         """(cabinet yaw, drawer opening in m). The observations carry no fixture orientation; the region site moves
         from the fixed top_side site along the cabinet's -y axis, so their offset in the table plane gives both:
         its length the travel, its direction the yaw."""
-        d = np.asarray(obs[f"{self.region}_pos"], float)[:2] - np.asarray(obs[f"{self.cabinet}_top_side_pos"], float)[:2]
+        d = (
+            np.asarray(obs[f"{self.region}_pos"], float)[:2]
+            - np.asarray(obs[f"{self.cabinet}_top_side_pos"], float)[:2]
+        )
         dx, dy = SIDE_TO_REGION
         travel = float(np.sqrt(max(d @ d - dx * dx, 0.0)) + dy)  # local offset (dx, dy - travel)
         yaw = float(np.arctan2(d[1], d[0]) - np.arctan2(dy - travel, dx))
