@@ -11,6 +11,7 @@ import pytest
 from scripts_loader import load_script
 
 from vla.expert import ScriptedExpert, SequenceExpert, UnsupportedTaskError, parse_goal, plan_task, rotation_error
+from vla.expert_drawer import HANDLE, OPEN_TRAVEL, SIDE_TO_REGION, DrawerSkill
 from vla.expert_skills import KNOB_GRIP, STOVE_KNOB, KnobSkill
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,8 +53,8 @@ def test_from_bddl_takes_object_and_target_and_rejects_other_goals(tmp_path):
     path.write_text(BDDL)
     expert = ScriptedExpert.from_bddl(path)
     assert (expert.obj, expert.target) == ("akita_black_bowl_1", "plate_1")
-    path.write_text("(:goal (And (Open wooden_cabinet_1_top_region)))")
-    with pytest.raises(UnsupportedTaskError, match="task.bddl.*drawers are not supported"):
+    path.write_text("(:goal (And (Close wooden_cabinet_1_top_region)))")
+    with pytest.raises(UnsupportedTaskError, match="task.bddl.*drawers"):
         ScriptedExpert.from_bddl(path)
 
 
@@ -86,7 +87,8 @@ def test_plan_task_orders_the_knob_before_the_placements_and_keeps_a_single_plac
 @pytest.mark.parametrize(
     "goal, reason",
     [
-        ([("open", "wooden_cabinet_1_middle_region")], "drawers"),
+        ([("close", "wooden_cabinet_1_middle_region")], "drawers"),
+        ([("open", "white_cabinet_1_top_region")], "drawers"),
         ([("in", "akita_black_bowl_1", "wooden_cabinet_1_top_region")], "drawers"),
         ([("close", "white_cabinet_1_bottom_region"), ("in", "akita_black_bowl_1", "white_cabinet_1_bottom_region")],
          "drawers"),
@@ -99,6 +101,65 @@ def test_plan_task_orders_the_knob_before_the_placements_and_keeps_a_single_plac
 def test_plan_task_names_why_a_goal_is_unsupported(goal, reason):
     with pytest.raises(UnsupportedTaskError, match=reason):
         plan_task(goal)
+
+
+def _drawer_obs(eef, quat=HOME_QUAT, travel=0.0, side=(0.036, -0.25, 1.127)):
+    """libero_goal's cabinet, turned half a turn (its drawers slide out along world +y), middle drawer `travel` out."""
+    region = np.array([side[0] - SIDE_TO_REGION[0], side[1] - SIDE_TO_REGION[1] + travel, 1.022])
+    return {"robot0_eef_pos": np.asarray(eef, float), "robot0_eef_quat": np.asarray(quat, float),
+            "wooden_cabinet_1_middle_region_pos": region, "wooden_cabinet_1_top_side_pos": np.asarray(side, float)}  # fmt: skip
+
+
+def test_drawer_skill_reads_the_cabinet_pose_and_the_opening_from_the_sites():
+    skill = DrawerSkill("wooden_cabinet_1_middle_region")
+    for travel in (0.0, 0.07, 0.15):
+        obs = _drawer_obs((-0.2, 0.0, 1.2), travel=travel)
+        yaw, handle, slide = skill.frame(obs)
+        assert skill.opening(obs) == pytest.approx(travel, abs=1e-6)
+        assert abs(np.cos(yaw)) == pytest.approx(1.0) and np.cos(yaw) < 0  # half a turn
+        np.testing.assert_allclose(slide, [0, 1, 0], atol=1e-6)
+        region = obs["wooden_cabinet_1_middle_region_pos"]
+        np.testing.assert_allclose(handle, region + [-HANDLE[0], -HANDLE[1], HANDLE[2]], atol=1e-6)
+    with pytest.raises(UnsupportedTaskError, match="white_cabinet_1"):
+        DrawerSkill("white_cabinet_1_top_region")
+    assert isinstance(plan_task([("open", "wooden_cabinet_1_middle_region")]).skills[0], DrawerSkill)
+
+
+def test_drawer_skill_grips_the_bar_end_nearest_the_robot_then_pulls_it_out_and_lets_go():
+    skill = DrawerSkill("wooden_cabinet_1_middle_region")
+    obs = _drawer_obs((-0.2, 0.0, 1.2))
+    grip, along = skill.grasp_point(obs, obs["robot0_eef_pos"])
+    _, handle, _ = skill.frame(obs)
+    assert along[0] > 0.99 and grip[0] < handle[0]  # the near end, sliding on along +x
+    turned = None
+    for _ in range(60):  # turn, then head for a point before the bar end with the gripper open
+        action = skill.act(obs)
+        assert action[6] == -1.0
+        turned = skill.quat
+    assert skill.phase == "approach"
+    pointing = np.array([np.cos(skill.skew), -np.sin(skill.skew)])  # the fingers point along +x, skewed away from +y
+    local_z = _rotate_z(turned)
+    np.testing.assert_allclose(local_z[:2], pointing, atol=1e-6)
+    assert abs(local_z[2]) < 1e-6
+    skill.act(_drawer_obs(grip - 0.1 * np.append(pointing, 0), quat=turned))
+    skill._next("insert")
+    assert skill.act(_drawer_obs(grip + [-0.05, 0.03, 0], quat=turned))[0] > 0  # slides in along the bar
+    skill.act(_drawer_obs(grip, quat=turned))
+    assert skill.phase == "close"
+    for _ in range(skill.close_steps):
+        assert skill.act(_drawer_obs(grip, quat=turned))[6] == 1.0
+    assert skill.phase == "pull"
+    action = skill.act(_drawer_obs(grip, quat=turned))
+    assert action[1] > 0 and action[6] == 1.0  # out of the cabinet, holding
+    skill.act(_drawer_obs(grip + [0, OPEN_TRAVEL + 0.01, 0], quat=turned, travel=OPEN_TRAVEL + 0.01))
+    assert skill.phase == "release"
+    assert skill.act(_drawer_obs(grip + [0, 0.15, 0], quat=turned, travel=0.15))[6] == -1.0
+
+
+def _rotate_z(quat):
+    """The world direction of a frame's z axis (the gripper's pointing axis) for an (x, y, z, w) quaternion."""
+    x, y, z, w = quat
+    return np.array([2 * (x * z + w * y), 2 * (y * z - w * x), 1 - 2 * (x * x + y * y)])
 
 
 def _knob_obs(eef, cook=(-0.25, 0.2, 0.905)):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vla.expert_drawer import DrawerSkill
 from vla.expert_skills import (
     DRAWER_REASON,
     PUSH_REASON,
@@ -339,13 +340,17 @@ PUSHED = {"plate"}  # flat and wide: onto a table region it would be pushed, not
 
 
 def plan_task(goal: list[tuple[str, ...]], *, config: ExpertConfig | None = None, init: list[tuple[str, ...]] = ()):
-    """The skills that reach `goal` (parsed BDDL predicates), in order: turn knobs on, then pick-and-place each
+    """The skills that reach `goal` (parsed BDDL predicates), in order: turn knobs on, open wooden_cabinet drawers
+    (`DrawerSkill`), then pick-and-place each
     object (`init`, the initial predicates, tells which objects start inside a drawer). One pick-and-place alone
     is a `ScriptedExpert`. Raises `UnsupportedTaskError` with the reason for
-    drawers (`Open`, `Close`, `In` a drawer), pushing (a plate onto a table region) and other predicates."""
+    other drawers (`Close`, `In` a drawer, other cabinets), pushing (a plate onto a table region) and other predicates."""
     skills: list = []
     for pred in sorted(goal, key=lambda p: ORDER.get(p[0], 9)):
         kind, args = pred[0], pred[1:]
+        if kind == "open" and len(args) == 1 and is_drawer_region(args[0]) and "wooden_cabinet" in args[0]:
+            skills.append(DrawerSkill(args[0]))
+            continue
         if kind in ("open", "close") or (kind in ("on", "in") and is_drawer_region(pred[-1])):
             reason = DRAWER_REASON if "cabinet" in pred[-1] else f"no skill opens or closes {pred[-1]!r}"
             raise UnsupportedTaskError(f"goal predicate {pred}: {reason}")
