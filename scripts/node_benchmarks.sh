@@ -3,7 +3,7 @@
 # 16 cores, its steps' time limits summing below that so a stage always ends with its logs written:
 #
 #   bash scripts/node_benchmarks.sh sim      # bench_sim at 8 and 16 workers, the expert on the full protocol
-#   bash scripts/node_benchmarks.sh vla      # a small and the full-size VLA (random weights) through eval.py, 16 envs
+#   bash scripts/node_benchmarks.sh vla      # a small (fast and plain decoding) and the 7B VLA (random) through eval.py
 #   bash scripts/node_benchmarks.sh serve    # the full-size VLA behind serve.py: bench_serve at 1 / 8 / 32 clients
 #
 # On an offline node first `source <bundle>/activate.sh` (scripts/pack_sim.py; docs/OFFLINE.md); serve needs
@@ -38,8 +38,10 @@ sim() {
 vla() {  # random weights never succeed: every episode runs its 220 steps (the protocol's worst case)
   checkpoint small /tmp/vla_small 60
   step small 120 $PY scripts/eval.py --checkpoint /tmp/vla_small --num_trials_per_task 2 --num_envs 16 --out_dir "$DIR/small"
+  step small_plain 60 $PY scripts/eval.py --checkpoint /tmp/vla_small --num_trials_per_task 1 --num_envs 16 \
+    --fast_decoding false --out_dir "$DIR/small_plain"
   checkpoint full /tmp/vla_full 100
-  step full 240 $PY scripts/eval.py --checkpoint /tmp/vla_full --num_trials_per_task 1 --num_envs 16 --out_dir "$DIR/full"
+  step full 200 $PY scripts/eval.py --checkpoint /tmp/vla_full --num_trials_per_task 1 --num_envs 16 --out_dir "$DIR/full"
 }
 
 serve() {
