@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vla.expert_drawer import DrawerSkill
+from vla.expert_drawer import PLACE_TRAVEL, DrawerSkill
 from vla.expert_skills import (
     DRAWER_REASON,
     PUSH_REASON,
@@ -341,17 +341,18 @@ PUSHED = {"plate"}  # flat and wide: onto a table region it would be pushed, not
 
 def plan_task(goal: list[tuple[str, ...]], *, config: ExpertConfig | None = None, init: list[tuple[str, ...]] = ()):
     """The skills that reach `goal` (parsed BDDL predicates), in order: turn knobs on, open wooden_cabinet drawers
-    (`DrawerSkill`), then pick-and-place each
-    object (`init`, the initial predicates, tells which objects start inside a drawer). One pick-and-place alone
-    is a `ScriptedExpert`. Raises `UnsupportedTaskError` with the reason for
-    other drawers (`Close`, `In` a drawer, other cabinets), pushing (a plate onto a table region) and other predicates."""
+    (`DrawerSkill`, also for an object put `In` one), then pick-and-place each object (`init`, the initial
+    predicates, tells which objects start inside a drawer). One pick-and-place alone is a `ScriptedExpert`. Raises
+    `UnsupportedTaskError` with the reason for other drawers (`Close`, other cabinets), pushing and other predicates."""
     skills: list = []
     for pred in sorted(goal, key=lambda p: ORDER.get(p[0], 9)):
         kind, args = pred[0], pred[1:]
-        if kind == "open" and len(args) == 1 and is_drawer_region(args[0]) and "wooden_cabinet" in args[0]:
-            skills.append(DrawerSkill(args[0]))
+        opens = kind in ("open", "in") and is_drawer_region(pred[-1]) and "wooden_cabinet" in pred[-1]
+        if opens and not any(getattr(s, "region", None) == pred[-1] for s in skills):  # open, then put objects in
+            skills.append(DrawerSkill(pred[-1]) if kind == "open" else DrawerSkill(pred[-1], travel=PLACE_TRAVEL))
+        if kind == "open" and opens:
             continue
-        if kind in ("open", "close") or (kind in ("on", "in") and is_drawer_region(pred[-1])):
+        if kind in ("open", "close") or (kind in ("on", "in") and is_drawer_region(pred[-1]) and not opens):
             reason = DRAWER_REASON if "cabinet" in pred[-1] else f"no skill opens or closes {pred[-1]!r}"
             raise UnsupportedTaskError(f"goal predicate {pred}: {reason}")
         if kind == "turnon" and len(args) == 1:
@@ -361,7 +362,10 @@ def plan_task(goal: list[tuple[str, ...]], *, config: ExpertConfig | None = None
             if re.sub(r"_\d+$", "", obj) in PUSHED and target.startswith("main_table_"):
                 raise UnsupportedTaskError(f"goal predicate {pred}: {PUSH_REASON}")
             drawer = next((p[-1] for p in init if p[0] == "in" and p[1] == obj and is_drawer_region(p[-1])), None)
-            skills.append(ScriptedExpert(obj, target, config=config, drawer=drawer))
+            placement = ScriptedExpert
+            if opens:  # into the drawer opened before: lift out from under it first
+                from vla.expert_drawer_place import DrawerPlacement as placement  # noqa: N813 (subclass, cycle)
+            skills.append(placement(obj, target, config=config, drawer=drawer))
         else:
             raise UnsupportedTaskError(f"goal predicate {pred} needs a skill the expert does not have")
     if len(skills) == 1 and isinstance(skills[0], ScriptedExpert):
