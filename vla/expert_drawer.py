@@ -22,7 +22,7 @@ OPEN_TRAVEL = 0.14  # LIBERO's Open: the drawer's slide joint past -0.14 m
 BAR_HALF_LENGTH = 0.0445
 # Opening for putting an object in (libero_goal's bowl stands where the fully open top drawer's front would be: at
 # 0.12 m the front stays clear of the hand that grasps the bowl, and the bowl still fits in front of the cabinet).
-PLACE_TRAVEL = 0.12
+PLACE_TRAVEL = 0.10
 
 
 def _axis_quat(axis: tuple[float, float, float], angle: float) -> np.ndarray:

@@ -16,9 +16,9 @@ import numpy as np
 from vla.expert import ExpertConfig, ScriptedExpert
 
 LOW_LIFT = 0.04  # height (m) above the grasp at which the held object slides out from under the drawer
-FORWARD = 0.02  # place this far from the region site towards the drawer's front (away from the cabinet's top)
+FORWARD = 0.03  # place this far from the region site towards the drawer's front (away from the cabinet's top)
 CLEAR_XY = 0.03  # within this of the start (xy), the lift may rise to the carry height
-GRASP_TURN = -55.0  # degrees from the side facing the robot: grasp on the side away from the drawer's front
+GRASP_TURN = -30.0  # degrees from the side facing the robot: grasp on the side away from the drawer's front
 
 
 class DrawerPlacement(ScriptedExpert):
