@@ -17,7 +17,9 @@ from vla.expert import ExpertConfig, ScriptedExpert
 
 LOW_LIFT = 0.04  # height (m) above the grasp at which the held object slides out from under the drawer
 FORWARD = 0.03  # place this far from the region site towards the drawer's front (away from the cabinet's top)
-CLEAR_XY = 0.03  # within this of the start (xy), the lift may rise to the carry height
+SLIDE_OUT = 0.06  # the held object slides this far along the drawer's slide (out of the cabinet) before rising
+CLEAR_XY = 0.02
+ALIGN_XY = 0.02  # the approach goes down only this close (xy) over the grasp point (a diagonal hooks the drawer)  # within this of the start (xy), the lift may rise to the carry height
 GRASP_TURN = -30.0  # degrees from the side facing the robot: grasp on the side away from the drawer's front
 
 
@@ -25,8 +27,10 @@ class DrawerPlacement(ScriptedExpert):
     """`ScriptedExpert` into a drawer region: lifts out sideways first (see the module docstring)."""
 
     def __init__(self, obj: str, target: str, *, config: ExpertConfig | None = None, drawer: str | None = None):
-        config = dataclasses.replace(config or ExpertConfig(), grasp_angle=GRASP_TURN)
+        # carry: the held object's base 6 cm above the site clears the drawer's walls (3 cm above the site)
+        config = dataclasses.replace(config or ExpertConfig(), grasp_angle=GRASP_TURN, carry=0.06)
         super().__init__(obj, target, config=config, drawer=drawer)
+        self.lift_xy: np.ndarray | None = None
         self.cabinet = target.split("_region")[0].rsplit("_", 1)[0]  # wooden_cabinet_1_top_region -> wooden_cabinet_1
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
@@ -40,8 +44,13 @@ class DrawerPlacement(ScriptedExpert):
         goal, gripper = super()._waypoint(eef, obj, target)
         if self.phase in ("carry", "lower") and self.front is not None:
             goal = goal + FORWARD * self.front
+        if self.phase == "approach" and np.linalg.norm(goal[:2] - eef[:2]) > ALIGN_XY:
+            goal = np.array([goal[0], goal[1], max(goal[2], eef[2])])  # over the grasp point first, then down
         if self.phase == "lift":
-            home = self.home[0]
+            if self.phase_steps == 1 or self.lift_xy is None:  # straight out of the drawer's way, along its slide
+                out = self.front[:2] if self.front is not None else self.home[0] - eef[:2]
+                self.lift_xy = eef[:2] + SLIDE_OUT * out / max(np.linalg.norm(out), 1e-9)
+            home = self.lift_xy
             low = np.linalg.norm(eef[:2] - home) > CLEAR_XY
             goal = np.array([home[0], home[1], min(self.carry_z, self.grasp_z + LOW_LIFT) if low else self.carry_z])
         return goal, gripper
