@@ -12,7 +12,7 @@ from scripts_loader import load_script
 
 from vla.expert import ScriptedExpert, SequenceExpert, UnsupportedTaskError, parse_goal, plan_task, rotation_error
 from vla.expert_drawer import HANDLE, OPEN_TRAVEL, PLACE_TRAVEL, SIDE_TO_REGION, DrawerSkill
-from vla.expert_drawer_place import FORWARD, DrawerPlacement
+from vla.expert_drawer_place import FORWARD
 from vla.expert_skills import KNOB_GRIP, STOVE_KNOB, KnobSkill
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,11 +159,11 @@ def test_drawer_skill_grips_the_bar_end_nearest_the_robot_then_pulls_it_out_and_
 def test_plan_task_opens_the_drawer_before_putting_an_object_in_it_once():
     region = "wooden_cabinet_1_top_region"
     plan = plan_task([("in", "akita_black_bowl_1", region)])
-    assert [type(s) for s in plan.skills] == [DrawerSkill, DrawerPlacement]
+    assert [type(s) for s in plan.skills] == [DrawerSkill, ScriptedExpert] and plan.skills[1].into is not None
     assert plan.skills[0].region == region and plan.skills[0].travel == PLACE_TRAVEL < OPEN_TRAVEL
     assert plan.skills[1].obj == "akita_black_bowl_1" and plan.skills[1].target == region
     both = plan_task([("in", "akita_black_bowl_1", region), ("open", region)])  # opened once, all the way
-    assert [type(s) for s in both.skills] == [DrawerSkill, DrawerPlacement] and both.skills[0].travel == OPEN_TRAVEL
+    assert [type(s) for s in both.skills] == [DrawerSkill, ScriptedExpert] and both.skills[0].travel == OPEN_TRAVEL
 
 
 def _place_obs(eef, bowl=(-0.09, 0.0, 0.898), travel=0.12, side=(0.036, -0.25, 1.127)):
