@@ -11,7 +11,8 @@ import pytest
 from scripts_loader import load_script
 
 from vla.expert import ScriptedExpert, SequenceExpert, UnsupportedTaskError, parse_goal, plan_task, rotation_error
-from vla.expert_drawer import HANDLE, OPEN_TRAVEL, SIDE_TO_REGION, DrawerSkill
+from vla.expert_drawer import HANDLE, OPEN_TRAVEL, PLACE_TRAVEL, SIDE_TO_REGION, DrawerSkill
+from vla.expert_drawer_place import FORWARD
 from vla.expert_skills import KNOB_GRIP, STOVE_KNOB, KnobSkill
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,7 +90,6 @@ def test_plan_task_orders_the_knob_before_the_placements_and_keeps_a_single_plac
     [
         ([("close", "wooden_cabinet_1_middle_region")], "drawers"),
         ([("open", "white_cabinet_1_top_region")], "drawers"),
-        ([("in", "akita_black_bowl_1", "wooden_cabinet_1_top_region")], "drawers"),
         ([("close", "white_cabinet_1_bottom_region"), ("in", "akita_black_bowl_1", "white_cabinet_1_bottom_region")],
          "drawers"),
         ([("close", "microwave_1")], "microwave_1"),
@@ -154,6 +154,51 @@ def test_drawer_skill_grips_the_bar_end_nearest_the_robot_then_pulls_it_out_and_
     skill.act(_drawer_obs(grip + [0, OPEN_TRAVEL + 0.01, 0], quat=turned, travel=OPEN_TRAVEL + 0.01))
     assert skill.phase == "release"
     assert skill.act(_drawer_obs(grip + [0, 0.15, 0], quat=turned, travel=0.15))[6] == -1.0
+
+
+def test_plan_task_opens_the_drawer_before_putting_an_object_in_it_once():
+    region = "wooden_cabinet_1_top_region"
+    plan = plan_task([("in", "akita_black_bowl_1", region)])
+    assert [type(s) for s in plan.skills] == [DrawerSkill, ScriptedExpert] and plan.skills[1].into is not None
+    assert plan.skills[0].region == region and plan.skills[0].travel == PLACE_TRAVEL < OPEN_TRAVEL
+    assert plan.skills[1].obj == "akita_black_bowl_1" and plan.skills[1].target == region
+    both = plan_task([("in", "akita_black_bowl_1", region), ("open", region)])  # opened once, all the way
+    assert [type(s) for s in both.skills] == [DrawerSkill, ScriptedExpert] and both.skills[0].travel == OPEN_TRAVEL
+
+
+def _place_obs(eef, bowl=(-0.09, 0.0, 0.898), travel=0.12, side=(0.036, -0.25, 1.127)):
+    """libero_goal's scene for task 3: the top drawer `travel` out along world +y, the bowl in front of it."""
+    region = np.array([side[0] - SIDE_TO_REGION[0], side[1] - SIDE_TO_REGION[1] + travel, 1.091])
+    return {"robot0_eef_pos": np.asarray(eef, float), "robot0_eef_quat": HOME_QUAT,
+            "akita_black_bowl_1_pos": np.asarray(bowl, float), "akita_black_bowl_1_quat": np.array([0, 0, 0, 1.0]),
+            "wooden_cabinet_1_top_region_pos": region, "wooden_cabinet_1_top_side_pos": np.asarray(side, float)}  # fmt: skip
+
+
+def test_drawer_placement_goes_down_over_the_bowl_slides_out_before_rising_and_places_in_front_of_the_site():
+    expert = plan_task([("in", "akita_black_bowl_1", "wooden_cabinet_1_top_region")]).skills[1]
+    home = np.array([-0.2, 0.0, 1.18])
+    action = expert.act(_place_obs(home))
+    assert expert.phase == "approach" and action[0] > 0 and action[2] >= 0  # across first, not down diagonally
+    bowl = np.array([-0.09, 0.0, 0.898])
+    grasp = bowl + expert.grasp_offset
+    assert expert.act(_place_obs(grasp + [0, 0, 0.2]))[2] < 0  # over the grasp point: down
+    expert._next("close")
+    for _ in range(expert.cfg.close_steps):
+        expert.act(_place_obs(grasp))
+    assert expert.phase == "lift"
+    action = expert.act(_place_obs(grasp))
+    assert action[1] > 0 and abs(action[0]) < 0.05  # out along the drawer's slide (+y), not towards the cabinet
+    low = grasp + [0, 0.01, 0.02]
+    assert expert.act(_place_obs(low, bowl=low - expert.held))[1] > 0  # still sliding while low
+    out = grasp + [0, 0.06, 0.04]
+    assert expert.act(_place_obs(out, bowl=out - expert.held))[2] > 0  # clear of the drawer: rising
+    obs = _place_obs(out, bowl=out - expert.held)
+    region = obs["wooden_cabinet_1_top_region_pos"]
+    assert expert.carry_z > region[2] + 0.03 + expert.held[2]  # the held bowl's base clears the drawer's walls
+    expert._next("lower")
+    goal, gripper = expert._waypoint(out, out - expert.held, region)
+    np.testing.assert_allclose(goal[:2], region[:2] + expert.held[:2] + [0, FORWARD], atol=1e-3)
+    assert gripper == 1.0
 
 
 def _rotate_z(quat):

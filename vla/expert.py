@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vla.expert_drawer import DrawerSkill
+from vla.expert_drawer import PLACE_TRAVEL, DrawerSkill
+from vla.expert_drawer_place import IntoDrawer
 from vla.expert_skills import (
     DRAWER_REASON,
     PUSH_REASON,
@@ -137,15 +138,16 @@ def _yaw_quat(angle: float) -> np.ndarray:
 
 
 class ScriptedExpert:
-    """Picks `obj` and puts it on / in `target` (both instance names with `<name>_pos` in the observations).
-    A policy: `reset()` at each episode start, then `act(obs) -> (7,)` LIBERO action in [-1, 1] (gripper -1 open,
-    +1 close). Works on raw env observations or `EnvPool` StepResult.obs alike."""
+    """Picks `obj` and puts it on / in `target` (both with `<name>_pos` in the observations; `into_drawer`: an open
+    drawer's region, `IntoDrawer`). A policy: `reset()` at each episode start, then `act(obs) -> (7,)` LIBERO action
+    in [-1, 1] (gripper -1 open, +1 close), on raw env observations or `EnvPool` StepResult.obs alike."""
 
     PHASES = ("approach", "descend", "close", "lift", "carry", "lower", "open", "retreat", "regrasp")
 
-    def __init__(self, obj: str, target: str, *, config: ExpertConfig | None = None, drawer: str | None = None):
-        self.obj, self.target = obj, target
-        self.cfg = config or ExpertConfig()
+    def __init__(self, obj: str, target: str, *, config: ExpertConfig | None = None, drawer: str | None = None,
+                 into_drawer: bool = False):  # fmt: skip
+        self.obj, self.target, self.into = obj, target, IntoDrawer(target) if into_drawer else None
+        self.cfg = IntoDrawer.configure(config or ExpertConfig()) if into_drawer else config or ExpertConfig()
         self.spec = object_spec(obj)
         # `drawer`: the drawer region the object starts in; grasped closer to its axis (`confined_radius`), from
         # the side facing the robot or the opposite one, whichever is further from the drawer's wall.
@@ -268,7 +270,8 @@ class ScriptedExpert:
             "retreat": (np.array([eef[0], eef[1], self.carry_z]), -1.0),
             "regrasp": (np.array([eef[0], eef[1], max(eef[2], obj[2] + cfg.hover + cfg.hover / 2)]), -1.0),
         }
-        return above[self.phase]
+        goal, gripper = above[self.phase]
+        return (goal if self.into is None else self.into.shape(self, eef, goal)), gripper
 
     def _advance(self, eef: np.ndarray, obj: np.ndarray, target: np.ndarray, distance: float) -> None:
         """Phase transitions: a move ends within tolerance, or stalled close to its goal (steady-state error at the
@@ -310,6 +313,7 @@ class ScriptedExpert:
         self.phase_steps += 1
         obj = np.asarray(obs[f"{self.obj}_pos"], float)
         target = np.asarray(obs[f"{self.target_name}_pos"], float)
+        self.into is not None and self.into.observe(obs)  # the drawer's slide direction, for its waypoints
         if self.phase in ("approach", "descend"):
             self.grasp_offset = self._plan_grasp(obs, obj, np.asarray(obs[f"{self.obj}_quat"], float))
         if self.phase in ("lift", "carry", "lower") and np.linalg.norm(eef - obj - self.held) > cfg.drop_distance:
@@ -341,17 +345,17 @@ PUSHED = {"plate"}  # flat and wide: onto a table region it would be pushed, not
 
 def plan_task(goal: list[tuple[str, ...]], *, config: ExpertConfig | None = None, init: list[tuple[str, ...]] = ()):
     """The skills that reach `goal` (parsed BDDL predicates), in order: turn knobs on, open wooden_cabinet drawers
-    (`DrawerSkill`), then pick-and-place each
-    object (`init`, the initial predicates, tells which objects start inside a drawer). One pick-and-place alone
-    is a `ScriptedExpert`. Raises `UnsupportedTaskError` with the reason for
-    other drawers (`Close`, `In` a drawer, other cabinets), pushing (a plate onto a table region) and other predicates."""
+    (`DrawerSkill`, also for an object put `In` one), then pick-and-place each object (`init` tells which start in a
+    drawer); one alone is a `ScriptedExpert`. `UnsupportedTaskError` names why not for other goals."""
     skills: list = []
     for pred in sorted(goal, key=lambda p: ORDER.get(p[0], 9)):
         kind, args = pred[0], pred[1:]
-        if kind == "open" and len(args) == 1 and is_drawer_region(args[0]) and "wooden_cabinet" in args[0]:
-            skills.append(DrawerSkill(args[0]))
+        opens = kind in ("open", "in") and is_drawer_region(pred[-1]) and "wooden_cabinet" in pred[-1]
+        if opens and not any(getattr(s, "region", None) == pred[-1] for s in skills):  # open, then put objects in
+            skills.append(DrawerSkill(pred[-1]) if kind == "open" else DrawerSkill(pred[-1], travel=PLACE_TRAVEL))
+        if kind == "open" and opens:
             continue
-        if kind in ("open", "close") or (kind in ("on", "in") and is_drawer_region(pred[-1])):
+        if kind in ("open", "close") or (kind in ("on", "in") and is_drawer_region(pred[-1]) and not opens):
             reason = DRAWER_REASON if "cabinet" in pred[-1] else f"no skill opens or closes {pred[-1]!r}"
             raise UnsupportedTaskError(f"goal predicate {pred}: {reason}")
         if kind == "turnon" and len(args) == 1:
@@ -361,7 +365,7 @@ def plan_task(goal: list[tuple[str, ...]], *, config: ExpertConfig | None = None
             if re.sub(r"_\d+$", "", obj) in PUSHED and target.startswith("main_table_"):
                 raise UnsupportedTaskError(f"goal predicate {pred}: {PUSH_REASON}")
             drawer = next((p[-1] for p in init if p[0] == "in" and p[1] == obj and is_drawer_region(p[-1])), None)
-            skills.append(ScriptedExpert(obj, target, config=config, drawer=drawer))
+            skills.append(ScriptedExpert(obj, target, config=config, drawer=drawer, into_drawer=opens))
         else:
             raise UnsupportedTaskError(f"goal predicate {pred} needs a skill the expert does not have")
     if len(skills) == 1 and isinstance(skills[0], ScriptedExpert):

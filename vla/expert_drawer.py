@@ -20,6 +20,9 @@ HANDLE = (-0.00606, -0.11289, -0.00649)  # handle bar centre minus the drawer's 
 SIDE_TO_REGION = (-0.00026, -0.00439)  # region site minus top_side site in the cabinet's xy frame, drawer closed
 OPEN_TRAVEL = 0.14  # LIBERO's Open: the drawer's slide joint past -0.14 m
 BAR_HALF_LENGTH = 0.0445
+# Opening for putting an object in (libero_goal's bowl stands where the fully open top drawer's front would be: at
+# 0.12 m the front stays clear of the hand that grasps the bowl, and the bowl still fits in front of the cabinet).
+PLACE_TRAVEL = 0.10
 
 
 def _axis_quat(axis: tuple[float, float, float], angle: float) -> np.ndarray:
@@ -41,11 +44,12 @@ class DrawerSkill(Skill):
     standoff = 0.10  # approach point this far before the bar's near end
     extra_pull = 0.03  # pull goal beyond the open threshold (the drawer lags the hand)
     close_steps = 15
+    restore_home = True  # end at the starting pose (False: above where it let go)
     skew = np.deg2rad(35)  # the gripper points this far off the bar, out of the cabinet: the hand and wrist keep
     # clear of what stands beside the cabinet on the robot's side (libero_goal's wine rack)
 
-    def __init__(self, region: str):
-        self.region, self.cabinet = region, fixture_of(region)
+    def __init__(self, region: str, travel: float = OPEN_TRAVEL):
+        self.region, self.cabinet, self.travel = region, fixture_of(region), travel
         if category(self.cabinet) != "wooden_cabinet":
             raise UnsupportedTaskError(f"no drawer geometry for {self.cabinet!r} (only wooden_cabinet)")
         super().__init__()
@@ -92,7 +96,7 @@ class DrawerSkill(Skill):
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         eef, quat = self._tick(obs)
         if self.home_quat is None:
-            self.home_quat = self.quat.copy()
+            self.home_quat, self.home = self.quat.copy(), eef.copy()
         grip, along = self.grasp_point(obs, eef)
         _, _, slide = self.frame(obs)
         phase, gripper, speed = self.phase, -1.0, 1.0
@@ -109,7 +113,10 @@ class DrawerSkill(Skill):
                 self._next("approach")
         elif phase == "approach":
             goal = pre
-            if self._arrived(eef, goal, 0.008, timeout=120):
+            # Before a placement (short opening, the episode's steps are short), a stall on the way (the hand on the
+            # cabinet's edge) ends the approach: the slide along the bar from there works (for Open it cost 1/10).
+            stalled = self.travel < OPEN_TRAVEL and self.still_steps >= 10
+            if self._arrived(eef, goal, 0.008, timeout=120) or stalled:
                 self._next("insert")
         elif phase == "insert":
             goal, speed = grip, 0.4
@@ -118,11 +125,11 @@ class DrawerSkill(Skill):
         elif phase == "close":
             goal, gripper = grip, 1.0
             if self.phase_steps >= self.close_steps:
-                self.pull_goal = eef + slide * (OPEN_TRAVEL + self.extra_pull - max(self.opening(obs), 0.0))
+                self.pull_goal = eef + slide * (self.travel + self.extra_pull - max(self.opening(obs), 0.0))
                 self._next("pull")
         elif phase == "pull":
             goal, gripper, speed = self.pull_goal, 1.0, 0.5
-            if self.opening(obs) > OPEN_TRAVEL + 0.005 or self.phase_steps > 150:
+            if self.opening(obs) > self.travel + 0.005 or self.phase_steps > 150:
                 self._next("release")
         elif phase == "release":
             goal = eef
@@ -136,8 +143,9 @@ class DrawerSkill(Skill):
                 self._next("restore")
         elif phase == "restore":
             self.quat = self.home_quat.copy()
-            goal = self.back_goal + [0, 0, 0.08]
-            if self.phase_steps >= 40:
+            # back where it started, above the table's middle: a placement next picks from the robot's side
+            goal = self.home if self.restore_home else self.back_goal + [0, 0, 0.08]
+            if self.phase_steps >= 15 and self._arrived(eef, goal, 0.02, timeout=40):
                 self._next("done")
         else:
             goal = eef

@@ -1,5 +1,5 @@
 """Scripted expert skills beyond pick-and-place (today: turning a stove knob on; opening a drawer lives in
-`vla.expert_drawer`), and the reasons for the skills it lacks (closing or filling drawers, pushing). Each skill is a small phase machine on privileged observations (`robot0_eef_*`, object
+`vla.expert_drawer`), and the reasons for the skills it lacks (closing drawers, pushing). Each skill is a small phase machine on privileged observations (`robot0_eef_*`, object
 `<name>_pos`, region sites `<site>_pos`): `reset()`, `act(obs) -> (7,)` LIBERO action, `finished(obs)` for sequencing.
 
 Fixtures (stoves) expose no joint state in the observations, so their geometry is measured once from the LIBERO
@@ -48,8 +48,8 @@ PUSH_REASON = (
     "the descent shoves the plate sideways"
 )
 DRAWER_REASON = (
-    "drawers are supported for opening a wooden_cabinet drawer only (vla.expert_drawer); closing one, putting an "
-    "object into one and other cabinets are not: from above, the finger meshes hit the cabinet top and the handle of the drawer "
+    "drawers are supported for opening a wooden_cabinet drawer and putting an object into it (vla.expert_drawer, "
+    "vla.expert_drawer_place) only; closing one and other cabinets are not: from above, the finger meshes hit the cabinet top and the handle of the drawer "
     "above before the far pad reaches the gap behind the handle bar; tipped over to point into the cabinet, the "
     "wrist (link 6) hits the handles and the hand hits objects on the table"
 )
