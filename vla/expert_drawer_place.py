@@ -13,7 +13,7 @@ import dataclasses
 
 import numpy as np
 
-from vla.expert_skills import fixture_of
+from vla.expert_drawer import DrawerSkill
 
 LOW_LIFT = 0.04  # height (m) above the grasp at which the held object slides out from under the drawer
 FORWARD = 0.03  # place this far from the region site towards the drawer's front (away from the cabinet's top)
@@ -21,6 +21,7 @@ SLIDE_OUT = 0.06  # the held object slides this far along the drawer's slide (ou
 CLEAR_XY = 0.02  # within this of the slide's end (xy), the lift may rise to the carry height
 ALIGN_XY = 0.02  # the approach goes down only this close (xy) over the grasp point (a diagonal hooks the drawer)
 GRASP_TURN = -30.0  # degrees from the side facing the robot: grasp on the side away from the drawer's front
+MIN_OPENING = 0.05  # the slide direction is read from the sites only once the drawer is open this far
 CARRY = 0.06  # the held object's base this far above the site clears the drawer's walls (3 cm above the site)
 
 
@@ -28,7 +29,7 @@ class IntoDrawer:
     """Waypoint changes for a pick-and-place into the drawer `region` (see the module docstring)."""
 
     def __init__(self, region: str):
-        self.region, self.cabinet = region, fixture_of(region)
+        self.drawer = DrawerSkill(region)  # its geometry only: the cabinet's pose and the drawer's opening
         self.front: np.ndarray | None = None  # unit direction (3,) the drawer slides out along
         self.lift_xy: np.ndarray | None = None
 
@@ -38,10 +39,11 @@ class IntoDrawer:
         return dataclasses.replace(config, grasp_angle=GRASP_TURN, carry=CARRY)
 
     def observe(self, obs: dict[str, np.ndarray]) -> None:
-        # The drawer slides out along the line from the cabinet's fixed top_side site to the region site.
-        side = obs.get(f"{self.cabinet}_top_side_pos")
-        out = None if side is None else (np.asarray(obs[f"{self.region}_pos"], float) - side)[:2]
-        self.front = None if out is None or np.linalg.norm(out) < 0.05 else np.array([*out / np.linalg.norm(out), 0])
+        """The drawer's slide direction, once it is open far enough for its sites to give it (>= 5 cm)."""
+        if f"{self.drawer.cabinet}_top_side_pos" not in obs or self.drawer.opening(obs) < MIN_OPENING:
+            self.front = None
+        else:
+            self.front = self.drawer.frame(obs)[2]
 
     def shape(self, expert, eef: np.ndarray, goal: np.ndarray | None) -> np.ndarray | None:
         """`expert`'s waypoint `goal` for its current phase, changed for the drawer."""
