@@ -31,7 +31,7 @@ def synthetic_stats(num_transitions: int = 50_000) -> dict:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="full", choices=["tiny", "small", "small256", "full"])
+    parser.add_argument("--preset", default="full", choices=["tiny", "micro", "small", "small256", "full"])
     parser.add_argument("--tokenizer", type=Path, required=True, help="directory holding Llama-2's tokenizer.model")
     parser.add_argument("--out", type=Path, required=True, help="new checkpoint directory (must not exist)")
     parser.add_argument("--unnorm_key", nargs="+", default=["libero_spatial", "libero_object", "libero_goal",
