@@ -1,7 +1,9 @@
 """The one env-pool scheduler of evaluation and demo collection: episodes run asynchronously per worker. A worker
 that finishes an episode is reset onto the next job while the others keep stepping; every env waiting for an action
 goes into ONE batched `policy.act` call, and each action is sent the moment it is known, so workers simulate while
-the policy computes. Per-episode outcomes depend only on the job and the policy, never on which worker ran it."""
+the policy computes. Optionally (`gather_s`) the scheduler first waits a little for the other stepping envs, so an
+expensive policy makes fewer, larger calls. Per-episode outcomes depend only on the job and the policy, never on
+which worker ran it or when."""
 
 from __future__ import annotations
 
@@ -102,7 +104,12 @@ class Scheduler:
     """Runs `jobs` on `pool` with `policy`, each episode until `done` or `max_steps` actions. `run` yields every
     Outcome as it happens; `timing` accumulates over runs. A policy exception ends the episodes of that batch as
     errors, an env exception its own episode; the run goes on. Every `log_every_s` (default `PROGRESS_LOG_S`) the
-    timing so far is logged, so a run stopped from outside (a job's time limit) still says where its time went."""
+    timing so far is logged, so a run stopped from outside (a job's time limit) still says where its time went.
+
+    gather_s: 0 acts greedily, on whatever observations have arrived (right for a cheap policy). > 0: once an
+    observation waits, keep receiving until every env with a STEP in flight has answered, or until `gather_s` seconds
+    have passed since that first observation, then act on all of them in one call (for a policy whose call has a
+    large fixed cost). Resetting envs are never waited for: a reset takes seconds. Gathering counts as `wait_s`."""
 
     def __init__(
         self,
@@ -111,9 +118,13 @@ class Scheduler:
         max_steps: int,
         on_action: ActionHook | None = None,
         log_every_s: float | None = None,
+        gather_s: float = 0.0,
     ):
+        if gather_s < 0:
+            raise ValueError(f"gather_s must be >= 0 (seconds; 0 = act greedily), got {gather_s}")
         self.pool, self.policy, self.max_steps, self.on_action = pool, policy, max_steps, on_action
         self.log_every_s = PROGRESS_LOG_S if log_every_s is None else log_every_s
+        self.gather_s = gather_s
         self.timing = Timing(num_workers=pool.num_workers)
 
     def run(self, jobs: Iterable[Job]) -> Iterator[Outcome]:
@@ -121,6 +132,7 @@ class Scheduler:
         queue, free = deque(jobs), deque(range(self.pool.num_workers))
         busy: dict[int, Episode] = {}  # a request in flight
         waiting: dict[int, Episode] = {}  # an observation, no action yet
+        since: float | None = None  # when the first of `waiting` arrived (gathering)
         logged = started
         try:
             while queue or busy or waiting:
@@ -134,24 +146,37 @@ class Scheduler:
                     if outcome is not None:
                         free.appendleft(outcome.episode.slot)
                         yield outcome
-                if waiting:
+                if waiting and self._gathered(busy, since):
                     for outcome in self._act(waiting, busy):
                         free.append(outcome.episode.slot)
                         yield outcome
-                    waiting = {}
+                    waiting, since = {}, None
                     continue  # freed workers take new jobs before this process blocks on the pipes
                 if not busy:
                     continue
                 t0 = time.perf_counter()
-                results = self.pool.receive()
-                self.timing.wait_s += time.perf_counter() - t0
+                if waiting:  # gathering: wait at most until gather_s after the first observation
+                    results = self.pool.receive(timeout=max(0.0, since + self.gather_s - t0))
+                else:
+                    results = self.pool.receive()
+                received = time.perf_counter()
+                self.timing.wait_s += received - t0
                 for slot, result in results.items():
                     outcome = self._collect(busy.pop(slot), result, waiting)
                     if outcome is not None:
                         free.append(slot)
                         yield outcome
+                if waiting and since is None:
+                    since = received
         finally:
             self.timing.wall_s += time.perf_counter() - started
+
+    def _gathered(self, busy: dict[int, Episode], since: float | None) -> bool:
+        """Whether to act on the waiting envs now: greedy, or no stepping env is still out (an env with `steps == 0`
+        is resetting), or `gather_s` has passed since the first waiting observation."""
+        if self.gather_s == 0 or not any(episode.steps for episode in busy.values()):
+            return True
+        return since is None or time.perf_counter() - since >= self.gather_s
 
     def _start(self, slot: int, job: Job, busy: dict[int, Episode]) -> Outcome | None:
         episode = Episode(job, slot, time.perf_counter())

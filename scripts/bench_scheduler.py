@@ -1,0 +1,94 @@
+"""Greedy vs gathered batching in `vla.env_scheduler`, without LIBERO: the real `Scheduler` on `vla.fake_pool`'s
+simulated workers (sleeping the step and reset times of 16 LIBERO workers on the H200 node) with policies that only
+cost time, `a + b * batch` ms per call. Prints policy steps/s, mean batch and policy calls per latency profile.
+
+    python scripts/bench_scheduler.py                                   # the three profiles, 16 workers
+    python scripts/bench_scheduler.py --profiles 7b --episodes 64 --time_scale 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from vla.env_pool import ResetRequest
+from vla.env_scheduler import Job, Scheduler
+from vla.fake_pool import FakePool, LatencyPolicy, seeded_length
+from vla.libero_env import TaskInfo
+
+# name -> (fixed ms per call, ms per batch item): measured or estimated costs of one `policy.act`
+PROFILES = {
+    "expert": ("expert", 0.1, 0.0),  # the scripted expert: instant
+    "small": ("small VLA", 4.0, 0.5),
+    "7b": ("7B H200", 32.0, 7.6),  # compiled fast decoding of the 7B: 25.6 Hz at batch 1, 86 actions/s at batch 8
+}
+
+
+def run_once(args: argparse.Namespace, base_ms: float, per_item_ms: float, gather_s: float) -> dict:
+    """One scheduler run of `args.episodes` episodes; rates are in unscaled (real-latency) time."""
+    scale = args.time_scale
+    jobs = [Job(TaskInfo(0, "fake", "do the fake task", "none"), ResetRequest(0, seed=args.seed + i), key=i)
+            for i in range(args.episodes)]  # fmt: skip
+    policy = LatencyPolicy(base_ms * scale / 1e3, per_item_ms * scale / 1e3)
+    with FakePool(
+        args.workers, args.step_ms * scale / 1e3, args.reset_ms * scale / 1e3, args.jitter,
+        seeded_length(args.min_len, args.max_len), seed=args.seed,
+    ) as pool:  # fmt: skip
+        scheduler = Scheduler(pool, policy, args.max_len, gather_s=gather_s * scale)
+        started = time.perf_counter()
+        outcomes = list(scheduler.run(jobs))
+        wall = (time.perf_counter() - started) / scale
+    bad = [o for o in outcomes if o.status != "success"]
+    if bad:
+        raise RuntimeError(f"{len(bad)} fake episodes did not succeed, e.g. {bad[0].status}: {bad[0].error}")
+    timing = scheduler.timing
+    return {"steps_per_s": timing.steps / wall, "mean_batch": timing.steps / timing.policy_calls,
+            "calls": timing.policy_calls, "wall_s": wall, "steps": timing.steps}  # fmt: skip
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    header = (f"| profile (a + b·batch ms) | greedy steps/s | gather steps/s | gather/greedy | greedy mean batch | "
+              f"gather mean batch | greedy calls | gather calls |\n|{'---|' * 8}")  # fmt: skip
+    print(f"{args.workers} workers, {args.episodes} episodes of {args.min_len}-{args.max_len} steps, step "
+          f"{args.step_ms} ms, reset {args.reset_ms} ms (+-{args.jitter:.0%}), gather_s {args.gather_s}, "
+          f"time scale {args.time_scale}\n\n{header}")  # fmt: skip
+    rows = []
+    for key in args.profiles:
+        name, base_ms, per_item_ms = PROFILES[key]
+        greedy = run_once(args, base_ms, per_item_ms, 0.0)
+        gather = run_once(args, base_ms, per_item_ms, args.gather_s)
+        ratio = gather["steps_per_s"] / greedy["steps_per_s"]
+        print(
+            f"| {name} ({base_ms:g} + {per_item_ms:g}) | {greedy['steps_per_s']:.1f} | {gather['steps_per_s']:.1f} | "
+            f"{ratio:.2f} | {greedy['mean_batch']:.2f} | {gather['mean_batch']:.2f} | {greedy['calls']} | "
+            f"{gather['calls']} |",
+            flush=True,
+        )
+        rows.append({"profile": key, "greedy": greedy, "gather": gather, "ratio": ratio})
+    return rows
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profiles", type=lambda s: s.split(","), default=list(PROFILES), help="expert,small,7b")
+    parser.add_argument("--workers", type=int, default=16, help="simulated env workers")
+    parser.add_argument("--episodes", type=int, default=32, help="episodes per run (each profile runs twice)")
+    parser.add_argument("--step_ms", type=float, default=44.0, help="one env step (16 workers on the node: 44 ms)")
+    parser.add_argument("--reset_ms", type=float, default=1700.0, help="one reset (LIBERO rebuilds its model: 1.7 s)")
+    parser.add_argument("--jitter", type=float, default=0.1, help="relative +- spread of step and reset times")
+    parser.add_argument("--min_len", type=int, default=100, help="shortest episode, steps")
+    parser.add_argument("--max_len", type=int, default=220, help="longest episode, steps (libero_spatial's limit)")
+    parser.add_argument("--gather_s", type=float, default=0.5, help="the scheduler's gather_s for the gather column")
+    parser.add_argument("--time_scale", type=float, default=0.25, help="every latency times this (rates unscaled)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    bad = [p for p in args.profiles if p not in PROFILES]
+    if bad:
+        parser.error(f"unknown profiles {bad}: choose from {list(PROFILES)}")
+    if args.time_scale <= 0 or args.min_len < 1 or args.max_len < args.min_len:
+        parser.error("need --time_scale > 0 and 1 <= --min_len <= --max_len")
+    return args
+
+
+if __name__ == "__main__":
+    main(parse_args())
