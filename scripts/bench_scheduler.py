@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min_len", type=int, default=100, help="shortest episode, steps")
     parser.add_argument("--max_len", type=int, default=220, help="longest episode, steps (libero_spatial's limit)")
     parser.add_argument("--gather_s", type=float, default=0.5, help="the scheduler's gather_s for the gather column")
-    parser.add_argument("--time_scale", type=float, default=0.25, help="every latency times this (rates unscaled)")
+    parser.add_argument("--time_scale", type=float, default=0.125, help="every latency times this (rates unscaled)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     bad = [p for p in args.profiles if p not in PROFILES]

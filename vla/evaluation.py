@@ -64,6 +64,9 @@ class EvalConfig:
     tasks: list[int] | None = None  # task ids to evaluate (default: the whole suite)
     max_steps: int | None = None  # policy steps per episode; None: the suite's limit (SUITE_MAX_STEPS)
     num_envs: int = 1  # parallel simulation worker processes (one env each)
+    # seconds the scheduler may wait for the other stepping envs before one batched policy call (0: act on whatever
+    # has arrived, greedy); None: the policy's hint (VLA on CUDA: 0.5, else 0). Resetting envs are never waited for
+    gather_s: float | None = None
     fast_decoding: bool | None = None  # VLA: static-cache CUDA-graph decoder with torch.compile; None: on CUDA only
     gl: str | None = None  # MuJoCo GL back-end of the workers: egl | osmesa; None: $MUJOCO_GL, else egl
     egl_devices: list[int] | None = None  # EGL device ids the workers render on (round-robin); None: visible GPUs
@@ -99,6 +102,9 @@ class EvalConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.gather_s is not None and self.gather_s < 0:
+            raise ValueError(f"gather_s must be >= 0 seconds, got {self.gather_s}: pass --gather_s 0 to act greedily, "
+                             "or leave it unset for the policy's default")  # fmt: skip
         if self.wandb_mode not in WANDB_MODES:
             raise ValueError(f"unknown wandb_mode {self.wandb_mode!r}: choose one of {WANDB_MODES}")
         if self.resume and self.out_dir is None:
@@ -274,7 +280,8 @@ def evaluate(cfg: EvalConfig, policy: Policy) -> dict[str, Any]:
             ):
                 if hasattr(policy, "warm_up"):  # while the workers start: no graph capture mid-run
                     policy.warm_up(sorted({job.task.language for job in jobs}), num_workers)
-                scheduler = Scheduler(pool, policy, cfg.episode_steps, on_action=recorder.on_action)
+                gather_s = getattr(policy, "gather_s", 0.0) if cfg.gather_s is None else cfg.gather_s
+                scheduler = Scheduler(pool, policy, cfg.episode_steps, on_action=recorder.on_action, gather_s=gather_s)
                 for outcome in scheduler.run(jobs):
                     record = recorder.finish(outcome.episode, outcome.status, outcome.error)
                     records.append(record)

@@ -26,7 +26,8 @@ class FakePool:
     A step sleeps `step_s`, a reset `reset_s`, each times 1 +- `jitter` (uniform, seeded per worker). An episode is
     done after `episode_length(request)` steps (default: `seeded_length(100, 220)`). The observation is {"t": steps so far}; a step whose action is not
     `policy_action(t)` (the action for the observation it answers) comes back as an error: actions must reach their
-    own env. `events` lists ("send", worker, "reset" | "step") and ("recv", worker), in order, from this process."""
+    own env. `events` lists (time.perf_counter(), "send" | "recv", worker, "reset" | "step") as this process sent the
+    requests and received their answers."""
 
     def __init__(
         self,
@@ -42,7 +43,7 @@ class FakePool:
         self.events: list[tuple] = []
         self._answers: queue.Queue[tuple[int, StepResult]] = queue.Queue()
         self._requests = [queue.Queue() for _ in range(num_workers)]
-        self._in_flight: set[int] = set()
+        self._in_flight: dict[int, str] = {}  # worker -> the kind of its request
         self._threads = [
             threading.Thread(target=self._worker, args=(i, seed), name=f"fake-env-{i}", daemon=True)
             for i in range(num_workers)
@@ -57,8 +58,8 @@ class FakePool:
     def send(self, worker: int, request: ResetRequest | np.ndarray) -> None:
         if worker in self._in_flight:
             raise RuntimeError(f"worker {worker} has a request in flight: receive its result first")
-        self.events.append(("send", worker, "reset" if isinstance(request, ResetRequest) else "step"))
-        self._in_flight.add(worker)
+        self._in_flight[worker] = "reset" if isinstance(request, ResetRequest) else "step"
+        self.events.append((time.perf_counter(), "send", worker, self._in_flight[worker]))
         self._requests[worker].put(request)
 
     def receive(self, timeout: float | None = None) -> dict[int, StepResult]:
@@ -74,9 +75,9 @@ class FakePool:
                 results[worker] = result
         except queue.Empty:
             pass
+        received = time.perf_counter()
         for worker in results:
-            self._in_flight.discard(worker)
-            self.events.append(("recv", worker))
+            self.events.append((received, "recv", worker, self._in_flight.pop(worker)))
         return results
 
     def _worker(self, index: int, seed: int) -> None:
