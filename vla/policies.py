@@ -42,6 +42,8 @@ class VLAPolicy:
     batch, so it acts greedily (0)."""
 
     cameras = ("agentview",)
+    # Not yet confirmed on a GPU: simulated (scripts/bench_scheduler.py, docs/PERFORMANCE.md), gathering beats greedy
+    # only when an env step is shorter than a call's fixed cost; with 44 ms steps and the 7B's 32 ms it costs ~9 %.
     CUDA_GATHER_S = 0.5
 
     def __init__(self, vla: Any, unnorm_key: str, center_crop: bool, fast_decoding: bool | None = None):
