@@ -65,7 +65,8 @@ class EvalConfig:
     max_steps: int | None = None  # policy steps per episode; None: the suite's limit (SUITE_MAX_STEPS)
     num_envs: int = 1  # parallel simulation worker processes (one env each)
     # seconds the scheduler may wait for the other stepping envs before one batched policy call (0: act on whatever
-    # has arrived, greedy); None: the policy's hint (VLA on CUDA: 0.5, else 0). Resetting envs are never waited for
+    # has arrived, greedy: simulated best, docs/PERFORMANCE.md); None: the policy's `gather_s` hint, else 0. Resets are
+    # never waited for
     gather_s: float | None = None
     fast_decoding: bool | None = None  # VLA: static-cache CUDA-graph decoder with torch.compile; None: on CUDA only
     gl: str | None = None  # MuJoCo GL back-end of the workers: egl | osmesa; None: $MUJOCO_GL, else egl

@@ -36,23 +36,15 @@ class VLAPolicy:
     """A VLA checkpoint through OpenVLA's eval contract: `libero_image` -> `vla.predict_actions` (one batch, actions
     un-normalized with `unnorm_key`) -> `libero_action`. `last_frames` holds the 224² image before the center crop,
     the frame OpenVLA writes to its replay videos. fast_decoding: decode with `vla.enable_fast_decoding(compile=True)`
-    (static KV cache, CUDA graphs, compiled elementwise ops; eager ops when compilation fails); None: on CUDA only.
-    `gather_s` is the scheduler hint (`vla.env_scheduler.Scheduler`): on CUDA a call's fixed cost is a large part of
-    it, so the scheduler waits up to that long to batch more envs; on the CPU decoding cost grows ~linearly with the
-    batch, so it acts greedily (0)."""
+    (static KV cache, CUDA graphs, compiled elementwise ops; eager ops when compilation fails); None: on CUDA only."""
 
     cameras = ("agentview",)
-    # Not yet confirmed on a GPU: simulated (scripts/bench_scheduler.py, docs/PERFORMANCE.md), gathering beats greedy
-    # only when an env step is shorter than a call's fixed cost; with 44 ms steps and the 7B's 32 ms it costs ~9 %.
-    CUDA_GATHER_S = 0.5
 
     def __init__(self, vla: Any, unnorm_key: str, center_crop: bool, fast_decoding: bool | None = None):
         self.vla, self.unnorm_key, self.center_crop = vla, unnorm_key, center_crop
         self.last_frames: dict[int, np.ndarray] = {}
-        on_cuda = getattr(getattr(vla, "device", None), "type", "cpu") == "cuda"
-        self.gather_s = self.CUDA_GATHER_S if on_cuda else 0.0
         if fast_decoding is None:
-            fast_decoding = on_cuda
+            fast_decoding = getattr(getattr(vla, "device", None), "type", "cpu") == "cuda"
         if fast_decoding:
             vla.enable_fast_decoding(compile=True)
             if vla.fast_decoder.compile_error:
