@@ -21,6 +21,9 @@ PROFILES = {
     "expert": ("expert", 0.1, 0.0),  # the scripted expert: instant
     "small": ("small VLA", 4.0, 0.5),
     "7b": ("7B H200", 32.0, 7.6),  # compiled fast decoding of the 7B: 25.6 Hz at batch 1, 86 actions/s at batch 8
+    # + the main process's per-frame preprocessing (libero_image: 180° turn, JPEG round trip, lanczos resize, crop):
+    # 10-12 ms a frame measured on the 2-core CPU machine (docs/PERFORMANCE.md)
+    "7b_host": ("7B H200 + host prep", 32.0, 7.6 + 10.0),
 }
 
 
@@ -70,7 +73,7 @@ def main(args: argparse.Namespace) -> list[dict]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profiles", type=lambda s: s.split(","), default=list(PROFILES), help="expert,small,7b")
+    parser.add_argument("--profiles", type=lambda s: s.split(","), default=list(PROFILES), help="comma-separated: " + ",".join(PROFILES))
     parser.add_argument("--workers", type=int, default=16, help="simulated env workers")
     parser.add_argument("--episodes", type=int, default=32, help="episodes per run (each profile runs twice)")
     parser.add_argument("--step_ms", type=float, default=44.0, help="one env step (16 workers on the node: 44 ms)")

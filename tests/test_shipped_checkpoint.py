@@ -1,0 +1,63 @@
+"""The checkpoint the repository ships (checkpoints/micro-libero-spatial, evaluated at the end of `make demo`): small
+enough for git, in the official layout, loadable by the public API, and the policy it was trained to be."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+SHIPPED = REPO / "checkpoints" / "micro-libero-spatial"
+UNNORM_KEY = "libero_spatial_no_noops"
+MAX_BYTES = 25_000_000  # the repository's budget for a shipped model
+
+
+def test_shipped_weights_fit_the_budget_in_float16():
+    from safetensors import safe_open
+
+    files = sorted(SHIPPED.glob("*.safetensors"))
+    assert files, f"no weights in {SHIPPED}"
+    assert sum(f.stat().st_size for f in files) <= MAX_BYTES
+    for path in files:
+        with safe_open(str(path), "pt") as f:
+            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from vla import VLA
+
+    return VLA.from_pretrained(SHIPPED, device="cpu", dtype=torch.float32)
+
+
+def test_shipped_checkpoint_is_the_micro_preset_with_libero_spatial_statistics(shipped):
+    from vla.model import VLAConfig
+
+    expected = VLAConfig.preset("micro")
+    assert shipped.config.hidden_size == expected.hidden_size
+    assert shipped.config.num_hidden_layers == expected.num_hidden_layers
+    assert shipped.config.vision.overrides == expected.vision.overrides
+    assert sum(p.numel() for p in shipped.parameters()) < MAX_BYTES / 2
+    assert UNNORM_KEY in shipped.norm_stats
+
+
+def test_shipped_actions_stay_within_the_training_range(shipped):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    action = shipped.predict_action(image, "pick up the black bowl between the plate and the ramekin and place it on the plate", UNNORM_KEY)
+    stats = shipped.norm_stats[UNNORM_KEY]["action"]
+    low, high = np.array(stats["q01"]), np.array(stats["q99"])
+    mask = np.array(stats.get("mask", [True] * 6 + [False]))
+    assert action.shape == (7,)
+    assert np.all(action[mask] >= low[mask] - 1e-6) and np.all(action[mask] <= high[mask] + 1e-6)
+
+
+def test_make_demo_evaluates_the_shipped_checkpoint():
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"eval\.py[^\n]*(\\\n[^\n]*)*--checkpoint checkpoints/micro-libero-spatial", makefile)
+    assert json.loads((SHIPPED / "config.json").read_text())["norm_stats"][UNNORM_KEY]
