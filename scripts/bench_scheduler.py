@@ -73,7 +73,9 @@ def main(args: argparse.Namespace) -> list[dict]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profiles", type=lambda s: s.split(","), default=list(PROFILES), help="comma-separated: " + ",".join(PROFILES))
+    parser.add_argument(
+        "--profiles", type=lambda s: s.split(","), default=list(PROFILES), help="comma-separated: " + ",".join(PROFILES)
+    )
     parser.add_argument("--workers", type=int, default=16, help="simulated env workers")
     parser.add_argument("--episodes", type=int, default=32, help="episodes per run (each profile runs twice)")
     parser.add_argument("--step_ms", type=float, default=44.0, help="one env step (16 workers on the node: 44 ms)")

@@ -51,3 +51,21 @@ def test_bad_inputs():
         ImageProcessor()(np.zeros((224, 224, 3), np.float32))
     with pytest.raises(ValueError, match="letterbox"):
         ImageProcessor.from_preprocessor_config({"image_resize_strategy": "letterbox"})
+
+
+def _mixed_images():
+    rng = np.random.default_rng(3)
+    return [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8), rng.integers(0, 256, (160, 200, 3), dtype=np.uint8)]
+
+
+def test_pixel_values_on_the_cpu_are_the_call():
+    processor, images = ImageProcessor(), _mixed_images()
+    assert torch.equal(processor.pixel_values(images, "cpu"), processor(images))
+
+
+@pytest.mark.gpu
+def test_pixel_values_normalized_on_the_gpu_equal_the_host_path():
+    processor, images = ImageProcessor(), _mixed_images()
+    on_device = processor.pixel_values(images, "cuda")
+    assert on_device.device.type == "cuda"
+    torch.testing.assert_close(on_device.cpu(), processor(images), rtol=0, atol=0)

@@ -25,7 +25,7 @@ def test_shipped_weights_fit_the_budget_in_float16():
     assert sum(f.stat().st_size for f in files) <= MAX_BYTES
     for path in files:
         with safe_open(str(path), "pt") as f:
-            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+            assert {f.get_slice(k).get_dtype() for k in f} == {"F16"}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,9 @@ def test_shipped_checkpoint_is_the_micro_preset_with_libero_spatial_statistics(s
 def test_shipped_actions_stay_within_the_training_range(shipped):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
-    action = shipped.predict_action(image, "pick up the black bowl between the plate and the ramekin and place it on the plate", UNNORM_KEY)
+    action = shipped.predict_action(
+        image, "pick up the black bowl between the plate and the ramekin and place it on the plate", UNNORM_KEY
+    )
     stats = shipped.norm_stats[UNNORM_KEY]["action"]
     low, high = np.array(stats["q01"]), np.array(stats["q99"])
     mask = np.array(stats.get("mask", [True] * 6 + [False]))

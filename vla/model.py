@@ -168,7 +168,7 @@ class VLA(nn.Module):
         prompts = [self.sequence_builder.inference_ids(text) for text in instructions]
         fast = self.fast_decoder
         generate = self.generate_action_ids if fast is None else fast.generate_action_ids
-        token_ids = generate(self.image_processor(list(images)), prompts, len(stats["q01"]))
+        token_ids = generate(self.image_processor.pixel_values(images, self.device), prompts, len(stats["q01"]))
         return unnormalize_actions(self.action_tokenizer.decode(token_ids), stats)
 
     def enable_fast_decoding(self, cuda_graphs: bool = True, max_graphs: int = 32, compile: bool | str = False) -> None:

@@ -59,6 +59,16 @@ class ImageProcessor:
         pixels = torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, S, S)
         return (pixels.repeat(1, 2, 1, 1) - self._mean) / self._std  # (B, 6, S, S)
 
+    def pixel_values(self, images: Sequence[ImageLike], device: torch.device | str = "cpu") -> torch.Tensor:
+        """`__call__` with the result on `device`, bit-equal to it. On an accelerator the images travel as uint8 and
+        are normalized there (`normalize_batch`): 1/24 of the bytes of float32 pixel values, and no per-pixel float
+        work on the host, which an evaluation does for every env every step."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return self(list(images))
+        arrays = np.stack([np.asarray(self.resize(im), dtype=np.uint8) for im in images])  # (B, S, S, 3)
+        return self.normalize_batch(torch.from_numpy(arrays).to(device, non_blocking=True))
+
     def normalize_batch(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, S, S, 3) already at `image_size`, on any device -> float32 pixel_values (B, 6, S, S) on that
         device, bit-equal to `__call__` on the same images: a (6, 256) table of `__call__`'s arithmetic, computed on
