@@ -5,6 +5,7 @@
 #   bash scripts/node_benchmarks.sh sim      # bench_sim at 8 and 16 workers, the expert on the full protocol
 #   bash scripts/node_benchmarks.sh vla      # a small (fast and plain decoding) and the 7B VLA (random) through eval.py
 #   bash scripts/node_benchmarks.sh serve    # the full-size VLA behind serve.py: bench_serve at 1 / 8 / 32 clients
+#   bash scripts/node_benchmarks.sh gather   # the 7B through eval.py gathering batches (--gather_s 0.5), vs vla's greedy
 #
 # On an offline node first `source <bundle>/activate.sh` (scripts/pack_sim.py; docs/OFFLINE.md); serve needs
 # fastapi, uvicorn and json_numpy (carry their wheels). Settings: OUT_ROOT (default outputs/node), TOKENIZER (a
@@ -44,6 +45,12 @@ vla() {  # random weights never succeed: every episode runs its 220 steps (the p
   step full 200 $PY scripts/eval.py --checkpoint /tmp/vla_full --num_trials_per_task 1 --num_envs 16 --out_dir "$DIR/full"
 }
 
+gather() {  # scripts/bench_scheduler.py predicts greedy (the vla stage) beats gathering by ~9 % for the 7B
+  checkpoint full /tmp/vla_full 100
+  step full_gather 200 $PY scripts/eval.py --checkpoint /tmp/vla_full --num_trials_per_task 1 --num_envs 16 \
+    --gather_s 0.5 --out_dir "$DIR/full_gather"
+}
+
 serve() {
   checkpoint full /tmp/vla_full 100
   step serve 300 $PY scripts/bench_serve.py --checkpoint /tmp/vla_full --clients 1 8 32 --seconds 20 \
@@ -57,7 +64,8 @@ for stage in "$@"; do
     sim) sim ;;
     vla) vla ;;
     serve) serve ;;
-    *) echo "unknown stage $stage: sim | vla | serve" >&2; exit 2 ;;
+    gather) gather ;;
+    *) echo "unknown stage $stage: sim | vla | serve | gather" >&2; exit 2 ;;
   esac
   grep -h "timing:" "$DIR"/*.log 2>/dev/null | tail -n 4
 done
