@@ -6,6 +6,8 @@
 #   bash scripts/node_benchmarks.sh vla      # a small (fast and plain decoding) and the 7B VLA (random) through eval.py
 #   bash scripts/node_benchmarks.sh serve    # the full-size VLA behind serve.py: bench_serve at 1 / 8 / 32 clients
 #   bash scripts/node_benchmarks.sh gather   # the 7B through eval.py gathering batches (--gather_s 0.5), vs vla's greedy
+#   bash scripts/node_benchmarks.sh perf     # issue 18's table: training cases + decoding at full size, with profiles
+#                                            # (needs bitsandbytes: carry its wheel instead of a sim bundle)
 #
 # On an offline node first `source <bundle>/activate.sh` (scripts/pack_sim.py; docs/OFFLINE.md); serve needs
 # fastapi, uvicorn and json_numpy (carry their wheels). Settings: OUT_ROOT (default outputs/node), TOKENIZER (a
@@ -51,6 +53,13 @@ gather() {  # scripts/bench_scheduler.py predicts greedy (the vla stage) beats g
     --gather_s 0.5 --out_dir "$DIR/full_gather"
 }
 
+perf() {  # random 7.5B weights built inside each bench; the profile tables land in the logs
+  step finetune 330 $PY scripts/bench_finetune.py --tokenizer "$TOKENIZER" --warmup 1 --steps 3 --profile 3 \
+    --case bf16,1,4 --case 8bit,1,4 --case 8bit,1,4,w8,fuse,exp --case bf16,24,1,fast --case bf16,32,1,fast,fuse
+  step inference 200 $PY scripts/bench_inference.py --tokenizer "$TOKENIZER" --quantization bf16 --quantization 8bit \
+    --quantization 4bit --batch 1 --batch 8 --batch 16 --iters 10 --plain-iters 4 --warmup 2 --agree 16 --fused --compile
+}
+
 serve() {
   checkpoint full /tmp/vla_full 100
   step serve 300 $PY scripts/bench_serve.py --checkpoint /tmp/vla_full --clients 1 8 32 --seconds 20 \
@@ -65,7 +74,8 @@ for stage in "$@"; do
     vla) vla ;;
     serve) serve ;;
     gather) gather ;;
-    *) echo "unknown stage $stage: sim | vla | serve | gather" >&2; exit 2 ;;
+    perf) perf ;;
+    *) echo "unknown stage $stage: sim | vla | serve | gather | perf" >&2; exit 2 ;;
   esac
   grep -h "timing:" "$DIR"/*.log 2>/dev/null | tail -n 4
 done
