@@ -44,7 +44,7 @@ format: setup
 # random weights -> LIBERO evaluation on the benchmark's fixed initial states; then the checkpoint the repository ships,
 # trained the same way for longer, on SHIPPED_TRIALS fixed initial states. Everything lands in outputs/demo/.
 DEMO := outputs/demo
-SHIPPED_TRIALS ?= 4
+SHIPPED_TRIALS ?= 8
 demo: setup
 	rm -rf $(DEMO)
 	$(BIN)/python scripts/collect_demos.py --task_suite libero_spatial --tasks 0 --episodes_per_task 4 \

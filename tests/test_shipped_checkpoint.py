@@ -9,8 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
-
-from tests.conftest import REPO
+from conftest import REPO
 
 SHIPPED = REPO / "checkpoints" / "micro-libero-spatial"
 UNNORM_KEY = "libero_spatial_no_noops"
