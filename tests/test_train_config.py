@@ -146,7 +146,8 @@ def test_upgrade_keeps_nested_sections_and_unknown_keys_for_draccus_to_report(ca
 
 def test_every_shipped_config_is_nested_and_parses_without_warnings():
     configs = sorted((REPO / "configs").glob("*.yaml"))
-    assert len(configs) == 5
+    assert {p.name for p in configs} >= {"fast_12gb_8bit.yaml", "fast_24gb.yaml", "libero_spatial.yaml", "tiny.yaml",
+                                         "small_libero_spatial.yaml", "micro_libero_spatial.yaml"}  # fmt: skip
     for path in configs:
         cfg = _quiet_parse(["--config", str(path)])
         assert cfg.run.save_merged, path
