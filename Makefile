@@ -40,7 +40,7 @@ format: setup
 	$(BIN)/ruff format vla scripts tests
 	$(BIN)/ruff check --fix vla scripts tests
 
-# The loop in miniature (~10 min on 2 CPU cores): scripted-expert LIBERO demos -> RLDS -> a tiny VLA trained from
+# The loop in miniature (~7-10 min on 2 CPU cores): scripted-expert LIBERO demos -> RLDS -> a tiny VLA trained from
 # random weights -> LIBERO evaluation on the benchmark's fixed initial states; then the checkpoint the repository ships,
 # trained the same way for longer, on SHIPPED_TRIALS fixed initial states. Everything lands in outputs/demo/.
 DEMO := outputs/demo

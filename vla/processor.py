@@ -61,7 +61,7 @@ class ImageProcessor:
 
     def pixel_values(self, images: Sequence[ImageLike], device: torch.device | str = "cpu") -> torch.Tensor:
         """`__call__` with the result on `device`, bit-equal to it. On an accelerator the images travel as uint8 and
-        are normalized there (`normalize_batch`): 1/24 of the bytes of float32 pixel values, and no per-pixel float
+        are normalized there (`normalize_batch`): 1/8 of the bytes of float32 pixel values, and no per-pixel float
         work on the host, which an evaluation does for every env every step."""
         device = torch.device(device)
         if device.type == "cpu":
