@@ -55,8 +55,7 @@ class ImageProcessor:
         """One image or a list -> float32 pixel_values (B, 6, S, S)."""
         if isinstance(images, (Image.Image, np.ndarray)):
             images = [images]
-        arrays = np.stack([np.asarray(self.resize(im), dtype=np.uint8) for im in images])  # (B, S, S, 3)
-        pixels = torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, S, S)
+        pixels = torch.from_numpy(self._resized(images)).permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, S, S)
         return (pixels.repeat(1, 2, 1, 1) - self._mean) / self._std  # (B, 6, S, S)
 
     def pixel_values(self, images: Sequence[ImageLike], device: torch.device | str = "cpu") -> torch.Tensor:
@@ -66,8 +65,11 @@ class ImageProcessor:
         device = torch.device(device)
         if device.type == "cpu":
             return self(list(images))
-        arrays = np.stack([np.asarray(self.resize(im), dtype=np.uint8) for im in images])  # (B, S, S, 3)
-        return self.normalize_batch(torch.from_numpy(arrays).to(device, non_blocking=True))
+        return self.normalize_batch(torch.from_numpy(self._resized(images)).to(device, non_blocking=True))
+
+    def _resized(self, images: Sequence[ImageLike]) -> np.ndarray:
+        """uint8 (B, S, S, 3): every image squash-resized to `image_size`."""
+        return np.stack([np.asarray(self.resize(im), dtype=np.uint8) for im in images])
 
     def normalize_batch(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, S, S, 3) already at `image_size`, on any device -> float32 pixel_values (B, 6, S, S) on that
