@@ -8,7 +8,9 @@
 #   bash scripts/learning_proof.sh expert       # the scripted expert on the full protocol (the data's ceiling)
 #
 # On an offline GPU node first `source <bundle>/activate.sh` (scripts/pack_sim.py; docs/OFFLINE.md). Settings come
-# from the environment: SUITE, PROOF (default outputs/proof), EPISODES (per task), NOISE, STEPS, WORKERS, TOKENIZER.
+# from the environment: SUITE, PROOF (default outputs/proof), EPISODES (per task), NOISE, STEPS, WORKERS, TOKENIZER,
+# SAMPLE_TRIALS and FULL_TRIALS. A CPU rehearsal of every stage in ~5 min: PROOF=/tmp/rehearse EPISODES=1 TASKS="[0]"
+# WORKERS=1 STEPS=4 SAVES=2 BATCH=4 PRESETS="micro tiny" SAMPLE_TRIALS=1 FULL_TRIALS=1 EVAL_WHILE_TRAINING=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +24,7 @@ SAVES=${SAVES:-5}                # checkpoints per run (evaluated one by one: th
 WORKERS=${WORKERS:-16}           # simulator processes
 TOKENIZER=${TOKENIZER:-../shared/tokenizers/llama2}
 SAMPLE_TRIALS=${SAMPLE_TRIALS:-5}   # fixed initial states per task for the intermediate checkpoints
+FULL_TRIALS=${FULL_TRIALS:-50}      # fixed initial states per task for the last checkpoint (50 = OpenVLA's protocol)
 PRESETS=${PRESETS:-"small256 small"}
 BATCH=${BATCH:-128}
 TASKS=${TASKS:-}                  # e.g. "[0,1]" for a smoke run; empty = every task
@@ -91,11 +94,11 @@ evaluate_samples() {  # on SAMPLE_TRIALS fixed states per task: every checkpoint
   done
 }
 
-evaluate() {  # the samples, then the first preset's last checkpoint on all 50 fixed states per task (fast decoding)
+evaluate() {  # the samples, then the first preset's last checkpoint on FULL_TRIALS fixed states per task (fast decoding)
   evaluate_samples
   local first=${PRESETS%% *} last
   last=$(checkpoints "$first" | tail -n 1)
-  [ -z "$last" ] || [ -f "$PROOF/eval/$first-full/summary.json" ] || eval_checkpoint "$last" 50 "$PROOF/eval/$first-full"
+  [ -z "$last" ] || [ -f "$PROOF/eval/$first-full/summary.json" ] || eval_checkpoint "$last" "$FULL_TRIALS" "$PROOF/eval/$first-full"
 }
 
 expert() {
