@@ -97,6 +97,7 @@ class ExpertConfig:
     drift_tolerance: float = 0.01  # ... which stops going down while this far off the grasp point in xy ...
     drift_steps: int = 30  # ... during its first this many steps (an arm that cannot close the gap goes on)
     drawer_far_side: bool = True  # False: in a drawer, grasp the side facing the robot first (no room check)
+    level_approach: float = 0.05  # approach: no lower than the eef is while further than this (xy) from the goal
 
 
 def parse_goal(bddl: str, section: str = ":goal") -> list[tuple[str, ...]]:
@@ -271,6 +272,9 @@ class ScriptedExpert:
             "regrasp": (np.array([eef[0], eef[1], max(eef[2], obj[2] + cfg.hover + cfg.hover / 2)]), -1.0),
         }
         goal, gripper = above[self.phase]
+        if self.phase == "approach" and np.linalg.norm(goal[:2] - eef[:2]) > cfg.level_approach:
+            # Over first, then down: a diagonal way down from a previous place (a basket) drags its rim along.
+            goal = np.array([goal[0], goal[1], max(goal[2], eef[2])])
         return (goal if self.into is None else self.into.shape(self, eef, goal)), gripper
 
     def _advance(self, eef: np.ndarray, obj: np.ndarray, target: np.ndarray, distance: float) -> None:
