@@ -33,7 +33,8 @@ class ObjectSpec:
     `confined_radius`: the gripper site's distance from the axis when the object starts in a drawer: closer in, so
     the outer open finger stays inside the drawer's walls (the closing fingers slide the object over). With
     `facets`, the grasp turns to the middle of the nearest collision facet of the wall (a seam slips); with
-    `align`, a centre grasp closes across the object's local y axis (its short side)."""
+    `align`, a centre grasp closes across the object's local y axis (its short side). `centre`: the axis of the
+    rim in the object's frame (xy), where it is not the position (a mug's handle shifts its origin)."""
 
     radius: float = 0.0
     height: float = 0.02
@@ -42,6 +43,7 @@ class ObjectSpec:
     facets: tuple[float, ...] = ()  # yaws (degrees, object frame) of wall facets to grasp at the middle of
     align: bool = False
     confined_radius: float | None = None  # `radius` when the object starts inside a drawer (walls close around it)
+    centre: tuple[float, float] = (0.0, 0.0)
 
 
 # Measured from LIBERO's collision geoms: the bowl's upper wall is a ring of 18 flared boxes ~4.7 cm from its axis
@@ -66,6 +68,20 @@ OBJECT_SPECS = {  # libero_object's positions are the objects' centres (their co
     "orange_juice": ObjectSpec(height=0.02, top=0.061, bottom=0.07),
     "wine_bottle": ObjectSpec(height=0.125, top=0.158),  # position at its base; grasped by the neck
 }
+# Mugs (position at the base): a ring of wall boxes around an axis off the origin, grasped ~2.5 cm below the rim on
+# the facet nearest the robot, never on those next to the handle (the outer finger would land on it). The porcelain
+# mug's 7 facets are 4.3 cm wide, 4.1 cm from its axis at (0.015, 0), rim 0.108 high, handle at 180 degrees; the
+# white-yellow mug's 19 facets are 4.25 cm from its axis at (-0.018, 0), rim 0.103 high, handle at 0 degrees.
+OBJECT_SPECS["porcelain_mug"] = ObjectSpec(
+    radius=0.041, height=0.083, top=0.108, facets=(-102.6, -49.9, -0.7, 51.3, 99.2), centre=(0.0152, -0.0009)
+)
+OBJECT_SPECS["white_yellow_mug"] = ObjectSpec(
+    radius=0.0425, height=0.078, top=0.103, centre=(-0.0182, 0.0),
+    facets=(-173.9, -154.5, -135.8, -116.3, -95.4, -75.7, -57.4, 58.8, 77.1, 96.8, 115.0, 130.8, 148.6, 166.6),
+)  # fmt: skip
+# A moka pot's position is its centre; its body is 6.6 cm across its local y axis (the handle sticks out along +y from
+# 1 cm below the centre up, the spout along -y from 1.8 cm above it): closed across y on the bare lower half.
+OBJECT_SPECS["moka_pot"] = ObjectSpec(height=-0.035, top=0.067, bottom=0.066, align=True)
 DEFAULT_SPEC = ObjectSpec()
 
 
@@ -223,6 +239,9 @@ class ScriptedExpert:
         # direction, by the smaller of the two yaws (the gripper is symmetric under a half turn).
         yaw = angle % np.pi - np.pi / 2
         offset = np.array([np.cos(angle) * self.radius, np.sin(angle) * self.radius, self.spec.height])
+        if any(self.spec.centre):
+            c, s = np.cos(_yaw(obj_quat)), np.sin(_yaw(obj_quat))
+            offset[:2] += np.array([[c, -s], [s, c]]) @ np.asarray(self.spec.centre)
         if self.spec.align:  # the gripper's y axis onto the object's y axis: the same yaw, modulo a half turn
             yaw = (_yaw(obj_quat) + np.pi / 2) % np.pi - np.pi / 2
             offset[:2] = self._clear_shift(obs, obj_pos, _yaw(obj_quat))
@@ -309,8 +328,8 @@ class ScriptedExpert:
         """One LIBERO action (7,) in [-1, 1] for the current observation."""
         cfg = self.cfg
         eef, quat = np.asarray(obs["robot0_eef_pos"], float), np.asarray(obs["robot0_eef_quat"], float)
-        if self.home is None:
-            self.home, self.target_name = (eef[:2].copy(), quat.copy()), self._target_body(obs)
+        if self.home is None:  # the gripper's heading unwound: a previous skill of a sequence may have turned it
+            self.home, self.target_name = (eef[:2].copy(), _quat_mul(_yaw_quat(-_yaw(quat)), quat)), self._target_body(obs)
         moved = np.inf if self.last_eef is None else np.linalg.norm(eef - self.last_eef)
         self.still_steps = self.still_steps + 1 if moved < cfg.still_speed else 0
         self.last_eef = eef
