@@ -34,7 +34,8 @@ class ObjectSpec:
     the outer open finger stays inside the drawer's walls (the closing fingers slide the object over). With
     `facets`, the grasp turns to the middle of the nearest collision facet of the wall (a seam slips); with
     `align`, a centre grasp closes across the object's local y axis (its short side). `centre`: the axis of the
-    rim in the object's frame (xy), where it is not the position (a mug's handle shifts its origin)."""
+    rim in the object's frame (xy), where it is not the position (a mug's handle shifts its origin). `grip`: a fixed
+    grasp instead, (x, y, closing direction in degrees) in the object's frame, at `height` (a handle)."""
 
     radius: float = 0.0
     height: float = 0.02
@@ -44,6 +45,7 @@ class ObjectSpec:
     align: bool = False
     confined_radius: float | None = None  # `radius` when the object starts inside a drawer (walls close around it)
     centre: tuple[float, float] = (0.0, 0.0)
+    grip: tuple[float, float, float] | None = None
 
 
 # Measured from LIBERO's collision geoms: the bowl's upper wall is a ring of 18 flared boxes ~4.7 cm from its axis
@@ -79,9 +81,10 @@ OBJECT_SPECS["white_yellow_mug"] = ObjectSpec(
     radius=0.0425, height=0.078, top=0.103, centre=(-0.0182, 0.0),
     facets=(-173.9, -154.5, -135.8, -116.3, -95.4, -75.7, -57.4, 58.8, 77.1, 96.8, 115.0, 130.8, 148.6, 166.6),
 )  # fmt: skip
-# A moka pot's position is its centre; its body is 6.6 cm across its local y axis (the handle sticks out along +y from
-# 1 cm below the centre up, the spout along -y from 1.8 cm above it): closed across y on the bare lower half.
-OBJECT_SPECS["moka_pot"] = ObjectSpec(height=-0.035, top=0.067, bottom=0.066, align=True)
+# A moka pot's position is its centre (body 13.3 cm tall, 6.6 cm across its local y, 8 cm across x): its handle, a
+# plate 1.3 cm thick (x) from y = 5.4 to 9.1 cm and from its base to 5.6 cm above the centre, joins the body at its top
+# (a finger going down along the body hits that joint), so it is held by that plate, fingers closing across x.
+OBJECT_SPECS["moka_pot"] = ObjectSpec(height=0.02, top=0.067, bottom=0.066, grip=(0.0, 0.0725, 0.0))
 DEFAULT_SPEC = ObjectSpec()
 
 
@@ -162,8 +165,9 @@ class ScriptedExpert:
     PHASES = ("approach", "descend", "close", "lift", "carry", "lower", "open", "retreat", "regrasp")
 
     def __init__(self, obj: str, target: str, *, config: ExpertConfig | None = None, drawer: str | None = None,
-                 into_drawer: bool = False):  # fmt: skip
+                 into_drawer: bool = False, place_offset: tuple[float, float] = (0.0, 0.0)):  # fmt: skip
         self.obj, self.target, self.into = obj, target, IntoDrawer(target) if into_drawer else None
+        self.place_offset = np.array([*place_offset, 0.0])  # world xy of the place from the target's position
         self.cfg = IntoDrawer.configure(config or ExpertConfig()) if into_drawer else config or ExpertConfig()
         self.spec = object_spec(obj)
         # `drawer`: the drawer region the object starts in; grasped closer to its axis (`confined_radius`), from
@@ -189,7 +193,8 @@ class ScriptedExpert:
         """Released and backed off with the object resting over the target (the next skill of a sequence may go)."""
         if self.phase != "retreat" or self.phase_steps < 10 or self.target_name is None:
             return False
-        obj, target = np.asarray(obs[f"{self.obj}_pos"], float), np.asarray(obs[f"{self.target_name}_pos"], float)
+        obj = np.asarray(obs[f"{self.obj}_pos"], float)
+        target = np.asarray(obs[f"{self.target_name}_pos"], float) + self.place_offset
         return bool(np.linalg.norm(obj[:2] - target[:2]) < 0.06)
 
     def reset(self) -> None:
@@ -242,10 +247,16 @@ class ScriptedExpert:
         if any(self.spec.centre):
             c, s = np.cos(_yaw(obj_quat)), np.sin(_yaw(obj_quat))
             offset[:2] += np.array([[c, -s], [s, c]]) @ np.asarray(self.spec.centre)
+        if self.spec.grip is not None:
+            x, y, closing = self.spec.grip
+            c, s = np.cos(_yaw(obj_quat)), np.sin(_yaw(obj_quat))
+            offset[:2] = np.array([[c, -s], [s, c]]) @ np.array([x, y])
+            yaw = (_yaw(obj_quat) + np.deg2rad(closing)) % np.pi - np.pi / 2
         if self.spec.align:  # the gripper's y axis onto the object's y axis: the same yaw, modulo a half turn
             yaw = (_yaw(obj_quat) + np.pi / 2) % np.pi - np.pi / 2
             offset[:2] = self._clear_shift(obs, obj_pos, _yaw(obj_quat))
-        self.quat = _quat_mul(_yaw_quat(yaw), home_quat) if self.spec.radius > 0 or self.spec.align else home_quat
+        turned = self.spec.radius > 0 or self.spec.align or self.spec.grip is not None
+        self.quat = _quat_mul(_yaw_quat(yaw), home_quat) if turned else home_quat
         return offset
 
     def _clear_shift(self, obs: dict[str, np.ndarray], obj_pos: np.ndarray, yaw: float) -> np.ndarray:
@@ -335,7 +346,7 @@ class ScriptedExpert:
         self.last_eef = eef
         self.phase_steps += 1
         obj = np.asarray(obs[f"{self.obj}_pos"], float)
-        target = np.asarray(obs[f"{self.target_name}_pos"], float)
+        target = np.asarray(obs[f"{self.target_name}_pos"], float) + self.place_offset
         self.into is not None and self.into.observe(obs)  # the drawer's slide direction, for its waypoints
         if self.phase in ("approach", "descend"):
             self.grasp_offset = self._plan_grasp(obs, obj, np.asarray(obs[f"{self.obj}_quat"], float))
@@ -363,6 +374,7 @@ class ScriptedExpert:
 
 
 ORDER = {"turnon": 0, "open": 1, "on": 2, "in": 2, "close": 3}  # knob first (nothing on the stove yet), close last
+SHARED_SPACING = 0.1  # metres between objects put `On` one target (side by side along x: two moka pots on a stove)
 PUSHED = {"plate"}  # flat and wide: onto a table region it would be pushed, not lifted (unsupported)
 
 
@@ -388,7 +400,9 @@ def plan_task(goal: list[tuple[str, ...]], *, config: ExpertConfig | None = None
             if re.sub(r"_\d+$", "", obj) in PUSHED and target.startswith("main_table_"):
                 raise UnsupportedTaskError(f"goal predicate {pred}: {PUSH_REASON}")
             drawer = next((p[-1] for p in init if p[0] == "in" and p[1] == obj and is_drawer_region(p[-1])), None)
-            skills.append(ScriptedExpert(obj, target, config=config, drawer=drawer, into_drawer=opens))
+            sharing = [p[1] for p in goal if p[0] == "on" and p[-1] == target] if kind == "on" else [obj]
+            offset = ((sharing.index(obj) - (len(sharing) - 1) / 2) * SHARED_SPACING, 0.0)
+            skills.append(ScriptedExpert(obj, target, config=config, drawer=drawer, into_drawer=opens, place_offset=offset))
         else:
             raise UnsupportedTaskError(f"goal predicate {pred} needs a skill the expert does not have")
     if len(skills) == 1 and isinstance(skills[0], ScriptedExpert):
