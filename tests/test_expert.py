@@ -13,7 +13,7 @@ from scripts_loader import load_script
 from vla.expert import ScriptedExpert, SequenceExpert, UnsupportedTaskError, parse_goal, plan_task, rotation_error
 from vla.expert_drawer import HANDLE, OPEN_TRAVEL, PLACE_TRAVEL, SIDE_TO_REGION, DrawerSkill
 from vla.expert_drawer_place import FORWARD
-from vla.expert_skills import KNOB_GRIP, STOVE_KNOB, KnobSkill
+from vla.expert_skills import KNOB_GRIP, STOVE_KNOB, KnobSkill, _quat_mul
 
 REPO = Path(__file__).resolve().parents[1]
 BDDL = """(define (problem LIBERO_Tabletop_Manipulation)
@@ -407,3 +407,86 @@ def test_collect_demos_writes_a_readable_rlds_dataset(tmp_path, libero_assets_di
     np.testing.assert_allclose(episode["state"][1:, :3] - episode["state"][:-1, :3], 0, atol=0.05)  # continuous
     with pytest.raises(FileExistsError, match="libero_spatial_no_noops"):
         collect.main(cfg)
+
+
+def _yawed(angle_deg: float) -> np.ndarray:
+    """(x, y, z, w) quaternion of a turn about the vertical."""
+    half = np.deg2rad(angle_deg) / 2
+    return np.array([0.0, 0.0, np.sin(half), np.cos(half)])
+
+
+def _one_object_obs(name: str, pos, quat, eef=(-0.3, 0.0, 1.2), eef_quat=HOME_QUAT, target=(0.1, -0.2, 0.9)):
+    return {
+        "robot0_eef_pos": np.asarray(eef, float),
+        "robot0_eef_quat": np.asarray(eef_quat, float),
+        f"{name}_pos": np.asarray(pos, float),
+        f"{name}_quat": np.asarray(quat, float),
+        "plate_1_pos": np.asarray(target, float),
+    }
+
+
+@pytest.mark.parametrize("yaw", [0.0, 90.0, -135.0])
+def test_a_mug_is_grasped_on_its_rim_around_its_off_origin_axis_away_from_the_handle(yaw):
+    """The porcelain mug's wall ring is centred 1.5 cm along its local x from its position, its handle on local -x:
+    whichever way it is turned, the grasp lands on the ring and never on the handle's side."""
+    expert = ScriptedExpert("porcelain_mug_1", "plate_1")
+    mug = np.array([0.1, 0.2, 0.9])
+    expert.act(_one_object_obs("porcelain_mug_1", mug, _yawed(yaw)))
+    turn = np.deg2rad(yaw)
+    axis = mug[:2] + 0.0152 * np.array([np.cos(turn), np.sin(turn)])
+    grasp = mug + expert.grasp_offset
+    assert np.linalg.norm(grasp[:2] - axis) == pytest.approx(0.041, abs=0.002)
+    handle = -np.array([np.cos(turn), np.sin(turn)])  # world direction of the handle from the axis
+    assert (grasp[:2] - axis) @ handle / 0.041 < np.cos(np.deg2rad(60))  # not the facets next to it (+-27 degrees)
+    assert grasp[2] == pytest.approx(mug[2] + 0.083)
+
+
+@pytest.mark.parametrize("yaw", [0.0, 180.0, 60.0])
+def test_a_moka_pot_is_held_by_its_handle_with_the_fingers_closing_across_it(yaw):
+    expert = ScriptedExpert("moka_pot_1", "plate_1")
+    pot = np.array([0.05, 0.0, 0.97])
+    expert.act(_one_object_obs("moka_pot_1", pot, _yawed(yaw)))
+    turn = np.deg2rad(yaw)
+    np.testing.assert_allclose(expert.grasp_offset[:2], 0.0725 * np.array([-np.sin(turn), np.cos(turn)]), atol=1e-9)
+    # The fingers close along the gripper's y axis: it must lie along the pot's local x axis (across the handle plate).
+    x, y, z, w = expert.quat
+    gripper_y = np.array([2 * (x * y - w * z), 1 - 2 * (x * x + z * z)])
+    assert abs(gripper_y @ [np.cos(turn), np.sin(turn)]) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_the_approach_moves_over_the_object_before_going_down():
+    expert = ScriptedExpert("akita_black_bowl_1", "plate_1")
+    far = expert.act(_obs(eef=(-0.2, -0.2, 1.2)))
+    assert far[2] == 0.0 and np.hypot(*far[:2]) > 0.5  # level while far off
+    expert.reset()
+    grasp_xy = np.array([0.1, 0.2]) + [-0.047, 0.0]  # the rim side facing an eef straight in -x
+    near = expert.act(_obs(eef=(*grasp_xy, 1.2)))
+    assert near[2] < 0  # over the grasp point: down
+
+
+def test_a_later_skill_grasps_with_the_heading_unwound():
+    """A previous skill may leave the gripper turned: the grasp orientation is the same as from the home pose."""
+    butter = ("butter_1", np.array([0.1, 0.2, 0.9]), _yawed(30.0))
+    fresh, turned = ScriptedExpert("butter_1", "plate_1"), ScriptedExpert("butter_1", "plate_1")
+    fresh.act(_one_object_obs(*butter))
+    turned.act(_one_object_obs(*butter, eef_quat=_quat_mul(_yawed(70.0), HOME_QUAT)))
+    np.testing.assert_allclose(np.abs(rotation_error(fresh.quat, turned.quat)), 0.0, atol=1e-9)
+
+
+def test_objects_put_on_one_target_are_placed_side_by_side():
+    plan = plan_task(
+        [("on", "moka_pot_1", "flat_stove_1_cook_region"), ("on", "moka_pot_2", "flat_stove_1_cook_region")]
+    )
+    offsets = [skill.place_offset for skill in plan.skills]
+    np.testing.assert_allclose(offsets, [[-0.05, 0, 0], [0.05, 0, 0]])
+    alone = plan_task([("on", "moka_pot_1", "flat_stove_1_cook_region"), ("on", "butter_1", "plate_1")])
+    assert all(not skill.place_offset.any() for skill in alone.skills)
+    basket = plan_task([("in", "butter_1", "basket_1_contain_region"), ("in", "milk_1", "basket_1_contain_region")])
+    assert all(not skill.place_offset.any() for skill in basket.skills)  # dropped into a container: both at its middle
+    expert = plan.skills[1]
+    obs = {**_one_object_obs("moka_pot_1", [0.05, 0.3, 0.97], _yawed(0.0)), "flat_stove_1_cook_region_pos": np.zeros(3)}
+    obs["moka_pot_2_pos"], obs["moka_pot_2_quat"] = obs.pop("moka_pot_1_pos"), obs.pop("moka_pot_1_quat")
+    expert.act(obs)
+    expert.phase, expert.held = "carry", np.zeros(3)
+    goal, _ = expert._waypoint(np.array([0.0, 0.0, 1.2]), np.array([0.0, 0.0, 1.2]), expert.place_offset + 0)
+    np.testing.assert_allclose(goal[:2], [0.05, 0.0])

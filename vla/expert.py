@@ -11,6 +11,7 @@ import numpy as np
 
 from vla.expert_drawer import PLACE_TRAVEL, DrawerSkill
 from vla.expert_drawer_place import IntoDrawer
+from vla.expert_objects import object_spec
 from vla.expert_skills import (
     DRAWER_REASON,
     PUSH_REASON,
@@ -23,50 +24,6 @@ from vla.expert_skills import (
 )
 
 __all__ = ["ScriptedExpert", "SequenceExpert", "UnsupportedTaskError", "parse_goal", "plan_task", "rotation_error"]
-
-
-@dataclass(frozen=True)
-class ObjectSpec:
-    """Geometry of one object category relative to its `<name>_pos` (metres; the gripper points down). The gripper
-    site closes `radius` out from the position (on a rim wall, fingers across it) and `height` above it; `top`:
-    its top above its position (where a held object is released); `bottom`: its base below its position.
-    `confined_radius`: the gripper site's distance from the axis when the object starts in a drawer: closer in, so
-    the outer open finger stays inside the drawer's walls (the closing fingers slide the object over). With
-    `facets`, the grasp turns to the middle of the nearest collision facet of the wall (a seam slips); with
-    `align`, a centre grasp closes across the object's local y axis (its short side)."""
-
-    radius: float = 0.0
-    height: float = 0.02
-    top: float = 0.02
-    bottom: float = 0.0
-    facets: tuple[float, ...] = ()  # yaws (degrees, object frame) of wall facets to grasp at the middle of
-    align: bool = False
-    confined_radius: float | None = None  # `radius` when the object starts inside a drawer (walls close around it)
-
-
-# Measured from LIBERO's collision geoms: the bowl's upper wall is a ring of 18 flared boxes ~4.7 cm from its axis
-# (centred at the yaws below; the one at 77 degrees is narrow), its rim ~5 cm above its base; it weighs 5.6 g.
-BOWL_FACETS = (2.3, 22.9, 43.5, 64.0, 90.1, 111.5, 132.3, 153.4, 174.4, -165.2, -144.3, -123.1, -102.4, -81.5, -60.4,
-               -39.6, -18.2)  # fmt: skip
-_CAN = ObjectSpec(height=0.0, top=0.038, bottom=0.038)
-_BOX = ObjectSpec(height=0.0, top=0.009, bottom=0.009, align=True)
-OBJECT_SPECS = {  # libero_object's positions are the objects' centres (their collision boxes span +-top/bottom)
-    "akita_black_bowl": ObjectSpec(radius=0.047, height=0.025, top=0.04, facets=BOWL_FACETS, confined_radius=0.03),
-    "plate": ObjectSpec(top=0.012),
-    "basket": ObjectSpec(top=0.146),
-    "alphabet_soup": _CAN,
-    "tomato_sauce": _CAN,
-    "cream_cheese": _BOX,
-    "butter": _BOX,
-    "chocolate_pudding": ObjectSpec(height=0.0, top=0.013, bottom=0.013, align=True),
-    "salad_dressing": ObjectSpec(height=0.048, top=0.073, bottom=0.073, align=True),
-    "ketchup": ObjectSpec(height=0.03, top=0.072, bottom=0.072, align=True),
-    "bbq_sauce": ObjectSpec(height=0.02, top=0.052, bottom=0.055, align=True),
-    "milk": ObjectSpec(height=0.02, top=0.061, bottom=0.07),
-    "orange_juice": ObjectSpec(height=0.02, top=0.061, bottom=0.07),
-    "wine_bottle": ObjectSpec(height=0.125, top=0.158),  # position at its base; grasped by the neck
-}
-DEFAULT_SPEC = ObjectSpec()
 
 
 @dataclass(frozen=True)
@@ -97,6 +54,7 @@ class ExpertConfig:
     drift_tolerance: float = 0.01  # ... which stops going down while this far off the grasp point in xy ...
     drift_steps: int = 30  # ... during its first this many steps (an arm that cannot close the gap goes on)
     drawer_far_side: bool = True  # False: in a drawer, grasp the side facing the robot first (no room check)
+    level_approach: float = 0.05  # approach: no lower than the eef is while further than this (xy) from the goal
 
 
 def parse_goal(bddl: str, section: str = ":goal") -> list[tuple[str, ...]]:
@@ -112,11 +70,6 @@ def parse_goal(bddl: str, section: str = ":goal") -> list[tuple[str, ...]]:
             break
     inner = re.findall(r"\(([^()]+)\)", bddl[start + len(section) + 1 : end])
     return [tuple(part.lower() for part in atom.split()) for atom in inner]
-
-
-def object_spec(name: str) -> ObjectSpec:
-    """The spec of an instance name such as `akita_black_bowl_1` (its category is the name without `_<n>`)."""
-    return OBJECT_SPECS.get(re.sub(r"_\d+$", "", name), DEFAULT_SPEC)
 
 
 HAND_HALF_WIDTH = 0.1  # the Panda hand reaches this far either side of the fingers, along their closing axis
@@ -145,8 +98,9 @@ class ScriptedExpert:
     PHASES = ("approach", "descend", "close", "lift", "carry", "lower", "open", "retreat", "regrasp")
 
     def __init__(self, obj: str, target: str, *, config: ExpertConfig | None = None, drawer: str | None = None,
-                 into_drawer: bool = False):  # fmt: skip
+                 into_drawer: bool = False, place_offset: tuple[float, float] = (0.0, 0.0)):  # fmt: skip
         self.obj, self.target, self.into = obj, target, IntoDrawer(target) if into_drawer else None
+        self.place_offset = np.array([*place_offset, 0.0])  # world xy of the place from the target's position
         self.cfg = IntoDrawer.configure(config or ExpertConfig()) if into_drawer else config or ExpertConfig()
         self.spec = object_spec(obj)
         # `drawer`: the drawer region the object starts in; grasped closer to its axis (`confined_radius`), from
@@ -172,7 +126,8 @@ class ScriptedExpert:
         """Released and backed off with the object resting over the target (the next skill of a sequence may go)."""
         if self.phase != "retreat" or self.phase_steps < 10 or self.target_name is None:
             return False
-        obj, target = np.asarray(obs[f"{self.obj}_pos"], float), np.asarray(obs[f"{self.target_name}_pos"], float)
+        obj = np.asarray(obs[f"{self.obj}_pos"], float)
+        target = np.asarray(obs[f"{self.target_name}_pos"], float) + self.place_offset
         return bool(np.linalg.norm(obj[:2] - target[:2]) < 0.06)
 
     def reset(self) -> None:
@@ -222,10 +177,19 @@ class ScriptedExpert:
         # direction, by the smaller of the two yaws (the gripper is symmetric under a half turn).
         yaw = angle % np.pi - np.pi / 2
         offset = np.array([np.cos(angle) * self.radius, np.sin(angle) * self.radius, self.spec.height])
+        if any(self.spec.centre):
+            c, s = np.cos(_yaw(obj_quat)), np.sin(_yaw(obj_quat))
+            offset[:2] += np.array([[c, -s], [s, c]]) @ np.asarray(self.spec.centre)
+        if self.spec.grip is not None:
+            x, y, closing = self.spec.grip
+            c, s = np.cos(_yaw(obj_quat)), np.sin(_yaw(obj_quat))
+            offset[:2] = np.array([[c, -s], [s, c]]) @ np.array([x, y])
+            yaw = (_yaw(obj_quat) + np.deg2rad(closing)) % np.pi - np.pi / 2
         if self.spec.align:  # the gripper's y axis onto the object's y axis: the same yaw, modulo a half turn
             yaw = (_yaw(obj_quat) + np.pi / 2) % np.pi - np.pi / 2
             offset[:2] = self._clear_shift(obs, obj_pos, _yaw(obj_quat))
-        self.quat = _quat_mul(_yaw_quat(yaw), home_quat) if self.spec.radius > 0 or self.spec.align else home_quat
+        turned = self.spec.radius > 0 or self.spec.align or self.spec.grip is not None
+        self.quat = _quat_mul(_yaw_quat(yaw), home_quat) if turned else home_quat
         return offset
 
     def _clear_shift(self, obs: dict[str, np.ndarray], obj_pos: np.ndarray, yaw: float) -> np.ndarray:
@@ -271,6 +235,9 @@ class ScriptedExpert:
             "regrasp": (np.array([eef[0], eef[1], max(eef[2], obj[2] + cfg.hover + cfg.hover / 2)]), -1.0),
         }
         goal, gripper = above[self.phase]
+        if self.phase == "approach" and np.linalg.norm(goal[:2] - eef[:2]) > cfg.level_approach:
+            # Over first, then down: a diagonal way down from a previous place (a basket) drags its rim along.
+            goal = np.array([goal[0], goal[1], max(goal[2], eef[2])])
         return (goal if self.into is None else self.into.shape(self, eef, goal)), gripper
 
     def _advance(self, eef: np.ndarray, obj: np.ndarray, target: np.ndarray, distance: float) -> None:
@@ -305,14 +272,17 @@ class ScriptedExpert:
         """One LIBERO action (7,) in [-1, 1] for the current observation."""
         cfg = self.cfg
         eef, quat = np.asarray(obs["robot0_eef_pos"], float), np.asarray(obs["robot0_eef_quat"], float)
-        if self.home is None:
-            self.home, self.target_name = (eef[:2].copy(), quat.copy()), self._target_body(obs)
+        if self.home is None:  # the gripper's heading unwound: a previous skill of a sequence may have turned it
+            self.home, self.target_name = (
+                (eef[:2].copy(), _quat_mul(_yaw_quat(-_yaw(quat)), quat)),
+                self._target_body(obs),
+            )
         moved = np.inf if self.last_eef is None else np.linalg.norm(eef - self.last_eef)
         self.still_steps = self.still_steps + 1 if moved < cfg.still_speed else 0
         self.last_eef = eef
         self.phase_steps += 1
         obj = np.asarray(obs[f"{self.obj}_pos"], float)
-        target = np.asarray(obs[f"{self.target_name}_pos"], float)
+        target = np.asarray(obs[f"{self.target_name}_pos"], float) + self.place_offset
         self.into is not None and self.into.observe(obs)  # the drawer's slide direction, for its waypoints
         if self.phase in ("approach", "descend"):
             self.grasp_offset = self._plan_grasp(obs, obj, np.asarray(obs[f"{self.obj}_quat"], float))
@@ -340,6 +310,7 @@ class ScriptedExpert:
 
 
 ORDER = {"turnon": 0, "open": 1, "on": 2, "in": 2, "close": 3}  # knob first (nothing on the stove yet), close last
+SHARED_SPACING = 0.1  # metres between objects put `On` one target (side by side along x: two moka pots on a stove)
 PUSHED = {"plate"}  # flat and wide: onto a table region it would be pushed, not lifted (unsupported)
 
 
@@ -365,7 +336,11 @@ def plan_task(goal: list[tuple[str, ...]], *, config: ExpertConfig | None = None
             if re.sub(r"_\d+$", "", obj) in PUSHED and target.startswith("main_table_"):
                 raise UnsupportedTaskError(f"goal predicate {pred}: {PUSH_REASON}")
             drawer = next((p[-1] for p in init if p[0] == "in" and p[1] == obj and is_drawer_region(p[-1])), None)
-            skills.append(ScriptedExpert(obj, target, config=config, drawer=drawer, into_drawer=opens))
+            sharing = [p[1] for p in goal if p[0] == "on" and p[-1] == target] if kind == "on" else [obj]
+            offset = ((sharing.index(obj) - (len(sharing) - 1) / 2) * SHARED_SPACING, 0.0)
+            skills.append(
+                ScriptedExpert(obj, target, config=config, drawer=drawer, into_drawer=opens, place_offset=offset)
+            )
         else:
             raise UnsupportedTaskError(f"goal predicate {pred} needs a skill the expert does not have")
     if len(skills) == 1 and isinstance(skills[0], ScriptedExpert):
