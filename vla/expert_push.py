@@ -1,0 +1,49 @@
+"""Moving a plate onto a table region ("push the plate to the front of the stove", libero_goal): LIBERO's `On` for a
+table region checks only where the object is (its position inside the region's xy box, at most ~10 cm above the
+table), so the skill does not push: it pinches the plate's rim on the side facing the target and carries it there,
+a pick-and-place (`ScriptedExpert`) with its own grasp.
+
+Geometry, measured from LIBERO's plate collision model (`plate_1_pos` is its base on the table): a flat base ~3 cm
+in radius and 4-9 mm above the table; around it a rim of eight overlapping 5 mm slabs that flare up at ~20 degrees
+from 3 cm to ~6.6 cm out, their outer edge 1.1-1.7 cm above the table with empty space beneath. The fingers close
+radially across that outer edge, the outer pad on the edge, the inner pad on the rim's upper face, high enough to
+stay clear of the base; the 12 g plate lifts with them.
+
+Pushing it is unreliable: a closed finger pushing the outer edge from outside low meets the underside sloping down
+inwards (it wedges the plate up); pushing from inside meets the rim's upper face at a shallow slope, which turns the
+push into a press down that the finger rides up over; and starting a push on the far side of the plate from the goal
+puts the hand between the plate and the cabinet, whose handles it hits."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vla.expert import RETRY_TURNS, ExpertConfig, ObjectSpec, ScriptedExpert, _quat_mul, _yaw_quat
+from vla.expert_skills import UnsupportedTaskError, category
+
+# Gripper site `radius` out from the plate's axis (between the rim's upper face ~5 cm out and its outer edge ~6.6 cm
+# out) and `height` above its base; the descent ends a few mm higher still, where the pads meet the rim.
+RIM_SPECS = {"plate": ObjectSpec(radius=0.062, height=0.006, top=0.012)}
+
+
+class RimCarry(ScriptedExpert):
+    """Carry a rimmed dish (`RIM_SPECS`) onto a target: grasp its rim on the side facing the target (turned by
+    `RETRY_TURNS` after a blocked descent), fingers closing radially across it, then lift, carry, lower and let go
+    as `ScriptedExpert` does."""
+
+    def __init__(self, obj: str, target: str, *, config: ExpertConfig | None = None):
+        if category(obj) not in RIM_SPECS:
+            raise UnsupportedTaskError(f"no rim geometry for {obj!r} (only {sorted(RIM_SPECS)})")
+        super().__init__(obj, target, config=config)
+        self.spec = RIM_SPECS[category(obj)]
+        self.radius = self.spec.radius
+
+    def _plan_grasp(self, obs: dict[str, np.ndarray], obj_pos: np.ndarray, obj_quat: np.ndarray) -> np.ndarray:
+        # The side facing the target: the hand stays off what lies behind the plate (libero_goal's cabinet) and
+        # the carry starts away from the grasp side's fingers.
+        toward = np.asarray(obs[f"{self.target_name}_pos"], float)[:2] - obj_pos[:2]
+        turn = self.cfg.grasp_angle + RETRY_TURNS[self.side % len(RETRY_TURNS)]
+        angle = np.arctan2(toward[1], toward[0]) + np.deg2rad(turn)
+        # Fingers close along the gripper's y axis (world y at the home pose): turned onto the radial direction.
+        self.quat = _quat_mul(_yaw_quat(angle % np.pi - np.pi / 2), self.home[1])
+        return np.array([np.cos(angle) * self.radius, np.sin(angle) * self.radius, self.spec.height])
