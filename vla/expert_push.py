@@ -25,7 +25,7 @@ from vla.expert_skills import UnsupportedTaskError, category
 # bottoms end ~2 mm above the base and the closing pads meet the rim's upper face (~4.5 cm out) and its outer edge
 # (~6.6 cm out) about together. Measured on libero_goal's fixed states 0-19: all succeed, without a regrasp, for
 # radius 0.055-0.061 and height 0.012-0.015; at height 0.006 the descent stalls ~1.3 cm up (the hand on the plate,
-# the arm still pushing down) and the rim often slips out of the pinch on the lift (6 of 20 failed after regrasps).
+# the arm still pushing down) and the rim often slips out of the pinch on the lift (4 of 20 failed after regrasps).
 RIM_SPECS = {"plate": ObjectSpec(radius=0.058, height=0.013, top=0.012)}
 
 
