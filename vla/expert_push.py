@@ -4,15 +4,16 @@ table), so the skill does not push: it pinches the plate's rim on the side facin
 a pick-and-place (`ScriptedExpert`) with its own grasp.
 
 Geometry, measured from LIBERO's plate collision model (`plate_1_pos` is its base on the table): a flat base ~3 cm
-in radius and 4-9 mm above the table; around it a rim of eight overlapping 5 mm slabs that flare up at ~20 degrees
+in radius and 3-9 mm above the table; around it a rim of eight overlapping 5 mm slabs that flare up at ~20 degrees
 from 3 cm to ~6.6 cm out, their outer edge 1.1-1.7 cm above the table with empty space beneath. The fingers close
 radially across that outer edge, the outer pad on the edge, the inner pad on the rim's upper face, high enough to
 stay clear of the base; the 12 g plate lifts with them.
 
-Pushing it is unreliable: a closed finger pushing the outer edge from outside low meets the underside sloping down
-inwards (it wedges the plate up); pushing from inside meets the rim's upper face at a shallow slope, which turns the
-push into a press down that the finger rides up over; and starting a push on the far side of the plate from the goal
-puts the hand between the plate and the cabinet, whose handles it hits."""
+An earlier push skill failed: starting a push on the plate's far side from the goal puts the hand between the
+plate and the cabinet, whose handles it hits; pushing the rim from inside the plate with the closed fingers stalled
+short and its descent shoved the plate sideways (from inside, a finger meets the rim's upper face at ~20 degrees, so
+a push turns mostly into a press down).
+"""
 
 from __future__ import annotations
 
