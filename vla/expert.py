@@ -14,7 +14,6 @@ from vla.expert_drawer_place import IntoDrawer
 from vla.expert_objects import object_spec
 from vla.expert_skills import (
     DRAWER_REASON,
-    PUSH_REASON,
     ROT_SCALE,
     KnobSkill,
     UnsupportedTaskError,
@@ -311,13 +310,14 @@ class ScriptedExpert:
 
 ORDER = {"turnon": 0, "open": 1, "on": 2, "in": 2, "close": 3}  # knob first (nothing on the stove yet), close last
 SHARED_SPACING = 0.1  # metres between objects put `On` one target (side by side along x: two moka pots on a stove)
-PUSHED = {"plate"}  # flat and wide: onto a table region it would be pushed, not lifted (unsupported)
+PUSHED = {"plate"}  # flat and wide: onto a table region a rim pinch carries it (`vla.expert_push.RimCarry`)
 
 
 def plan_task(goal: list[tuple[str, ...]], *, config: ExpertConfig | None = None, init: list[tuple[str, ...]] = ()):
     """The skills that reach `goal` (parsed BDDL predicates), in order: turn knobs on, open wooden_cabinet drawers
     (`DrawerSkill`, also for an object put `In` one), then pick-and-place each object (`init` tells which start in a
-    drawer); one alone is a `ScriptedExpert`. `UnsupportedTaskError` names why not for other goals."""
+    drawer; a plate onto a table region: `RimCarry`); one alone is a `ScriptedExpert`. `UnsupportedTaskError`
+    names why not for other goals."""
     skills: list = []
     for pred in sorted(goal, key=lambda p: ORDER.get(p[0], 9)):
         kind, args = pred[0], pred[1:]
@@ -334,7 +334,10 @@ def plan_task(goal: list[tuple[str, ...]], *, config: ExpertConfig | None = None
         elif kind in ("on", "in") and len(args) == 2:
             obj, target = args
             if re.sub(r"_\d+$", "", obj) in PUSHED and target.startswith("main_table_"):
-                raise UnsupportedTaskError(f"goal predicate {pred}: {PUSH_REASON}")
+                from vla.expert_push import RimCarry  # here: that module builds on this one's ScriptedExpert
+
+                skills.append(RimCarry(obj, target, config=config))
+                continue
             drawer = next((p[-1] for p in init if p[0] == "in" and p[1] == obj and is_drawer_region(p[-1])), None)
             sharing = [p[1] for p in goal if p[0] == "on" and p[-1] == target] if kind == "on" else [obj]
             offset = ((sharing.index(obj) - (len(sharing) - 1) / 2) * SHARED_SPACING, 0.0)

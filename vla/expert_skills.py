@@ -1,5 +1,6 @@
 """Scripted expert skills beyond pick-and-place (today: turning a stove knob on; opening a drawer lives in
-`vla.expert_drawer`), and the reasons for the skills it lacks (closing drawers, pushing). Each skill is a small phase machine on privileged observations (`robot0_eef_*`, object
+`vla.expert_drawer`, carrying a plate by its rim `vla.expert_push`), and the reason for the skill it lacks (closing
+drawers). Each skill is a small phase machine on privileged observations (`robot0_eef_*`, object
 `<name>_pos`, region sites `<site>_pos`): `reset()`, `act(obs) -> (7,)` LIBERO action, `finished(obs)` for sequencing.
 
 Fixtures (stoves) expose no joint state in the observations, so their geometry is measured once from the LIBERO
@@ -41,12 +42,6 @@ def fixture_of(region: str) -> str:
     return match.group(1)
 
 
-PUSH_REASON = (
-    "pushing a plate onto a table region is not supported: the push must start between the plate and the cabinet, "
-    "where the arm cannot reach down (the hand meets the cabinet's handles); pushing the rim from inside the plate "
-    "with the closed fingers (hand turned square to the push) was tried: the arm stalls short of the start point and "
-    "the descent shoves the plate sideways"
-)
 DRAWER_REASON = (
     "drawers are supported for opening a wooden_cabinet drawer and putting an object into it (vla.expert_drawer, "
     "vla.expert_drawer_place) only; closing one and other cabinets are not: from above, the finger meshes hit the cabinet top and the handle of the drawer "
