@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from vla.cli import truthy
 from vla.demos import SUMMARY_FILE, CollectConfig, collect
 from vla.runtime import configure_logging
 
@@ -49,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> CollectConfig:
     parser.add_argument("--gl", choices=("egl", "osmesa"), default=d.gl, help="default: $MUJOCO_GL, else egl")
     int_list = lambda s: [int(t) for t in s.split(",")]  # noqa: E731
     parser.add_argument("--egl_devices", type=int_list, default=d.egl_devices, help="e.g. 0,1 (default: visible GPUs)")
+    parser.add_argument("--hard_reset", type=truthy, default=d.hard_reset, help="rebuild the sim at every reset")
     return CollectConfig(**vars(parser.parse_args(argv)))
 
 

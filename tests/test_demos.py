@@ -27,8 +27,8 @@ class DemoPool:
 
     instances: list["DemoPool"] = []
 
-    def __init__(self, suite, num_workers, *, assets_dir=None, cameras=(), gl_envs=None):
-        self.num_workers, self.cameras, self.tasks = num_workers, cameras, TASKS
+    def __init__(self, suite, num_workers, *, assets_dir=None, cameras=(), gl_envs=None, hard_reset=False):
+        self.num_workers, self.cameras, self.tasks, self.hard_reset = num_workers, cameras, TASKS, hard_reset
         self.requests: list[tuple[int, object]] = []
         self.state, self.pending = {}, {}
         DemoPool.instances.append(self)
@@ -176,6 +176,12 @@ def test_noise_is_reproducible_and_zero_noise_executes_the_clean_action(tmp_path
     np.testing.assert_array_equal(executed(tmp_path / "c", 0.0), np.tile(CLEAN, (3 * SUCCESS_STEP + 3 * 6, 1)))
 
 
+def test_workers_reset_softly_unless_hard_resets_are_asked_for(tmp_path, fake_collection):
+    demos.collect(_cfg(tmp_path / "soft", num_workers=1), ConstantExpert())
+    demos.collect(_cfg(tmp_path / "hard", num_workers=1, hard_reset=True), ConstantExpert())
+    assert [pool.hard_reset for pool in fake_collection] == [False, True]
+
+
 def test_config_checks_noise_format_and_existing_output(tmp_path):
     with pytest.raises(ValueError, match="action_noise"):
         _cfg(tmp_path, action_noise=-0.1).validate()
@@ -202,5 +208,23 @@ def test_demos_and_its_script_import_no_tensorflow():
 
 
 def test_collect_demos_cli_takes_the_new_flags():
-    cfg = _script().parse_args(["--action_noise", "0.1", "--format", "frames", "--gl", "egl", "--egl_devices", "0,1"])
-    assert (cfg.action_noise, cfg.format, cfg.gl, cfg.egl_devices) == (0.1, "frames", "egl", [0, 1])
+    argv = [
+        "--action_noise",
+        "0.1",
+        "--format",
+        "frames",
+        "--gl",
+        "egl",
+        "--egl_devices",
+        "0,1",
+        "--hard_reset",
+        "true",
+    ]
+    cfg = _script().parse_args(argv)
+    assert (cfg.action_noise, cfg.format, cfg.gl, cfg.egl_devices, cfg.hard_reset) == (
+        0.1,
+        "frames",
+        "egl",
+        [0, 1],
+        True,
+    )

@@ -27,8 +27,8 @@ class FakePool:
     instances: list["FakePool"] = []
     per_receive: int | None = None
 
-    def __init__(self, suite, num_workers, *, assets_dir=None, cameras=(), gl_envs=None):
-        self.num_workers, self.cameras, self.gl_envs = num_workers, cameras, gl_envs
+    def __init__(self, suite, num_workers, *, assets_dir=None, cameras=(), gl_envs=None, hard_reset=False):
+        self.num_workers, self.cameras, self.gl_envs, self.hard_reset = num_workers, cameras, gl_envs, hard_reset
         self.resets: list[dict[int, ResetRequest]] = []
         self.steps: list[int] = []
         self.state: dict[int, list[int]] = {}
@@ -151,6 +151,12 @@ def test_statuses_steps_and_errors_are_kept_apart(tmp_path, fake_libero):
     table = format_table(summary)
     assert "errors" in table and "do thing 3" in table
     assert fake_libero[0].closed and fake_libero[0].cameras == ()  # the random policy needs no images
+    assert not fake_libero[0].hard_reset  # robosuite's soft reset unless --hard_reset true
+
+
+def test_hard_reset_reaches_the_simulation_workers(tmp_path, fake_libero):
+    evaluate(_cfg(tmp_path, hard_reset=True), RecordingPolicy())
+    assert fake_libero[0].hard_reset
 
 
 class EventPolicy(RecordingPolicy):
@@ -356,7 +362,8 @@ def test_expert_policy_builds_one_expert_per_slot_from_the_bddl_goal(tmp_path):
     }
     actions = policy.act({0: obs, 1: obs}, {})
     assert policy.experts[0] is not policy.experts[1]
-    assert actions[0].shape == (7,) and actions[0][0] > 0 and actions[0][2] < 0  # heads toward the bowl, downwards
+    # heads toward the bowl at its height: the approach goes over first, then down (`ExpertConfig.level_approach`)
+    assert actions[0].shape == (7,) and actions[0][0] > 0 and actions[0][2] == 0
 
 
 RECORD_KEYS = {

@@ -196,3 +196,30 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as f:  # a zombie (exited, not yet reaped) counts as dead
         return f.read().split(")")[-1].split()[0] != "Z"
+
+
+@pytest.mark.libero
+def test_a_soft_reset_episode_does_not_depend_on_what_the_worker_ran_before(libero_assets_dir):
+    """The default soft reset places the fixtures (task 4's cabinet) from the seed alone and starts the gripper's
+    command afresh, so one fixed initial state gives the same episode on a fresh worker and on one that has just run
+    another episode with the gripper closed: outcomes do not depend on the number of workers or their schedule."""
+    from vla.env_pool import EnvPool
+    from vla.libero_env import load_init_states
+
+    init = load_init_states("libero_spatial", 4)
+    actions = np.random.default_rng(0).uniform(-1, 1, (12, 7))
+
+    def episode(pool, worker):
+        trace = [pool.reset({worker: ResetRequest(4, init[1], seed=0)})[worker]]
+        trace += [pool.step({worker: a})[worker] for a in actions]
+        assert all(r.error is None for r in trace)
+        return trace
+
+    with EnvPool("libero_spatial", 2, assets_dir=libero_assets_dir, image_size=64, cameras=("agentview",)) as pool:
+        assert pool.reset({1: ResetRequest(4, init[0], seed=0)})[1].error is None
+        for _ in range(8):  # worker 1 closes its gripper, then starts the episode below
+            assert pool.step({1: np.array([0, 0, 0.5, 0, 0, 0, 1.0])})[1].error is None
+        fresh, after = episode(pool, 0), episode(pool, 1)
+    for a, b in zip(fresh, after, strict=True):
+        for key in ("robot0_eef_pos", "robot0_gripper_qpos", "akita_black_bowl_1_pos", "agentview_image"):
+            np.testing.assert_array_equal(a.obs[key], b.obs[key], err_msg=key)

@@ -49,6 +49,7 @@ class CollectConfig:
     format: str | None = None  # rlds (needs TensorFlow) | frames (vla.frame_store); None: rlds if TF is installed
     gl: str | None = None  # MuJoCo GL back-end of the workers: egl | osmesa; None: $MUJOCO_GL, else egl
     egl_devices: list[int] | None = None  # EGL device ids the workers render on (round-robin); None: visible GPUs
+    hard_reset: bool = False  # rebuild the sim at every reset (LIBERO's default; 8x slower resets); see EvalConfig
 
     @property
     def dataset_name(self) -> str:
@@ -164,7 +165,7 @@ def collect(cfg: CollectConfig, policy: Policy | None = None) -> dict[str, Any]:
     fmt, started = cfg.resolved_format(), time.perf_counter()
     policy = policy if policy is not None else ExpertPolicy()
     render = RenderConfig(gl=cfg.gl, egl_devices=cfg.egl_devices)
-    with open_pool(cfg.task_suite, cfg.num_workers, CAMERAS, render, cfg.libero_assets) as pool:
+    with open_pool(cfg.task_suite, cfg.num_workers, CAMERAS, render, cfg.libero_assets, cfg.hard_reset) as pool:
         tasks = [pool.task_info(t) for t in cfg.tasks] if cfg.tasks is not None else pool.tasks
         unsupported = {}
         for task in tasks:

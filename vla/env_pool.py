@@ -19,7 +19,16 @@ from typing import Any
 import numpy as np
 
 from vla.gl_check import RenderConfig, check_gl, worker_gl_envs
-from vla.libero_env import CAMERAS, DUMMY_ACTION, NUM_STEPS_WAIT, TaskInfo, list_tasks, make_env, setup_libero
+from vla.libero_env import (
+    CAMERAS,
+    DUMMY_ACTION,
+    NUM_STEPS_WAIT,
+    TaskInfo,
+    clear_soft_reset,
+    list_tasks,
+    make_env,
+    setup_libero,
+)
 
 
 @dataclass(frozen=True)
@@ -49,9 +58,9 @@ class StepResult:
 class _WorkerEnv:
     """The env one worker owns: re-created when the task changes or after an error."""
 
-    def __init__(self, suite: str, image_size: int, cameras: tuple[str, ...]):
+    def __init__(self, suite: str, image_size: int, cameras: tuple[str, ...], hard_reset: bool = False):
         self.tasks = list_tasks(suite)
-        self.image_size, self.cameras = image_size, cameras
+        self.image_size, self.cameras, self.hard_reset = image_size, cameras, hard_reset
         self.env, self.task_id, self.ready = None, None, False
 
     def _discard(self) -> None:
@@ -64,11 +73,14 @@ class _WorkerEnv:
         self.ready = False
         if self.env is None or self.task_id != request.task_id:
             self._discard()
-            self.env = make_env(self.tasks[request.task_id].bddl_file, image_size=self.image_size, cameras=self.cameras)
+            bddl = self.tasks[request.task_id].bddl_file
+            self.env = make_env(bddl, image_size=self.image_size, cameras=self.cameras, hard_reset=self.hard_reset)
             self.task_id = request.task_id
         if request.seed is not None:
             self.env.seed(request.seed)  # LIBERO seeds numpy's global RNG: the random placement depends on it
         obs = self.env.reset()
+        if not self.hard_reset:
+            clear_soft_reset(self.env)
         if request.init_state is not None:
             obs = self.env.set_init_state(request.init_state)
         reward, done = 0.0, False
@@ -105,7 +117,13 @@ class _WorkerEnv:
 
 
 def _worker_main(
-    conn: Connection, suite: str, assets_dir: str, image_size: int, cameras: tuple[str, ...], gl_env: dict[str, str]
+    conn: Connection,
+    suite: str,
+    assets_dir: str,
+    image_size: int,
+    cameras: tuple[str, ...],
+    hard_reset: bool,
+    gl_env: dict[str, str],
 ) -> None:
     """Worker loop: answer ("reset", ResetRequest) / ("step", action) with a StepResult until "close" or until the
     parent goes away (its pipe end closes -> EOFError). A failed set-up is the answer to every request."""
@@ -113,7 +131,7 @@ def _worker_main(
     os.environ.update(gl_env)  # before MuJoCo / robosuite are imported: they read the GL back-end once
     try:
         setup_libero(assets_dir)
-        worker, setup_error = _WorkerEnv(suite, image_size, cameras), None
+        worker, setup_error = _WorkerEnv(suite, image_size, cameras, hard_reset), None
     except Exception:
         worker, setup_error = None, traceback.format_exc()
     while True:
@@ -131,7 +149,8 @@ def _worker_main(
 class EnvPool:
     """`num_workers` LIBERO envs of one suite, each in its own spawned process, rendering `cameras` (none: physics
     only, several times faster). `gl_envs[i]` are environment variables for worker i (the GL back-end and its EGL
-    device, see `vla.gl_check.worker_gl_envs`). A worker's exception comes back as `StepResult.error`; a worker that
+    device, see `vla.gl_check.worker_gl_envs`). `hard_reset`: rebuild the model at every reset, as LIBERO does by
+    default (`vla.libero_env.make_env`); the soft reset is 8x faster and places fixtures from the seed alone. A worker's exception comes back as `StepResult.error`; a worker that
     dies is restarted and its request answered with an error."""
 
     def __init__(
@@ -143,6 +162,7 @@ class EnvPool:
         image_size: int = 256,
         cameras: tuple[str, ...] = CAMERAS,
         gl_envs: Sequence[dict[str, str]] | None = None,
+        hard_reset: bool = False,
     ):
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
@@ -151,7 +171,7 @@ class EnvPool:
         self.suite, self.cameras = suite, tuple(cameras)
         self.assets_dir = setup_libero(assets_dir)
         self.tasks = list_tasks(suite)
-        self._args = (suite, str(self.assets_dir), image_size, self.cameras)
+        self._args = (suite, str(self.assets_dir), image_size, self.cameras, hard_reset)
         self._gl_envs = [dict(e) for e in gl_envs] if gl_envs is not None else [{} for _ in range(num_workers)]
         self._ctx = mp.get_context("spawn")  # a forked child would inherit the parent's TensorFlow, if loaded
         self._in_flight: set[int] = set()
@@ -263,7 +283,12 @@ class EnvPool:
 
 
 def open_pool(
-    suite: str, num_workers: int, cameras: tuple[str, ...], render: RenderConfig, assets: str | Path | None
+    suite: str,
+    num_workers: int,
+    cameras: tuple[str, ...],
+    render: RenderConfig,
+    assets: str | Path | None,
+    hard_reset: bool = False,
 ) -> EnvPool:
     """An EnvPool whose workers render `cameras` with the GL set-up of `render`, checked here first (when any camera
     is rendered) so a missing GL library is one clear error before any worker starts."""
@@ -271,4 +296,4 @@ def open_pool(
     if cameras:
         for env in {tuple(sorted(e.items())): e for e in gl_envs}.values():
             check_gl(env)
-    return EnvPool(suite, num_workers, assets_dir=assets, cameras=cameras, gl_envs=gl_envs)
+    return EnvPool(suite, num_workers, assets_dir=assets, cameras=cameras, gl_envs=gl_envs, hard_reset=hard_reset)

@@ -73,6 +73,9 @@ class EvalConfig:
     egl_devices: list[int] | None = None  # EGL device ids the workers render on (round-robin); None: visible GPUs
     seed: int = 7  # seeds random / numpy / torch in this process (OpenVLA's protocol seed)
     env_seed: int = 0  # `env.seed()` before every reset (OpenVLA seeds each env once with 0)
+    # rebuild the sim at every reset as LIBERO does by default (8x slower resets; fixtures then stand where the env's
+    # reset count puts them); False: robosuite's soft reset, fixtures placed by `env_seed` alone, same episodes
+    hard_reset: bool = False
     out_dir: str | None = None  # results folder; None: <local_log_dir>/<suite>-<policy>-<date-time>[--<run_id_note>]
     local_log_dir: str = "runs/eval"  # parent of the results folder when out_dir is None (official: its log folder)
     run_id_note: str | None = None  # appended to the results folder's name as `--<note>`
@@ -276,7 +279,7 @@ def evaluate(cfg: EvalConfig, policy: Policy) -> dict[str, Any]:
         if jobs:
             cameras = eval_cameras(policy, cfg.save_videos)
             with (
-                open_pool(cfg.task_suite, num_workers, cameras, cfg.render, cfg.libero_assets) as pool,
+                open_pool(cfg.task_suite, num_workers, cameras, cfg.render, cfg.libero_assets, cfg.hard_reset) as pool,
                 tqdm(total=len(jobs), desc=f"{cfg.task_suite} episodes", unit="ep") as bar,
             ):
                 if hasattr(policy, "warm_up"):  # while the workers start: no graph capture mid-run

@@ -134,9 +134,14 @@ def check_suite(suite: str) -> None:
         raise ValueError(f"unknown LIBERO suite {suite!r}: choose one of {sorted(SUITE_MAX_STEPS)}")
 
 
-def make_env(bddl_file: str, *, image_size: int = 256, cameras: tuple[str, ...] = CAMERAS):
+def make_env(bddl_file: str, *, image_size: int = 256, cameras: tuple[str, ...] = CAMERAS, hard_reset: bool = False):
     """An `OffScreenRenderEnv` (Panda, OSC_POSE, 20 Hz) rendering `cameras` at image_size²; `cameras=()` turns
-    rendering off (~7x faster, for expert tuning). Only call in a process that has not imported TensorFlow."""
+    rendering off (~7x faster, for expert tuning). Only call in a process that has not imported TensorFlow.
+
+    `hard_reset=False` (robosuite's soft reset) keeps the compiled model and the renderer across `reset()`; call
+    `clear_soft_reset` after each reset. `True` is LIBERO's default: every reset rebuilds both from XML (8x slower),
+    and places the fixtures (cabinets, stoves) from the previous placement, so where they stand depends on how many
+    resets that env object made, not on `env.seed()` alone (docs/PERFORMANCE.md, "Soft resets")."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     from libero.libero.envs import OffScreenRenderEnv
 
@@ -146,7 +151,18 @@ def make_env(bddl_file: str, *, image_size: int = 256, cameras: tuple[str, ...] 
         camera_widths=image_size,
         camera_names=list(cameras),
         use_camera_obs=bool(cameras),
+        hard_reset=hard_reset,
     )
+
+
+def clear_soft_reset(env) -> None:
+    """What a soft reset keeps and a hard one rebuilds: each gripper's last command (robosuite ramps the fingers from
+    it, so the next episode's first steps would start from the previous episode's grip) and the arm's last torques.
+    With these cleared and the fixtures where a hard reset put them, soft and hard resets give bit-identical
+    episodes (`scripts/check_soft_reset.py`)."""
+    for robot in env.env.robots:
+        robot.gripper.current_action = np.zeros(robot.gripper.dof)
+        robot.torques = None
 
 
 def upright(image: np.ndarray) -> np.ndarray:
