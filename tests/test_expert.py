@@ -13,7 +13,7 @@ from scripts_loader import load_script
 from vla.expert import ScriptedExpert, SequenceExpert, UnsupportedTaskError, parse_goal, plan_task, rotation_error
 from vla.expert_drawer import HANDLE, OPEN_TRAVEL, PLACE_TRAVEL, SIDE_TO_REGION, DrawerSkill
 from vla.expert_drawer_place import FORWARD
-from vla.expert_push import RIM_SPECS, RimCarry
+from vla.expert_push import RIM_SPECS
 from vla.expert_skills import KNOB_GRIP, STOVE_KNOB, KnobSkill, _quat_mul
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,7 +118,7 @@ def _rotate(quat, v):
 
 def test_plan_task_carries_a_plate_onto_a_table_region_by_its_rim_on_the_side_facing_the_target():
     expert = plan_task([("on", "plate_1", "main_table_stove_front_region")])
-    assert isinstance(expert, RimCarry) and expert.target == "main_table_stove_front_region"
+    assert isinstance(expert, ScriptedExpert) and expert.rim and expert.target == "main_table_stove_front_region"
     obs = _plate_obs(eef=(-0.2, 0.0, 1.17))
     action = expert.act(obs)
     assert action.shape == (7,) and np.all(np.abs(action) <= 1) and action[6] == -1  # open on the way
@@ -130,10 +130,10 @@ def test_plan_task_carries_a_plate_onto_a_table_region_by_its_rim_on_the_side_fa
     closing = _rotate(expert.quat, np.array([0.0, 1.0, 0.0]))[:2]  # the fingers close along the gripper's y axis
     assert abs(closing @ radial) / np.linalg.norm(radial) == pytest.approx(1.0, abs=1e-6)  # across the rim
     with pytest.raises(UnsupportedTaskError, match="rim"):
-        RimCarry("akita_black_bowl_1", "main_table_stove_front_region")
+        ScriptedExpert("akita_black_bowl_1", "main_table_stove_front_region", rim=True)
 
 
-def test_rim_carry_walks_through_the_phases_and_lets_go_over_the_region_on_ideal_kinematics():
+def test_the_rim_pinch_walks_through_the_phases_and_lets_go_over_the_region_on_ideal_kinematics():
     """An ideal arm that moves 5 cm x action per step and carries the plate once the gripper has closed."""
     expert = plan_task([("on", "plate_1", "main_table_stove_front_region")])
     eef, plate = np.array([-0.2, 0.0, 1.17]), np.array([0.05, -0.03, 0.9025])

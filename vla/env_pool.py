@@ -150,8 +150,9 @@ class EnvPool:
     """`num_workers` LIBERO envs of one suite, each in its own spawned process, rendering `cameras` (none: physics
     only, several times faster). `gl_envs[i]` are environment variables for worker i (the GL back-end and its EGL
     device, see `vla.gl_check.worker_gl_envs`). `hard_reset`: rebuild the model at every reset, as LIBERO does by
-    default (`vla.libero_env.make_env`); the soft reset is 8x faster and places fixtures from the seed alone. A worker's exception comes back as `StepResult.error`; a worker that
-    dies is restarted and its request answered with an error."""
+    default (`vla.libero_env.make_env`); the soft reset is 11x faster and places fixtures from the seed alone. A
+    worker's exception comes back as `StepResult.error`; a worker that dies is restarted and its request answered
+    with an error."""
 
     def __init__(
         self,

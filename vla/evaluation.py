@@ -73,7 +73,7 @@ class EvalConfig:
     egl_devices: list[int] | None = None  # EGL device ids the workers render on (round-robin); None: visible GPUs
     seed: int = 7  # seeds random / numpy / torch in this process (OpenVLA's protocol seed)
     env_seed: int = 0  # `env.seed()` before every reset (OpenVLA seeds each env once with 0)
-    # rebuild the sim at every reset as LIBERO does by default (8x slower resets; fixtures then stand where the env's
+    # rebuild the sim at every reset as LIBERO does by default (11x slower resets; fixtures then stand where the env's
     # reset count puts them); False: robosuite's soft reset, fixtures placed by `env_seed` alone, same episodes
     hard_reset: bool = False
     out_dir: str | None = None  # results folder; None: <local_log_dir>/<suite>-<policy>-<date-time>[--<run_id_note>]

@@ -1,7 +1,7 @@
 """Moving a plate onto a table region ("push the plate to the front of the stove", libero_goal): LIBERO's `On` for a
 table region checks only where the object is (its position inside the region's xy box, at most ~10 cm above the
 table), so the skill does not push: it pinches the plate's rim on the side facing the target and carries it there,
-a pick-and-place (`ScriptedExpert`) with its own grasp.
+a pick-and-place (`vla.expert.ScriptedExpert` with `rim=True`) with this grasp.
 
 Geometry, measured from LIBERO's plate collision model (`plate_1_pos` is its base on the table): a flat base ~3 cm
 in radius and 3-9 mm above the table; around it a rim of eight overlapping 5 mm slabs that flare up at ~20 degrees
@@ -17,13 +17,10 @@ a push turns mostly into a press down).
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
-from vla.expert import RETRY_TURNS, ExpertConfig, ScriptedExpert, _quat_mul, _yaw_quat
 from vla.expert_objects import ObjectSpec
-from vla.expert_skills import UnsupportedTaskError, category
+from vla.expert_skills import UnsupportedTaskError, _quat_mul, _yaw_quat, category
 
 # Gripper site `radius` out from the plate's axis and `height` above its base: by the collision geometry the pads'
 # bottoms end ~2 mm above the base and the closing pads meet the rim's upper face (~4.5 cm out) and its outer edge
@@ -33,27 +30,21 @@ from vla.expert_skills import UnsupportedTaskError, category
 RIM_SPECS = {"plate": ObjectSpec(radius=0.058, height=0.013, top=0.012)}
 
 
-class RimCarry(ScriptedExpert):
-    """Carry a rimmed dish (`RIM_SPECS`) onto a target: grasp its rim on the side facing the target (turned by
-    `RETRY_TURNS` after a blocked descent), fingers closing radially across it, then lift, carry, lower and let go
-    as `ScriptedExpert` does."""
+def rim_spec(obj: str) -> ObjectSpec:
+    """The rim geometry of a rimmed dish such as `plate_1`; `UnsupportedTaskError` for anything else."""
+    if category(obj) not in RIM_SPECS:
+        raise UnsupportedTaskError(f"no rim geometry for {obj!r} (only {sorted(RIM_SPECS)})")
+    return RIM_SPECS[category(obj)]
 
-    def __init__(self, obj: str, target: str, *, config: ExpertConfig | None = None):
-        if category(obj) not in RIM_SPECS:
-            raise UnsupportedTaskError(f"no rim geometry for {obj!r} (only {sorted(RIM_SPECS)})")
-        super().__init__(obj, target, config=config)
-        # A diagonal approach (no level-first rule): levelled, the pinch missed the rim on 3 of libero_goal's
-        # fixed states 0-3 (measured); the plate's surroundings leave the diagonal way down clear.
-        self.cfg = replace(self.cfg, level_approach=np.inf)
-        self.spec = RIM_SPECS[category(obj)]
-        self.radius = self.spec.radius
 
-    def _plan_grasp(self, obs: dict[str, np.ndarray], obj_pos: np.ndarray, obj_quat: np.ndarray) -> np.ndarray:
-        # The side facing the target: the hand stays off what lies behind the plate (libero_goal's cabinet) and
-        # the carry starts away from the grasp side's fingers.
-        toward = np.asarray(obs[f"{self.target_name}_pos"], float)[:2] - obj_pos[:2]
-        turn = self.cfg.grasp_angle + RETRY_TURNS[self.side % len(RETRY_TURNS)]
-        angle = np.arctan2(toward[1], toward[0]) + np.deg2rad(turn)
-        # Fingers close along the gripper's y axis (world y at the home pose): turned onto the radial direction.
-        self.quat = _quat_mul(_yaw_quat(angle % np.pi - np.pi / 2), self.home[1])
-        return np.array([np.cos(angle) * self.radius, np.sin(angle) * self.radius, self.spec.height])
+def rim_grasp(
+    spec: ObjectSpec, obj_pos: np.ndarray, target_pos: np.ndarray, turn_deg: float, home_quat: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(grasp offset from the dish's position, gripper orientation): on the rim's side facing the target, turned by
+    `turn_deg` (after a blocked descent), fingers closing radially across the rim. The side facing the target keeps
+    the hand off what lies behind the plate (libero_goal's cabinet), and the carry starts away from the fingers."""
+    toward = np.asarray(target_pos, float)[:2] - np.asarray(obj_pos, float)[:2]
+    angle = np.arctan2(toward[1], toward[0]) + np.deg2rad(turn_deg)
+    # Fingers close along the gripper's y axis (world y at the home pose): turned onto the radial direction.
+    quat = _quat_mul(_yaw_quat(angle % np.pi - np.pi / 2), home_quat)
+    return np.array([np.cos(angle) * spec.radius, np.sin(angle) * spec.radius, spec.height]), quat

@@ -54,6 +54,10 @@ def is_drawer_region(name: str) -> bool:
     return "cabinet" in category(name) and name.endswith("_region")
 
 
+def _yaw_quat(angle: float) -> np.ndarray:  # a turn about world z, (x, y, z, w)
+    return np.array([0.0, 0.0, np.sin(angle / 2), np.cos(angle / 2)])
+
+
 def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # (x, y, z, w) quaternions, as robosuite
     ax, ay, az, aw = a
     bx, by, bz, bw = b

@@ -139,7 +139,7 @@ def make_env(bddl_file: str, *, image_size: int = 256, cameras: tuple[str, ...] 
     rendering off (~7x faster, for expert tuning). Only call in a process that has not imported TensorFlow.
 
     `hard_reset=False` (robosuite's soft reset) keeps the compiled model and the renderer across `reset()`; call
-    `clear_soft_reset` after each reset. `True` is LIBERO's default: every reset rebuilds both from XML (8x slower),
+    `clear_soft_reset` after each reset. `True` is LIBERO's default: every reset rebuilds both from XML (11x slower),
     and places the fixtures (cabinets, stoves) from the previous placement, so where they stand depends on how many
     resets that env object made, not on `env.seed()` alone (docs/PERFORMANCE.md, "Soft resets")."""
     os.environ.setdefault("MUJOCO_GL", "egl")
