@@ -279,11 +279,11 @@ class ScriptedExpert:
         """One LIBERO action (7,) in [-1, 1] for the current observation."""
         cfg = self.cfg
         eef, quat = np.asarray(obs["robot0_eef_pos"], float), np.asarray(obs["robot0_eef_quat"], float)
-        if self.home is None:  # the gripper's heading unwound: a previous skill of a sequence may have turned it
-            self.home, self.target_name = (
-                (eef[:2].copy(), _quat_mul(_yaw_quat(-_yaw(quat)), quat)),
-                self._target_body(obs),
-            )
+        if self.home is None:  # a previous pick of a sequence may have turned the gripper: its heading unwound.
+            # Not for a pick into a drawer, tuned from the heading the drawer skill leaves: unwound, it ran out of
+            # steps on 3 of libero_goal task 3's fixed states 0-9 (1 kept)
+            unwound = _quat_mul(_yaw_quat(-_yaw(quat)), quat) if self.into is None else quat.copy()
+            self.home, self.target_name = (eef[:2].copy(), unwound), self._target_body(obs)
         moved = np.inf if self.last_eef is None else np.linalg.norm(eef - self.last_eef)
         self.still_steps = self.still_steps + 1 if moved < cfg.still_speed else 0
         self.last_eef = eef
