@@ -280,8 +280,8 @@ class ScriptedExpert:
         cfg = self.cfg
         eef, quat = np.asarray(obs["robot0_eef_pos"], float), np.asarray(obs["robot0_eef_quat"], float)
         if self.home is None:  # a previous pick of a sequence may have turned the gripper: its heading unwound.
-            # Not for a pick into a drawer, tuned from the heading the drawer skill leaves: unwound, it ran out of
-            # steps on 3 of libero_goal task 3's fixed states 0-9 (1 kept)
+            # Not for a pick into a drawer, tuned from the heading the drawer skill leaves: unwound, libero_goal
+            # task 3 ran out of steps on fixed states 4, 8 and 9 (7/10; 9/10 kept as it was)
             unwound = _quat_mul(_yaw_quat(-_yaw(quat)), quat) if self.into is None else quat.copy()
             self.home, self.target_name = (eef[:2].copy(), unwound), self._target_body(obs)
         moved = np.inf if self.last_eef is None else np.linalg.norm(eef - self.last_eef)
