@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from vla.env_pool import observe
 from vla.expert import ScriptedExpert
 from vla.libero_env import (
     DUMMY_ACTION,
@@ -44,10 +45,9 @@ def episode(env, init_state, bddl: str, steps: int, seed: int, fixtures=None):
     obs = env.set_init_state(init_state)
     for _ in range(NUM_STEPS_WAIT):
         obs, *_ = env.step(DUMMY_ACTION.copy())
-    expert, inner, trace = ScriptedExpert.from_bddl(bddl), env.env, []
+    expert, trace = ScriptedExpert.from_bddl(bddl), []
     for _ in range(steps):
-        sites = {f"{s}_pos": np.array(inner.sim.data.get_site_xpos(s)) for s in inner.object_sites_dict}
-        obs, _, done, _ = env.step(expert.act({**sites, **obs}))
+        obs, _, done, _ = env.step(expert.act(observe(env, obs)))
         trace.append(np.concatenate([obs["robot0_eef_pos"], obs["robot0_gripper_qpos"]]))
         if done:
             break

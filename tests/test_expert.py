@@ -138,18 +138,7 @@ def test_the_rim_pinch_walks_through_the_phases_and_lets_go_over_the_region_on_i
     expert = plan_task([("on", "plate_1", "main_table_stove_front_region")])
     eef, plate = np.array([-0.2, 0.0, 1.17]), np.array([0.05, -0.03, 0.9025])
     region = np.array([-0.05, 0.21, 0.895])
-    phases, held = [], None
-    for _ in range(300):
-        action = expert.act(_plate_obs(eef, plate=plate, region=region))
-        phases.append(expert.phase)
-        eef = eef + 0.05 * 0.5 * action[:3]
-        if expert.phase in ("lift", "carry", "lower") and held is None:
-            held = eef - plate
-        if held is not None and action[6] > 0:
-            plate = eef - held
-        if expert.phase == "retreat":
-            break
-    order = [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
+    order, plate = _ideal_pick_and_place(expert, eef, plate, lambda e, p: _plate_obs(e, plate=p, region=region), 300)
     assert order == ["approach", "descend", "close", "lift", "carry", "lower", "open", "retreat"]
     np.testing.assert_allclose(plate[:2], region[:2], atol=0.015)  # let go over the region (LIBERO: +-4 cm)
     # ... low: an unknown target's default top (2 cm) puts the plate ~3 cm over the region's site when it is let go
@@ -324,22 +313,28 @@ def test_expert_heads_above_the_bowl_rim_on_the_robot_side_with_the_gripper_open
     assert np.linalg.norm(grasp[:2] - [-0.2, 0.0]) < np.linalg.norm(np.array([0.1, 0.2]) - [-0.2, 0.0])
 
 
+def _ideal_pick_and_place(expert, eef, obj, obs_of, steps):
+    """Run `expert` on an ideal arm that moves 5 cm x action per step and carries `obj` once the gripper has closed
+    (`obs_of(eef, obj)` builds the observation), until it retreats: (its phases in order, where `obj` ended)."""
+    phases, held = [], None
+    for _ in range(steps):
+        action = expert.act(obs_of(eef, obj))
+        phases.append(expert.phase)
+        eef = eef + 0.05 * 0.5 * action[:3]
+        if expert.phase in ("lift", "carry", "lower") and held is None:
+            held = eef - obj
+        if held is not None and action[6] > 0:
+            obj = eef - held
+        if expert.phase == "retreat":
+            break
+    return [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p], obj
+
+
 def test_expert_walks_through_the_pick_and_place_phases_on_ideal_kinematics():
     """An ideal arm that moves 5 cm x action per step and carries the bowl once the gripper has closed."""
     expert = ScriptedExpert("akita_black_bowl_1", "plate_1")
     eef, bowl, plate = np.array([-0.2, 0.0, 1.2]), np.array([0.1, 0.2, 0.9]), np.array([0.1, -0.2, 0.9])
-    phases, held = [], None
-    for _ in range(200):
-        action = expert.act(_obs(eef, bowl, plate))
-        phases.append(expert.phase)
-        eef = eef + 0.05 * 0.5 * action[:3]
-        if expert.phase in ("lift", "carry", "lower") and held is None:
-            held = eef - bowl
-        if held is not None and action[6] > 0:
-            bowl = eef - held
-        if expert.phase == "retreat":
-            break
-    order = [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
+    order, bowl = _ideal_pick_and_place(expert, eef, bowl, lambda e, b: _obs(e, b, plate), 200)
     assert order == ["approach", "descend", "close", "lift", "carry", "lower", "open", "retreat"]
     np.testing.assert_allclose(bowl[:2], plate[:2], atol=0.015)  # released above the plate
     assert bowl[2] == pytest.approx(plate[2] + 0.012 + expert.cfg.release_gap, abs=0.012)

@@ -55,6 +55,16 @@ class StepResult:
     worker_s: float = 0.0
 
 
+def observe(env, obs: dict) -> dict[str, np.ndarray]:
+    """LIBERO's observations of `env` plus `<region>_pos` for every BDDL region site (goal targets such as
+    `flat_stove_1_cook_region` that no object position gives): what the scripted expert reads."""
+    out = {k: np.asarray(v) for k, v in obs.items()}
+    inner = env.env
+    for site in inner.object_sites_dict:
+        out.setdefault(f"{site}_pos", np.array(inner.sim.data.get_site_xpos(site)))
+    return out
+
+
 class _WorkerEnv:
     """The env one worker owns: re-created when the task changes or after an error."""
 
@@ -87,22 +97,13 @@ class _WorkerEnv:
         for _ in range(NUM_STEPS_WAIT if request.settle else 0):
             obs, reward, done, _ = self.env.step(DUMMY_ACTION.copy())
         self.ready = True
-        return StepResult(self._observe(obs), float(reward), bool(done))
+        return StepResult(observe(self.env, obs), float(reward), bool(done))
 
     def step(self, action: np.ndarray) -> StepResult:
         if not self.ready:
             raise RuntimeError("step() before a successful reset(): reset this worker first")
         obs, reward, done, _ = self.env.step(np.asarray(action, dtype=np.float64))
-        return StepResult(self._observe(obs), float(reward), bool(done))
-
-    def _observe(self, obs: dict) -> dict[str, np.ndarray]:
-        """LIBERO's observations plus `<region>_pos` for every BDDL region site (goal targets such as
-        `flat_stove_1_cook_region` that no object position gives)."""
-        out = {k: np.asarray(v) for k, v in obs.items()}
-        inner = self.env.env
-        for site in inner.object_sites_dict:
-            out.setdefault(f"{site}_pos", np.array(inner.sim.data.get_site_xpos(site)))
-        return out
+        return StepResult(observe(self.env, obs), float(reward), bool(done))
 
     def handle(self, cmd: str, payload: Any) -> StepResult:
         started = time.perf_counter()
