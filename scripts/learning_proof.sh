@@ -78,13 +78,18 @@ checkpoints() {  # $1 = preset: its complete merged checkpoints, oldest first
     | sort -n | cut -d' ' -f2-
 }
 
-evaluate_samples() {  # on SAMPLE_TRIALS fixed states per task: every checkpoint of the first preset (the learning
-  # curve), the last one of the others (the ablation); the plain decoder (no compile time per checkpoint)
+evaluate_samples() {  # on SAMPLE_TRIALS fixed states per task: every checkpoint of the first preset but its last,
+  # which `evaluate` runs on FULL_TRIALS (the learning curve), the last one of the others (the ablation); the plain
+  # decoder (no compile time per checkpoint)
   local first=${PRESETS%% *} ckpts step
   mkdir -p "$PROOF/eval"
   for preset in $PRESETS; do
     ckpts=$(checkpoints "$preset")
-    [ "$preset" = "$first" ] || ckpts=$(echo "$ckpts" | tail -n 1)
+    if [ "$preset" = "$first" ]; then
+      ckpts=$(echo "$ckpts" | grep -v "merged--${STEPS}_chkpt\$" || true)
+    else
+      ckpts=$(echo "$ckpts" | tail -n 1)
+    fi
     [ "$preset" = "$first" ] || [ -f "$PROOF/runs/$preset/merged--${STEPS}_chkpt/config.json" ] || continue
     for ckpt in $ckpts; do
       step=${ckpt##*merged--}; step=${step%_chkpt}
