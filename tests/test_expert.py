@@ -198,6 +198,22 @@ def test_drawer_skill_grips_the_bar_end_nearest_the_robot_then_pulls_it_out_and_
     assert skill.act(_drawer_obs(grip + [0, 0.15, 0], quat=turned, travel=0.15))[6] == -1.0
 
 
+def test_drawer_approach_keeps_its_height_until_over_the_point_before_the_bar():
+    skill = DrawerSkill("wooden_cabinet_1_middle_region")
+    obs = _drawer_obs((-0.2, 0.0, 1.2))
+    for _ in range(60):
+        skill.act(obs)
+    assert skill.phase == "approach"
+    grip, along = skill.grasp_point(obs, obs["robot0_eef_pos"])
+    _, _, slide = skill.frame(obs)
+    pre = grip - skill.standoff * (along * np.cos(skill.skew) - slide * np.sin(skill.skew))
+    assert pre[2] < 1.2 - 0.1
+    far = skill.act(_drawer_obs((-0.2, 0.0, 1.2), quat=skill.quat))
+    assert far[0] > 0 and abs(far[2]) < 1e-6  # across towards the cabinet at the same height
+    over = skill.act(_drawer_obs([pre[0], pre[1], 1.2], quat=skill.quat))
+    assert over[2] < 0  # over the point before the bar: down
+
+
 def test_plan_task_opens_the_drawer_before_putting_an_object_in_it_once():
     region = "wooden_cabinet_1_top_region"
     plan = plan_task([("in", "akita_black_bowl_1", region)])
@@ -401,19 +417,37 @@ def test_a_drawer_descent_waits_while_the_hand_is_off_the_grasp_point():
     "suite, task_id", [("libero_spatial", 0), ("libero_spatial", 4), ("libero_goal", 7), ("libero_goal", 5)]
 )  # pick-and-place; the bowl in a drawer; the knob; the plate carried by its rim
 def test_expert_solves_a_libero_episode_through_the_pool(libero_assets_dir, suite, task_id):
+    _solve(libero_assets_dir, suite, task_id, state=0)  # the benchmark's first fixed state
+
+
+def _solve(libero_assets_dir, suite: str, task_id: int, state: int) -> None:
+    """The expert on one of the benchmark's fixed initial states, as the eval runs it, finishes in the step limit."""
     from vla.env_pool import EnvPool, ResetRequest
     from vla.libero_env import SUITE_MAX_STEPS, load_init_states
 
     with EnvPool(suite, 1, assets_dir=libero_assets_dir, cameras=()) as pool:
         expert = ScriptedExpert.from_bddl(pool.task_info(task_id).bddl_file)
-        init_state = load_init_states(suite, task_id)[0]  # the benchmark's first fixed state, as the eval runs it
+        init_state = load_init_states(suite, task_id)[state]
         result = pool.reset({0: ResetRequest(task_id, init_state, seed=0)})[0]  # the eval's env seed
         for _ in range(SUITE_MAX_STEPS[suite]):
             result = pool.step({0: expert.act(result.obs)})[0]
             assert result.error is None
             if result.done:
                 break
-    assert result.done, f"expert did not finish {suite} task {task_id} in the eval's step limit (phase {expert.phase})"
+    assert result.done, (
+        f"expert did not finish {suite} task {task_id} state {state} in the eval's step limit (phase {expert.phase})"
+    )
+
+
+@pytest.mark.libero
+@pytest.mark.slow
+@pytest.mark.parametrize("task_id, state", [(0, 7), (3, 4)])
+def test_expert_opens_a_drawer_past_the_wine_bottle_and_grasps_the_bowl_under_the_open_drawer(
+    libero_assets_dir, task_id, state
+):
+    """libero_goal's fixed states that ran out of steps: the turned hand tipped the wine bottle on its way down to the
+    middle drawer (task 0), the open top drawer's front stopped the hand going down to the bowl (task 3)."""
+    _solve(libero_assets_dir, "libero_goal", task_id, state)
 
 
 def _collect_demos_module():
