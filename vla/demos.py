@@ -49,7 +49,7 @@ class CollectConfig:
     format: str | None = None  # rlds (needs TensorFlow) | frames (vla.frame_store); None: rlds if TF is installed
     gl: str | None = None  # MuJoCo GL back-end of the workers: egl | osmesa; None: $MUJOCO_GL, else egl
     egl_devices: list[int] | None = None  # EGL device ids the workers render on (round-robin); None: visible GPUs
-    hard_reset: bool = False  # rebuild the sim at every reset (LIBERO's default; 11x slower resets); see EvalConfig
+    hard_reset: bool = False  # random placements are always hard resets (env_pool._WorkerEnv.reset); see EvalConfig
 
     @property
     def dataset_name(self) -> str:

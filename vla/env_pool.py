@@ -88,8 +88,12 @@ class _WorkerEnv:
             self.task_id = request.task_id
         if request.seed is not None:
             self.env.seed(request.seed)  # LIBERO seeds numpy's global RNG: the random placement depends on it
+        # A random placement (no init state) needs LIBERO's own hard reset: a soft one places objects that rest on a
+        # fixture (a bowl on the stove) from stale fixture data, up in the air. Fixed init states overwrite them all.
+        hard = self.hard_reset or request.init_state is None
+        self.env.env.hard_reset = hard
         obs = self.env.reset()
-        if not self.hard_reset:
+        if not hard:
             clear_soft_reset(self.env)
         if request.init_state is not None:
             obs = self.env.set_init_state(request.init_state)
