@@ -1,5 +1,5 @@
-"""Policies: the cameras each declares, `build_policy`, and (GPU) the fast batched VLA path giving the plain path's
-actions on a mixed batch."""
+"""Policies: the cameras each declares, `build_policy`, and the fast batched VLA path giving the plain path's actions
+on a mixed batch (uncompiled on the CPU; compiled, with CUDA graphs, on the GPU)."""
 
 import numpy as np
 import pytest
@@ -26,8 +26,35 @@ def _numpy_libero_image(agentview, *, center_crop):
     return np.ascontiguousarray(agentview[::-1, ::-1][index][:, index])
 
 
+def _mixed_batch():
+    rng = np.random.default_rng(0)
+    slots = [0, 3, 5, 6]  # a mixed batch: different images and instructions, non-contiguous slots
+    obs = {s: {"agentview_image": rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)} for s in slots}
+    return obs, {s: INSTRUCTIONS[i % len(INSTRUCTIONS)] for i, s in enumerate(slots)}
+
+
+def test_uncompiled_fast_vla_policy_gives_the_plain_actions_on_the_cpu(official_checkpoint, monkeypatch):
+    from vla.model import VLA
+
+    monkeypatch.setattr(libero_io, "libero_image", _numpy_libero_image)
+    vla = VLA.from_pretrained(official_checkpoint[0], device="cpu", dtype=torch.float32)
+    vla.eval()
+    obs, texts = _mixed_batch()
+    plain = VLAPolicy(vla, "libero_spatial", center_crop=True)  # the default on the CPU: plain decoding
+    assert vla.fast_decoder is None
+    expected = plain.act(obs, texts)
+    fast = VLAPolicy(vla, "libero_spatial", center_crop=True, fast_decoding=True, compile_decoding=False)
+    assert vla.fast_decoder is not None and not vla.fast_decoder.compiled
+    got = fast.act(obs, texts)
+    for s in obs:
+        np.testing.assert_array_equal(got[s], expected[s])
+    assert len(set(map(tuple, expected.values()))) > 1  # the rows differ: a batch mix-up would show
+
+
 @pytest.mark.gpu
-def test_fast_batched_vla_policy_gives_the_plain_actions_on_a_mixed_batch(official_checkpoint, monkeypatch):
+@pytest.mark.parametrize("compile_decoding", [True, False])
+def test_fast_batched_vla_policy_gives_the_plain_actions_on_a_mixed_batch(official_checkpoint, monkeypatch,
+                                                                          compile_decoding):  # fmt: skip
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     from vla.model import VLA
@@ -35,15 +62,15 @@ def test_fast_batched_vla_policy_gives_the_plain_actions_on_a_mixed_batch(offici
     monkeypatch.setattr(libero_io, "libero_image", _numpy_libero_image)  # policy_images calls it
     vla = VLA.from_pretrained(official_checkpoint[0], device="cuda", dtype=torch.float32)
     vla.eval()
-    rng = np.random.default_rng(0)
-    slots = [0, 3, 5, 6]  # a mixed batch: different images and instructions, non-contiguous slots
-    obs = {s: {"agentview_image": rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)} for s in slots}
-    texts = {s: INSTRUCTIONS[i % len(INSTRUCTIONS)] for i, s in enumerate(slots)}
+    obs, texts = _mixed_batch()
+    slots = sorted(obs)
     plain = VLAPolicy(vla, "libero_spatial", center_crop=True, fast_decoding=False)
     assert vla.fast_decoder is None
     expected = plain.act(obs, texts)
-    fast = VLAPolicy(vla, "libero_spatial", center_crop=True)  # the default on CUDA: fast decoding
+    # the default on CUDA: fast decoding, compiled (uncompiled: the learning proof's sample evaluations)
+    fast = VLAPolicy(vla, "libero_spatial", center_crop=True, compile_decoding=compile_decoding)
     assert vla.fast_decoder is not None
+    assert vla.fast_decoder.compiled == compile_decoding or vla.fast_decoder.compile_error
     task = TaskInfo(0, "t", "x", "/none.bddl")
     fast.reset(0, task)
     for _ in range(2):  # the second call replays the captured graph

@@ -69,6 +69,8 @@ class EvalConfig:
     # never waited for
     gather_s: float | None = None
     fast_decoding: bool | None = None  # VLA: static-cache CUDA-graph decoder with torch.compile; None: on CUDA only
+    # with fast_decoding: compile its elementwise ops (torch.compile); false saves the compile time at start
+    compile_decoding: bool = True
     gl: str | None = None  # MuJoCo GL back-end of the workers: egl | osmesa; None: $MUJOCO_GL, else egl
     egl_devices: list[int] | None = None  # EGL device ids the workers render on (round-robin); None: visible GPUs
     seed: int = 7  # seeds random / numpy / torch in this process (OpenVLA's protocol seed)

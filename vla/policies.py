@@ -35,18 +35,20 @@ class Policy(Protocol):
 class VLAPolicy:
     """A VLA checkpoint through OpenVLA's eval contract: `libero_image` -> `vla.predict_actions` (one batch, actions
     un-normalized with `unnorm_key`) -> `libero_action`. `last_frames` holds the 224² image before the center crop,
-    the frame OpenVLA writes to its replay videos. fast_decoding: decode with `vla.enable_fast_decoding(compile=True)`
-    (static KV cache, CUDA graphs, compiled elementwise ops; eager ops when compilation fails); None: on CUDA only."""
+    the frame OpenVLA writes to its replay videos. fast_decoding: decode with `vla.enable_fast_decoding` (static KV
+    cache, CUDA graphs; with `compile_decoding`, elementwise ops compiled by torch.compile, eager where compilation
+    fails); None: on CUDA only. compile_decoding=False skips the compile time, for short evaluations."""
 
     cameras = ("agentview",)
 
-    def __init__(self, vla: Any, unnorm_key: str, center_crop: bool, fast_decoding: bool | None = None):
+    def __init__(self, vla: Any, unnorm_key: str, center_crop: bool, fast_decoding: bool | None = None,
+                 compile_decoding: bool = True):  # fmt: skip
         self.vla, self.unnorm_key, self.center_crop = vla, unnorm_key, center_crop
         self.last_frames: dict[int, np.ndarray] = {}
         if fast_decoding is None:
             fast_decoding = getattr(getattr(vla, "device", None), "type", "cpu") == "cuda"
         if fast_decoding:
-            vla.enable_fast_decoding(compile=True)
+            vla.enable_fast_decoding(compile=compile_decoding)
             if vla.fast_decoder.compile_error:
                 log.warning("fast decoding runs eager ops: %s", vla.fast_decoder.compile_error)
         elif getattr(vla, "fast_decoder", None) is not None:
@@ -145,9 +147,9 @@ def build_policy(cfg: EvalConfig) -> Policy:
     vla = VLA.from_pretrained(cfg.checkpoint, device=device, dtype=dtype, quantization=cfg.quantization)
     vla.eval()
     fast = device.startswith("cuda") if cfg.fast_decoding is None else cfg.fast_decoding
-    log.info("loaded %s on %s (%s); un-normalizing with %r; fast decoding %s", cfg.checkpoint, device, dtype_name,
-             unnorm_key, fast)  # fmt: skip
-    return VLAPolicy(vla, unnorm_key, cfg.center_crop, fast_decoding=fast)
+    log.info("loaded %s on %s (%s); un-normalizing with %r; fast decoding %s%s", cfg.checkpoint, device, dtype_name,
+             unnorm_key, fast, " (compiled)" if fast and cfg.compile_decoding else "")  # fmt: skip
+    return VLAPolicy(vla, unnorm_key, cfg.center_crop, fast_decoding=fast, compile_decoding=cfg.compile_decoding)
 
 
 def server_unnorm_key(server_url: str, suite: str, unnorm_key: str | None = None) -> str:
