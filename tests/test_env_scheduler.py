@@ -8,7 +8,7 @@ import pytest
 
 import vla.evaluation as evaluation
 from vla.env_pool import ResetRequest
-from vla.env_scheduler import Job, Scheduler
+from vla.env_scheduler import Job, Scheduler, Timing
 from vla.evaluation import EvalConfig
 from vla.fake_pool import FakePool, LatencyPolicy
 from vla.libero_env import TaskInfo
@@ -115,3 +115,31 @@ def test_evaluate_passes_the_flag_or_else_the_policy_hint(tmp_path, monkeypatch,
     )
     summary = evaluation.evaluate(cfg, LatencyPolicy(gather_s=hint))
     assert seen == [used] and summary["overall"]["successes"] == 2
+
+
+class _TimedPolicy(LatencyPolicy):
+    """A policy that times a part of its own calls, as VLAPolicy does (`timing`: cumulative seconds by part)."""
+
+    def __init__(self, base_s):
+        super().__init__(base_s)
+        self.timing = {"model_s": 0.0}
+
+    def act(self, observations, instructions):
+        self.timing["model_s"] += self.base_s
+        return super().act(observations, instructions)
+
+
+def test_timing_shows_the_parts_a_policy_times_itself_per_run():
+    policy = _TimedPolicy(0.01)
+    for _ in range(2):  # one policy for two runs: each run's timing counts only its own calls
+        with FakePool(2, step_s=0.002, reset_s=0.005, episode_length=lambda r: 5) as pool:
+            scheduler, outcomes = _run(pool, policy, _jobs(range(3)), 10, 0.0)
+        timing = scheduler.timing
+        assert [o.status for _, o in outcomes] == ["success"] * 3
+        assert timing.policy_parts["model_s"] == pytest.approx(0.01 * timing.policy_calls)
+        assert timing.policy_parts["model_s"] <= timing.policy_s
+        assert f"model {timing.policy_parts['model_s']:.1f} s" in timing.line()
+        assert timing.as_dict()["policy_parts"] == {"model_s": round(timing.policy_parts["model_s"], 3)}
+    assert policy.timing["model_s"] > timing.policy_parts["model_s"]
+    untimed = Timing(num_workers=1)  # a policy without timers: no parts in the line
+    assert untimed.policy_parts == {} and "mean batch None)" in untimed.line()

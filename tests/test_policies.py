@@ -49,6 +49,7 @@ def test_uncompiled_fast_vla_policy_gives_the_plain_actions_on_the_cpu(official_
     for s in obs:
         np.testing.assert_array_equal(got[s], expected[s])
     assert len(set(map(tuple, expected.values()))) > 1  # the rows differ: a batch mix-up would show
+    assert fast.timing["images_s"] > 0 and fast.timing["model_s"] > 0  # the scheduler's timing line shows both
 
 
 @pytest.mark.gpu

@@ -58,8 +58,9 @@ class Outcome:
 
 @dataclass
 class Timing:
-    """Where a run's time went. Main process: wall, policy (reset + act), blocked waiting for workers, and the rest
-    (pipes, pickling, bookkeeping, callbacks). Workers (summed over workers, measured inside them): env steps
+    """Where a run's time went. Main process: wall, policy (reset + act; `policy_parts`: the parts of it a policy
+    times itself, e.g. the VLA's host image preparation and its model call), blocked waiting for workers, and the
+    rest (pipes, pickling, bookkeeping, callbacks). Workers (summed over workers, measured inside them): env steps
     (physics + rendering) and resets (env creation, placement, settle steps)."""
 
     wall_s: float = 0.0
@@ -71,6 +72,7 @@ class Timing:
     steps: int = 0
     resets: int = 0
     num_workers: int = 0
+    policy_parts: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         other = self.wall_s - self.policy_s - self.wait_s
@@ -83,13 +85,15 @@ class Timing:
             "mean_batch": round(self.steps / self.policy_calls, 2) if self.policy_calls else None,
             "steps_per_s": round(self.steps / self.wall_s, 2) if self.wall_s else None,
             "worker_busy": round(busy, 3) if busy is not None else None,
+            "policy_parts": {name: round(s, 3) for name, s in self.policy_parts.items()},
         }  # fmt: skip
 
     def line(self) -> str:
         d = self.as_dict()
+        parts = "".join(f"; {name.removesuffix('_s')} {s:.1f} s" for name, s in self.policy_parts.items())
         return (
             f"timing: {d['steps']} steps in {d['wall_s']:.1f} s ({d['steps_per_s']} steps/s) | main: policy "
-            f"{d['policy_s']:.1f} s over {d['policy_calls']} calls (mean batch {d['mean_batch']}), waiting "
+            f"{d['policy_s']:.1f} s over {d['policy_calls']} calls (mean batch {d['mean_batch']}{parts}), waiting "
             f"{d['wait_s']:.1f} s, ipc+other {d['ipc_and_bookkeeping_s']:.1f} s | workers: steps {d['env_step_s']:.1f}"
             f" s, resets {d['env_reset_s']:.1f} s ({d['resets']}), busy {d['worker_busy']}"
         )
@@ -194,6 +198,7 @@ class Scheduler:
     def _act(self, waiting: dict[int, Episode], busy: dict[int, Episode]) -> list[Outcome]:
         """One batched policy call for every waiting env; each action goes out as soon as it is ready."""
         t0 = time.perf_counter()
+        parts = dict(getattr(self.policy, "timing", {}))  # the policy's own cumulative timers, before the call
         try:
             actions = self.policy.act(
                 {s: ep.obs for s, ep in waiting.items()}, {s: ep.job.task.language for s, ep in waiting.items()}
@@ -206,6 +211,8 @@ class Scheduler:
         finally:
             self.timing.policy_s += time.perf_counter() - t0
             self.timing.policy_calls += 1
+            for name, total in getattr(self.policy, "timing", {}).items():
+                self.timing.policy_parts[name] = self.timing.policy_parts.get(name, 0.0) + total - parts.get(name, 0.0)
         outcomes = []
         for slot, episode in waiting.items():
             action = actions[slot]

@@ -35,7 +35,8 @@ class Policy(Protocol):
 class VLAPolicy:
     """A VLA checkpoint through OpenVLA's eval contract: `libero_image` -> `vla.predict_actions` (one batch, actions
     un-normalized with `unnorm_key`) -> `libero_action`. `last_frames` holds the 224² image before the center crop,
-    the frame OpenVLA writes to its replay videos. fast_decoding: decode with `vla.enable_fast_decoding` (static KV
+    the frame OpenVLA writes to its replay videos; `timing` sums the seconds of both halves of `act` (the scheduler's
+    timing line shows them). fast_decoding: decode with `vla.enable_fast_decoding` (static KV
     cache, CUDA graphs; with `compile_decoding`, elementwise ops compiled by torch.compile, eager where compilation
     fails); None: on CUDA only. compile_decoding=False skips the compile time, for short evaluations."""
 
@@ -45,6 +46,7 @@ class VLAPolicy:
                  compile_decoding: bool = True):  # fmt: skip
         self.vla, self.unnorm_key, self.center_crop = vla, unnorm_key, center_crop
         self.last_frames: dict[int, np.ndarray] = {}
+        self.timing = {"images_s": 0.0, "model_s": 0.0}  # host image preparation; the model call (to numpy actions)
         if fast_decoding is None:
             fast_decoding = getattr(getattr(vla, "device", None), "type", "cpu") == "cuda"
         if fast_decoding:
@@ -67,10 +69,14 @@ class VLAPolicy:
 
     def act(self, observations: dict[int, Observation], instructions: dict[int, str]) -> dict[int, np.ndarray]:
         slots = sorted(observations)
+        t0 = time.perf_counter()
         images = policy_images(observations, slots, center_crop=self.center_crop, last_frames=self.last_frames)
+        t1 = time.perf_counter()
         actions = np.asarray(
             self.vla.predict_actions(images, [instructions[s] for s in slots], unnorm_key=self.unnorm_key)
         )
+        self.timing["images_s"] += t1 - t0
+        self.timing["model_s"] += time.perf_counter() - t1
         if actions.shape != (len(slots), 7):
             raise ValueError(f"predict_actions returned shape {actions.shape}, expected ({len(slots)}, 7)")
         return {slot: libero_action(action) for slot, action in zip(slots, actions, strict=True)}
