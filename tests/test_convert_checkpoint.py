@@ -31,3 +31,54 @@ def test_an_existing_output_is_refused_before_loading(official_checkpoint, tmp_p
     (tmp_path / "out").mkdir()
     with pytest.raises(SystemExit):
         convert.parse_args(["--checkpoint", "does/not/matter", "--out", str(tmp_path / "out")])
+
+
+def test_int8_copy_holds_each_weight_within_half_a_step_and_only_lm_heads_action_rows(official_checkpoint, tmp_path):
+    from vla.checkpoint_int8 import INT8_FILE, MIN_ELEMENTS, quantize_rows
+
+    source, _ = official_checkpoint
+    out = convert.main(["--checkpoint", str(source), "--out", str(tmp_path / "int8"), "--dtype", "int8"])
+    assert sorted(p.name for p in out.glob("*.safetensors")) == [INT8_FILE]
+    before = VLA.from_pretrained(source, dtype=torch.float32)
+    after = VLA.from_pretrained(out, dtype=torch.float32)
+    assert after.norm_stats == before.norm_stats and after.weight_sources == {}
+    lo, hi = before.action_tokenizer.id_range
+    quantized = 0
+    for key, value in before.state_dict().items():
+        got = after.state_dict()[key]
+        if key.endswith("lm_head.weight"):  # only the action rows are kept; the others read as zeros
+            assert not got[:lo].any() and not got[hi + 1 :].any()
+            got, value = got[lo : hi + 1], value[lo : hi + 1]
+        if value.dim() >= 2 and value.numel() >= MIN_ELEMENTS:
+            quantized += 1
+            step = value.reshape(len(value), -1).abs().amax(1) / 127  # per row
+            bound = step.reshape(-1, *[1] * (value.dim() - 1)) / 2 + 1e-7
+            assert ((got - value).abs() <= bound).all(), key
+            q, scale = quantize_rows(value)
+            assert torch.equal(got, q.float() * scale.reshape(bound.shape)), key  # the stored grid exactly
+        else:  # norms, biases: float16
+            torch.testing.assert_close(got, value.half().float(), rtol=0, atol=0)
+    assert quantized > 10  # the towers', projector's and Llama's matrices
+    image = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    action = after.predict_action(image, "put the bowl on the plate", unnorm_key="libero_spatial")
+    assert action.shape == (7,) and np.all(np.isfinite(action))
+
+
+def test_a_broken_int8_checkpoint_fails_naming_the_fix(official_checkpoint, tmp_path):
+    import json
+
+    from vla.checkpoint_int8 import INT8_FILE, INT8_KEY
+
+    out = convert.main(
+        ["--checkpoint", str(official_checkpoint[0]), "--out", str(tmp_path / "int8"), "--dtype", "int8"]
+    )
+    config = json.loads((out / "config.json").read_text())
+    config[INT8_KEY]["format"] = "rowwise-v9"
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="convert_checkpoint.py --dtype int8"):
+        VLA.from_pretrained(out, dtype=torch.float32)
+    (out / INT8_FILE).unlink()
+    config[INT8_KEY]["format"] = "rowwise-v1"
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FileNotFoundError, match=INT8_FILE):
+        VLA.from_pretrained(out, dtype=torch.float32)

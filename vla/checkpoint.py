@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vla.checkpoint_int8 import INT8_KEY, read_int8_weights
 from vla.files import CorruptFileError, check_finite, open_safetensors, replace_directory
 from vla.files import read_json as read_json_file
 from vla.lora import lora_layers
@@ -208,16 +209,21 @@ def read_official_checkpoint(path_or_hub_id: str | Path, dtype: torch.dtype = to
     config = config_from_official(official)
     norm_stats = read_norm_stats(directory, official)
     image_processor = ImageProcessor.from_preprocessor_config(read_json(directory / "preprocessor_config.json"))
-    files = weight_files(directory)
-    check_weights(files, expected_shapes(config), directory)
-    parts = CheckpointParts(
-        config, load_tokenizer(directory), read_weights(files, dtype), image_processor, norm_stats,
-        weight_sources={key: (file, key) for key, file in files.items()}, step=step,
-    )  # fmt: skip
+    if INT8_KEY in official:  # vla.checkpoint_int8: no float source to re-save a quantized model from
+        weights = {internal_key(k): v for k, v in read_int8_weights(directory, official, expected_shapes(config),
+                                                                    dtype).items()}  # fmt: skip
+        files, sources = {}, {}
+    else:
+        files = weight_files(directory)
+        check_weights(files, expected_shapes(config), directory)
+        weights, sources = read_weights(files, dtype), {key: (file, key) for key, file in files.items()}
+    parts = CheckpointParts(config, load_tokenizer(directory), weights, image_processor, norm_stats,
+                            weight_sources=sources, step=step)  # fmt: skip
     if training_step(directory) != step:  # a training run published a new checkpoint here while this one was read
         raise CorruptFileError(f"{directory} was replaced (step {step} -> {training_step(directory)}) while it was "
                                "being read, so the weights may mix two steps; load it again")  # fmt: skip
-    logger.info("read %s (%d tensors, %d shards)", directory, len(files), len(set(files.values())))
+    logger.info("read %s (%d tensors, %s)", directory, len(weights),
+                f"{len(set(files.values()))} shards" if files else "int8")  # fmt: skip
     return parts
 
 
