@@ -12,6 +12,7 @@ from scripts_loader import load_script
 
 from vla.expert import ScriptedExpert, SequenceExpert, UnsupportedTaskError, parse_goal, plan_task, rotation_error
 from vla.expert_drawer import HANDLE, OPEN_TRAVEL, PLACE_TRAVEL, SIDE_TO_REGION, DrawerSkill
+from vla.expert_drawer_close import CLOSED, OVERSHOOT, TILT, DrawerCloseSkill
 from vla.expert_drawer_place import FORWARD
 from vla.expert_push import RIM_SPECS
 from vla.expert_skills import KNOB_GRIP, STOVE_KNOB, KnobSkill, _quat_mul
@@ -55,7 +56,7 @@ def test_from_bddl_takes_object_and_target_and_rejects_other_goals(tmp_path):
     path.write_text(BDDL)
     expert = ScriptedExpert.from_bddl(path)
     assert (expert.obj, expert.target) == ("akita_black_bowl_1", "plate_1")
-    path.write_text("(:goal (And (Close wooden_cabinet_1_top_region)))")
+    path.write_text("(:goal (And (Close short_cabinet_1_top_region)))")
     with pytest.raises(UnsupportedTaskError, match="task.bddl.*drawers"):
         ScriptedExpert.from_bddl(path)
 
@@ -89,9 +90,9 @@ def test_plan_task_orders_the_knob_before_the_placements_and_keeps_a_single_plac
 @pytest.mark.parametrize(
     "goal, reason",
     [
-        ([("close", "wooden_cabinet_1_middle_region")], "drawers"),
-        ([("open", "white_cabinet_1_top_region")], "drawers"),
-        ([("close", "white_cabinet_1_bottom_region"), ("in", "akita_black_bowl_1", "white_cabinet_1_bottom_region")],
+        ([("close", "short_cabinet_1_middle_region")], "drawers"),
+        ([("open", "short_cabinet_1_top_region")], "drawers"),
+        ([("close", "short_cabinet_1_bottom_region"), ("in", "akita_black_bowl_1", "short_cabinet_1_bottom_region")],
          "drawers"),
         ([("close", "microwave_1")], "microwave_1"),
         ([("turnoff", "flat_stove_1")], "turnoff"),
@@ -162,8 +163,8 @@ def test_drawer_skill_reads_the_cabinet_pose_and_the_opening_from_the_sites():
         np.testing.assert_allclose(slide, [0, 1, 0], atol=1e-6)
         region = obs["wooden_cabinet_1_middle_region_pos"]
         np.testing.assert_allclose(handle, region + [-HANDLE[0], -HANDLE[1], HANDLE[2]], atol=1e-6)
-    with pytest.raises(UnsupportedTaskError, match="white_cabinet_1"):
-        DrawerSkill("white_cabinet_1_top_region")
+    with pytest.raises(UnsupportedTaskError, match="short_cabinet_1"):
+        DrawerSkill("short_cabinet_1_top_region")
     assert isinstance(plan_task([("open", "wooden_cabinet_1_middle_region")]).skills[0], DrawerSkill)
 
 
@@ -222,6 +223,58 @@ def test_plan_task_opens_the_drawer_before_putting_an_object_in_it_once():
     assert plan.skills[1].obj == "akita_black_bowl_1" and plan.skills[1].target == region
     both = plan_task([("in", "akita_black_bowl_1", region), ("open", region)])  # opened once, all the way
     assert [type(s) for s in both.skills] == [DrawerSkill, ScriptedExpert] and both.skills[0].travel == OPEN_TRAVEL
+
+
+def test_plan_task_puts_an_object_into_a_drawer_open_from_the_start_then_closes_it():
+    region = "white_cabinet_1_bottom_region"
+    goal = [("close", region), ("in", "akita_black_bowl_1", region)]  # libero_10 task 3
+    plan = plan_task(goal, init=[("open", region)])
+    assert [type(s) for s in plan.skills] == [ScriptedExpert, DrawerCloseSkill]  # not opened again, closed last
+    place, close = plan.skills
+    assert place.into is not None and place.target == region and close.region == region
+    # under the middle drawer: grasped on the robot's side, placed at the site (not in front of it)
+    assert place.cfg.grasp_angle == 0.0 and place.into.forward == 0.0
+    shut = plan_task(goal)  # starting shut: opened first
+    assert [type(s) for s in shut.skills] == [DrawerSkill, ScriptedExpert, DrawerCloseSkill]
+
+
+def _close_obs(eef, quat=HOME_QUAT, travel=0.146, side=(-0.0047, 0.3061, 1.1265)):
+    """libero_10's white cabinet (task 3), unturned (its drawers slide out along world -y), bottom drawer `travel` out."""
+    region = np.array([side[0] + SIDE_TO_REGION[0], side[1] + SIDE_TO_REGION[1] - travel, 0.952])
+    return {"robot0_eef_pos": np.asarray(eef, float), "robot0_eef_quat": np.asarray(quat, float),
+            "white_cabinet_1_bottom_region_pos": region, "white_cabinet_1_top_side_pos": np.asarray(side, float)}  # fmt: skip
+
+
+def test_drawer_close_skill_tilts_the_closed_fingers_into_the_cabinet_and_pushes_the_bar_shut_on_ideal_kinematics():
+    """An ideal arm (5 cm x action per step, the commanded orientation at once) whose fingertips push the drawer in
+    where they reach the bar's front at its height."""
+    skill = DrawerCloseSkill("white_cabinet_1_bottom_region")
+    eef, quat, travel = np.array([-0.04, 0.15, 1.06]), _quat_mul(_yawed(40.0), HOME_QUAT), 0.146
+    closed_goal, slide_in = skill.contact_goal(_close_obs(eef, quat, travel))
+    np.testing.assert_allclose(slide_in, [0, 1, 0], atol=1e-6)
+    phases = []
+    for _ in range(400):
+        obs, phase = _close_obs(eef, quat, travel), skill.phase
+        action = skill.act(obs)
+        assert action[6] == 1.0  # fingers closed throughout
+        phases.append(phase)
+        _, handle, _ = skill.drawer.frame(obs)
+        if phase == "lower":
+            assert (eef - handle) @ slide_in < -0.02  # going down in front of the bar
+        if phase == "push":
+            assert action[1] > 0 and abs(eef[2] - handle[2]) < 0.01  # into the cabinet, at the bar's height
+        quat, eef = skill.quat, eef + 0.05 * 0.5 * action[:3]
+        if abs(eef[2] - handle[2]) < 0.02:  # the fingertips meet the bar's front `travel + OVERSHOOT` before shut
+            travel = max(min(travel, -(eef - closed_goal) @ slide_in - OVERSHOOT), -0.01)
+        if skill.finished(obs):
+            break
+    assert [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p] == [
+        "turn", "approach", "lower", "push", "back"
+    ] and skill.phase == "done"  # fmt: skip
+    assert travel < -CLOSED  # past flush: LIBERO's Close (slide joint above 0)
+    pointing = _rotate_z(skill.quat)  # down, tilted into the cabinet; the fingers close along the bar (x)
+    np.testing.assert_allclose(pointing, [0, np.sin(TILT), -np.cos(TILT)], atol=1e-6)
+    assert abs(_rotate(skill.quat, np.array([0.0, 1.0, 0.0]))[0]) == pytest.approx(1.0, abs=1e-6)
 
 
 def _place_obs(eef, bowl=(-0.09, 0.0, 0.898), travel=0.12, side=(0.036, -0.25, 1.127)):
@@ -414,8 +467,9 @@ def test_a_drawer_descent_waits_while_the_hand_is_off_the_grasp_point():
 
 @pytest.mark.libero
 @pytest.mark.parametrize(
-    "suite, task_id", [("libero_spatial", 0), ("libero_spatial", 4), ("libero_goal", 7), ("libero_goal", 5)]
-)  # pick-and-place; the bowl in a drawer; the knob; the plate carried by its rim
+    "suite, task_id",
+    [("libero_spatial", 0), ("libero_spatial", 4), ("libero_goal", 7), ("libero_goal", 5), ("libero_10", 3)],
+)  # pick-and-place; the bowl in a drawer; the knob; the plate carried by its rim; the bowl into a drawer, then shut
 def test_expert_solves_a_libero_episode_through_the_pool(libero_assets_dir, suite, task_id):
     _solve(libero_assets_dir, suite, task_id, state=0)  # the benchmark's first fixed state
 

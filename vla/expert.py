@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vla.expert_drawer import PLACE_TRAVEL, DrawerSkill
+from vla.expert_drawer import CABINETS, PLACE_TRAVEL, DrawerSkill
+from vla.expert_drawer_close import DrawerCloseSkill
 from vla.expert_drawer_place import IntoDrawer
 from vla.expert_objects import object_spec
 from vla.expert_push import rim_grasp, rim_spec
@@ -19,7 +20,9 @@ from vla.expert_skills import (
     KnobSkill,
     UnsupportedTaskError,
     _quat_mul,
+    _yaw,
     _yaw_quat,
+    category,
     is_drawer_region,
     rotation_error,
 )
@@ -81,12 +84,6 @@ NEXT_PHASE = {"approach": "descend", "descend": "close", "lift": "carry", "carry
 RETRY_TURNS = (0.0, 40.0, -40.0, 80.0, -80.0)  # degrees around the object, turned on after a blocked descent
 
 
-def _yaw(quat: np.ndarray) -> float:
-    """Heading (rad) of an (x, y, z, w) quaternion: the world-frame angle of its rotated x axis."""
-    x, y, z, w = quat
-    return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
-
-
 class ScriptedExpert:
     """Picks `obj` and puts it on / in `target` (both with `<name>_pos` in the observations; `into_drawer`: an open
     drawer's region, `IntoDrawer`). A policy: `reset()` at each episode start, then `act(obs) -> (7,)` LIBERO action
@@ -99,7 +96,7 @@ class ScriptedExpert:
                  rim: bool = False):  # fmt: skip
         self.obj, self.target, self.into = obj, target, IntoDrawer(target) if into_drawer else None
         self.place_offset = np.array([*place_offset, 0.0])  # world xy of the place from the target's position
-        self.cfg = IntoDrawer.configure(config or ExpertConfig()) if into_drawer else config or ExpertConfig()
+        self.cfg = self.into.configure(config or ExpertConfig()) if self.into else config or ExpertConfig()
         # `rim`: a rimmed dish pinched by its rim on the side facing the target (`vla.expert_push`), approached on
         # the diagonal: levelled first, the pinch missed the rim on 3 of libero_goal's fixed states 0-3 (measured)
         self.rim, self.spec = rim, rim_spec(obj) if rim else object_spec(obj)
@@ -322,19 +319,24 @@ PUSHED = {"plate"}  # flat and wide: onto a table region a rim pinch carries it 
 
 
 def plan_task(goal: list[tuple[str, ...]], *, config: ExpertConfig | None = None, init: list[tuple[str, ...]] = ()):
-    """The skills that reach `goal` (parsed BDDL predicates), in order: turn knobs on, open wooden_cabinet drawers
-    (`DrawerSkill`, also for an object put `In` one), then pick-and-place each object (`init` tells which start in a
-    drawer; a plate onto a table region: pinched by its rim, `rim=True`); one alone is a `ScriptedExpert`.
-    `UnsupportedTaskError` names why not for other goals."""
+    """The skills that reach `goal` (parsed BDDL predicates), in order: turn knobs on, open wooden/white cabinet
+    drawers (`DrawerSkill`, also for an object put `In` one unless `init` has it open), then pick-and-place each
+    object (`init` tells which start in a drawer; a plate onto a table region: pinched by its rim, `rim=True`), then
+    close drawers (`DrawerCloseSkill`); one alone is a `ScriptedExpert`. `UnsupportedTaskError` names why not for
+    other goals."""
     skills: list = []
     for pred in sorted(goal, key=lambda p: ORDER.get(p[0], 9)):
         kind, args = pred[0], pred[1:]
-        opens = kind in ("open", "in") and is_drawer_region(pred[-1]) and "wooden_cabinet" in pred[-1]
+        supported = is_drawer_region(pred[-1]) and category(pred[-1]) in CABINETS
+        into = kind == "in" and supported  # a drawer that starts open (`init`) is not opened again
+        opens = kind in ("open", "in") and supported and ("open", pred[-1]) not in init
         if opens and not any(getattr(s, "region", None) == pred[-1] for s in skills):  # open, then put objects in
             skills.append(DrawerSkill(pred[-1]) if kind == "open" else DrawerSkill(pred[-1], travel=PLACE_TRAVEL))
-        if kind == "open" and opens:
+        if kind == "close" and supported:
+            skills.append(DrawerCloseSkill(pred[-1]))
+        if kind in ("open", "close") and supported:
             continue
-        if kind in ("open", "close") or (kind in ("on", "in") and is_drawer_region(pred[-1]) and not opens):
+        if kind in ("open", "close") or (kind in ("on", "in") and is_drawer_region(pred[-1]) and not into):
             reason = DRAWER_REASON if "cabinet" in pred[-1] else f"no skill opens or closes {pred[-1]!r}"
             raise UnsupportedTaskError(f"goal predicate {pred}: {reason}")
         if kind == "turnon" and len(args) == 1:
@@ -348,7 +350,7 @@ def plan_task(goal: list[tuple[str, ...]], *, config: ExpertConfig | None = None
             sharing = [p[1] for p in goal if p[0] == "on" and p[-1] == target] if kind == "on" else [obj]
             offset = ((sharing.index(obj) - (len(sharing) - 1) / 2) * SHARED_SPACING, 0.0)
             skills.append(
-                ScriptedExpert(obj, target, config=config, drawer=drawer, into_drawer=opens, place_offset=offset)
+                ScriptedExpert(obj, target, config=config, drawer=drawer, into_drawer=into, place_offset=offset)
             )
         else:
             raise UnsupportedTaskError(f"goal predicate {pred} needs a skill the expert does not have")

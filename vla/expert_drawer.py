@@ -1,6 +1,7 @@
 """Scripted drawer opening for the wooden cabinet (a phase machine on privileged observations, like the knob skill).
 
-Geometry, measured once from LIBERO's wooden_cabinet model (cabinet frame; the drawers slide along its -y axis):
+Geometry, measured once from LIBERO's wooden_cabinet model (cabinet frame; the drawers slide along its -y axis; the
+white_cabinet model is the same up to its texture, so it shares every constant here):
 each drawer's handle bar is a fixed offset from its `<cabinet>_<level>_region` site, which moves with the drawer;
 the cabinet's `<cabinet>_top_side` site does not move. The bar is 9 cm long along the cabinet's x axis, 1.6 cm
 thick, 1.6 cm in front of the drawer face, held by two posts behind it; the drawer above's bar is 7 cm higher.
@@ -25,6 +26,7 @@ BAR_HALF_LENGTH = 0.0445
 # of the hand grasping the bowl when the bowl stood 1 cm nearer the cabinet: the hand stalled on it going down (task 3,
 # 43/50). 0.06 to 0.09 m all put the bowl in on those states (0.06 m slowly): 0.08 m (0.096 reached) is the middle.
 PLACE_TRAVEL = 0.08
+CABINETS = ("wooden_cabinet", "white_cabinet")  # the cabinet models this geometry holds for
 
 
 def _axis_quat(axis: tuple[float, float, float], angle: float) -> np.ndarray:
@@ -53,8 +55,8 @@ class DrawerSkill(Skill):
 
     def __init__(self, region: str, travel: float = OPEN_TRAVEL):
         self.region, self.cabinet, self.travel = region, fixture_of(region), travel
-        if category(self.cabinet) != "wooden_cabinet":
-            raise UnsupportedTaskError(f"no drawer geometry for {self.cabinet!r} (only wooden_cabinet)")
+        if category(self.cabinet) not in CABINETS:
+            raise UnsupportedTaskError(f"no drawer geometry for {self.cabinet!r} (only {', '.join(CABINETS)})")
         super().__init__()
 
     def reset(self) -> None:

@@ -1,5 +1,6 @@
-"""Putting an object into an open wooden-cabinet drawer (after `DrawerSkill` opened it): the waypoint changes of
-the pick-and-place (`vla.expert.ScriptedExpert` with `into_drawer`) whose target is the drawer's region site (`<cabinet>_<level>_region_pos`, it moves with the drawer).
+"""Putting an object into an open wooden- or white-cabinet drawer (after `DrawerSkill` opened it, or open from the
+start): the waypoint changes of the pick-and-place (`vla.expert.ScriptedExpert` with `into_drawer`) whose target is
+the drawer's region site (`<cabinet>_<level>_region_pos`, it moves with the drawer).
 
 In libero_goal the bowl stands under the top drawer once that is open (~15 cm of room between the table and the
 drawer's bottom), so a straight lift knocks the bowl's rim against the drawer: the lift first slides the held object
@@ -32,11 +33,18 @@ class IntoDrawer:
         self.drawer = DrawerSkill(region)  # its geometry only: the cabinet's pose and the drawer's opening
         self.front: np.ndarray | None = None  # unit direction (3,) the drawer slides out along
         self.lift_xy: np.ndarray | None = None
+        # Under another drawer (libero_10's bottom drawer, fully open from the start, the bowl on the table in front
+        # of it), the hand must stay out of the cabinet: its +-10 cm length along the bar (grasped on the robot's side,
+        # which faces along the bar there), the object placed at the site (the open part's middle), not in front of it.
+        # With the top drawer's grasp and place, the hand's far end caught the bars above while lowering and the bowl
+        # came down on the drawer's front wall: task 3 shut with the bowl in on 5 of the fixed states 0-9 (now 10).
+        self.below = not region.endswith("_top_region")
+        self.forward = 0.0 if self.below else FORWARD
 
-    @staticmethod
-    def configure(config):
-        """The pick-and-place's `ExpertConfig` with the grasp turned away from the drawer and a lower carry."""
-        return dataclasses.replace(config, grasp_angle=GRASP_TURN, carry=CARRY)
+    def configure(self, config):
+        """The pick-and-place's `ExpertConfig` with a lower carry, the grasp turned away from the drawer (not under
+        another drawer: there from the robot's side)."""
+        return dataclasses.replace(config, grasp_angle=0.0 if self.below else GRASP_TURN, carry=CARRY)
 
     def observe(self, obs: dict[str, np.ndarray]) -> None:
         """The drawer's slide direction, once it is open far enough for its sites to give it (>= 5 cm)."""
@@ -49,7 +57,7 @@ class IntoDrawer:
         """`expert`'s waypoint `goal` for its current phase, changed for the drawer."""
         phase = expert.phase
         if phase in ("carry", "lower") and self.front is not None:
-            goal = goal + FORWARD * self.front
+            goal = goal + self.forward * self.front
         if phase == "approach" and np.linalg.norm(goal[:2] - eef[:2]) > ALIGN_XY:
             goal = np.array([goal[0], goal[1], max(goal[2], eef[2])])  # over the grasp point first, then down
         if phase == "lift":

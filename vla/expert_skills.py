@@ -1,7 +1,8 @@
-"""Scripted expert skills beyond pick-and-place (today: turning a stove knob on; opening a drawer lives in
-`vla.expert_drawer`, carrying a plate by its rim `vla.expert_push`), and the reason for the skill it lacks (closing
-drawers). Each skill is a small phase machine on privileged observations (`robot0_eef_*`, object
-`<name>_pos`, region sites `<site>_pos`): `reset()`, `act(obs) -> (7,)` LIBERO action, `finished(obs)` for sequencing.
+"""Scripted expert skills beyond pick-and-place (here: turning a stove knob on; opening a drawer lives in
+`vla.expert_drawer`, closing one in `vla.expert_drawer_close`, carrying a plate by its rim in `vla.expert_push`), and
+the reason for the drawers it cannot handle (other cabinets than the wooden and the white one). Each skill is a small
+phase machine on privileged observations (`robot0_eef_*`, object `<name>_pos`, region sites `<site>_pos`): `reset()`,
+`act(obs) -> (7,)` LIBERO action, `finished(obs)` for sequencing.
 
 Fixtures (stoves) expose no joint state in the observations, so their geometry is measured once from the LIBERO
 models and stored here relative to a region site: a stove's knob is a fixed offset from its `_cook_region` site.
@@ -43,10 +44,9 @@ def fixture_of(region: str) -> str:
 
 
 DRAWER_REASON = (
-    "drawers are supported for opening a wooden_cabinet drawer and putting an object into it (vla.expert_drawer, "
-    "vla.expert_drawer_place) only; closing one and other cabinets are not: from above, the finger meshes hit the cabinet top and the handle of the drawer "
-    "above before the far pad reaches the gap behind the handle bar; tipped over to point into the cabinet, the "
-    "wrist (link 6) hits the handles and the hand hits objects on the table"
+    "drawers are supported in the wooden_cabinet and white_cabinet models only (opening one, putting an object into "
+    "an open one, closing one: vla.expert_drawer, vla.expert_drawer_place, vla.expert_drawer_close); other cabinets' "
+    "handles and slides have no stored geometry"
 )
 
 
@@ -56,6 +56,12 @@ def is_drawer_region(name: str) -> bool:
 
 def _yaw_quat(angle: float) -> np.ndarray:  # a turn about world z, (x, y, z, w)
     return np.array([0.0, 0.0, np.sin(angle / 2), np.cos(angle / 2)])
+
+
+def _yaw(quat: np.ndarray) -> float:
+    """Heading (rad) of an (x, y, z, w) quaternion: the world-frame angle of its rotated x axis."""
+    x, y, z, w = quat
+    return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
 
 
 def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # (x, y, z, w) quaternions, as robosuite
