@@ -36,9 +36,9 @@ class VLAPolicy:
     """A VLA checkpoint through OpenVLA's eval contract: `libero_image` -> `vla.predict_actions` (one batch, actions
     un-normalized with `unnorm_key`) -> `libero_action`. `last_frames` holds the 224² image before the center crop,
     the frame OpenVLA writes to its replay videos; `timing` sums the seconds of both halves of `act` (the scheduler's
-    timing line shows them). fast_decoding: decode with `vla.enable_fast_decoding` (static KV
-    cache, CUDA graphs; with `compile_decoding`, elementwise ops compiled by torch.compile, eager where compilation
-    fails); None: on CUDA only. compile_decoding=False skips the compile time, for short evaluations."""
+    timing line shows them). fast_decoding: decode with `vla.enable_fast_decoding` (static KV cache, CUDA graphs;
+    with `compile_decoding`, elementwise ops compiled by torch.compile, eager where compilation fails); None: on CUDA
+    only. compile_decoding=False skips the compile time, for short evaluations."""
 
     cameras = ("agentview",)
 
