@@ -6,6 +6,7 @@
 #   bash scripts/learning_proof.sh train        # small VLAs from random weights (64 and 256 image tokens)
 #   bash scripts/learning_proof.sh eval         # every saved checkpoint on a sample of the fixed states, the last on all
 #   bash scripts/learning_proof.sh expert       # the scripted expert on the full protocol (the data's ceiling)
+#   bash scripts/learning_proof.sh ship         # the first preset's last checkpoint as int8 (~20 MB, git-sized)
 #
 # On an offline GPU node first `source <bundle>/activate.sh` (scripts/pack_sim.py; docs/OFFLINE.md). Settings come
 # from the environment: SUITE, PROOF (default outputs/proof), EPISODES (per task), NOISE, STEPS, WORKERS, TOKENIZER,
@@ -109,6 +110,14 @@ evaluate() {  # the samples, then the first preset's last checkpoint on FULL_TRI
   [ -z "$last" ] || [ -f "$PROOF/eval/$first-full/summary.json" ] || eval_checkpoint "$last" "$FULL_TRIALS" "$PROOF/eval/$first-full"
 }
 
+ship() {  # int8 weights, lm_head's action rows (vla/checkpoint_int8.py): the small preset's 55 MB -> 20 MB
+  local first=${PRESETS%% *} last
+  last=$(checkpoints "$first" | tail -n 1)
+  [ -n "$last" ] || { echo "ship: no checkpoint of $first in $PROOF/runs yet: run the train stage" >&2; return 1; }
+  [ -f "$PROOF/ship/$first-int8/config.json" ] \
+    || $PY scripts/convert_checkpoint.py --checkpoint "$last" --out "$PROOF/ship/$first-int8" --overwrite --dtype int8
+}
+
 expert() {
   [ -f "$PROOF/eval/expert/summary.json" ] && return
   local resume=false
@@ -123,6 +132,7 @@ for stage in "$@"; do
     train) train ;;
     eval) evaluate ;;
     expert) expert ;;
-    *) echo "unknown stage $stage: collect | train | eval | expert" >&2; exit 2 ;;
+    ship) ship ;;
+    *) echo "unknown stage $stage: collect | train | eval | expert | ship" >&2; exit 2 ;;
   esac
 done

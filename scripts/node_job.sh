@@ -6,17 +6,20 @@
 #   bash scripts/node_job.sh start NAME CMD [ARG...]     # CMD detached (own session), output in $JOBS/NAME.log
 #   bash scripts/node_job.sh wait NAME SECONDS [PATH...]  # until the job ends or SECONDS pass, then its log's tail;
 #                                                         # with $OUT set, the log and PATHs go to $OUT/NAME.tgz
+#                                                         # (in parts NAME.tgz.partNN of PART_BYTES when larger)
 #   bash scripts/node_job.sh status NAME                  # running | exit code N | not started
 #
 # The environment of the starting shell is the job's (source the sim bundle's activate.sh first). Starting a NAME that
 # is still running is refused; one that ended is started again (stage scripts resume from their own files).
-# Settings: JOBS (default outputs/jobs), TAIL (log lines shown, default 15).
+# Settings: JOBS (default outputs/jobs), TAIL (log lines shown, default 15), PART_BYTES (default 15 MiB: a lease that
+# brings back files of at most 16 MiB each; rejoin with `cat NAME.tgz.part* > NAME.tgz`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-outputs/jobs}
 TAIL=${TAIL:-15}
+PART_BYTES=${PART_BYTES:-15728640}
 
-usage() { sed -n 5,8p "$0" | sed 's/^# *//' >&2; exit 2; }
+usage() { sed -n 6,10p "$0" | sed 's/^# *//' >&2; exit 2; }
 
 running() {  # $1 = name: true while its process group lives
   [ -f "$JOBS/$1.pid" ] && kill -0 "$(cat "$JOBS/$1.pid")" 2>/dev/null
@@ -58,8 +61,13 @@ wait_job() {
   if [ -n "${OUT:-}" ]; then
     local paths=("$JOBS/$name.log")
     for path in "$@"; do [ -e "$path" ] && paths+=("$path"); done
+    rm -f "$OUT/$name.tgz" "$OUT/$name.tgz.part"*
     tar czf "$OUT/$name.tgz" "${paths[@]}"
     echo "brought back: ${paths[*]} -> \$OUT/$name.tgz ($(du -h "$OUT/$name.tgz" | cut -f1))"
+    if [ "$(stat -c %s "$OUT/$name.tgz")" -gt "$PART_BYTES" ]; then
+      split -b "$PART_BYTES" -d -a 2 "$OUT/$name.tgz" "$OUT/$name.tgz.part" && rm "$OUT/$name.tgz"
+      echo "in $(ls "$OUT/$name.tgz.part"* | wc -l) parts of <= $PART_BYTES bytes: cat $name.tgz.part* > $name.tgz"
+    fi
   fi
 }
 

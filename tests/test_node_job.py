@@ -55,3 +55,22 @@ def test_wait_on_a_job_never_started_and_bad_usage_fail_clearly(tmp_path):
     assert never.returncode == 1 and "never started" in never.stderr
     bad = _job(tmp_path, "launch", "x")
     assert bad.returncode == 2 and "node_job.sh start NAME CMD" in bad.stderr
+
+
+def test_a_large_bring_back_comes_in_parts_that_rejoin(tmp_path):
+    (tmp_path / "out").mkdir()
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(os.urandom(20_000))  # incompressible: the archive is larger than one part
+    assert _job(tmp_path, "start", "big", "true").returncode == 0
+    env = {**os.environ, "JOBS": str(tmp_path / "jobs"), "OUT": str(tmp_path / "out"), "PART_BYTES": "8192"}
+    waited = subprocess.run(["bash", str(REPO / "scripts" / "node_job.sh"), "wait", "big", "30", str(blob)], env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert waited.returncode == 0, waited.stderr
+    parts = sorted((tmp_path / "out").glob("big.tgz.part*"))
+    assert len(parts) == 3 and all(p.stat().st_size <= 8192 for p in parts), parts
+    assert not (tmp_path / "out" / "big.tgz").exists()
+    joined = tmp_path / "joined.tgz"
+    joined.write_bytes(b"".join(p.read_bytes() for p in parts))
+    with tarfile.open(joined) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("blob.bin"))
+        assert tar.extractfile(member).read() == blob.read_bytes()
