@@ -82,3 +82,13 @@ def test_a_broken_int8_checkpoint_fails_naming_the_fix(official_checkpoint, tmp_
     (out / "config.json").write_text(json.dumps(config))
     with pytest.raises(FileNotFoundError, match=INT8_FILE):
         VLA.from_pretrained(out, dtype=torch.float32)
+
+
+def test_fine_tuning_from_an_int8_copy_is_refused_before_any_weight_loads(official_checkpoint, tmp_path):
+    from vla.lora import LoraConfig
+    from vla.model_source import ModelConfig, check_model
+
+    out = convert.main(["--checkpoint", str(official_checkpoint[0]), "--out", str(tmp_path / "i8"), "--dtype", "int8"])
+    check_model(ModelConfig(vla_path=str(official_checkpoint[0])), LoraConfig(), save_merged=False)  # float: fine
+    with pytest.raises(ValueError, match="fine-tune from the float checkpoint"):
+        check_model(ModelConfig(vla_path=str(out)), LoraConfig(), save_merged=False)

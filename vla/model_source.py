@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vla.checkpoint_int8 import INT8_KEY
+from vla.files import read_json
 from vla.lora import LoraConfig
 from vla.normalization import load_dataset_statistics
 from vla.run_dir import STATISTICS_FILE
@@ -53,6 +55,9 @@ def check_model(cfg: ModelConfig, lora: LoraConfig, save_merged: bool) -> None:
             )
         if Path(cfg.vla_path).exists() and not (Path(cfg.vla_path) / "config.json").is_file():
             raise FileNotFoundError(f"vla_path {cfg.vla_path} has no config.json; point it at an OpenVLA checkpoint")
+        if Path(cfg.vla_path).exists() and INT8_KEY in read_json(Path(cfg.vla_path) / "config.json"):
+            raise ValueError(f"vla_path {cfg.vla_path} is an int8 copy for inference (rounded weights, lm_head's "
+                             "action rows only): fine-tune from the float checkpoint it was converted from")  # fmt: skip
         if cfg.unnorm_key is not None:
             checkpoint_statistics(cfg.vla_path, cfg.unnorm_key)
     _check_quantization(cfg, lora, save_merged)
