@@ -15,7 +15,7 @@ from vla.expert_drawer import HANDLE, OPEN_TRAVEL, PLACE_TRAVEL, SIDE_TO_REGION,
 from vla.expert_drawer_close import CLOSED, OVERSHOOT, TILT, DrawerCloseSkill
 from vla.expert_drawer_place import FORWARD
 from vla.expert_push import RIM_SPECS
-from vla.expert_skills import KNOB_GRIP, STOVE_KNOB, KnobSkill, _quat_mul
+from vla.expert_skills import KNOB_GRIP, STOVE_KNOB, YAW_REACH, KnobSkill, _quat_mul
 
 REPO = Path(__file__).resolve().parents[1]
 BDDL = """(define (problem LIBERO_Tabletop_Manipulation)
@@ -85,6 +85,15 @@ def test_plan_task_orders_the_knob_before_the_placements_and_keeps_a_single_plac
         [("in", "alphabet_soup_1", "basket_1_contain_region"), ("in", "butter_1", "basket_1_contain_region")]
     )
     assert [s.obj for s in two.skills] == ["alphabet_soup_1", "butter_1"]
+
+
+def test_plan_task_leaves_a_stove_that_starts_on_alone():
+    """libero_10 task 8 asks for the stove on and starts with it on: twisting the knob further only winds the arm up."""
+    goal = [("on", "moka_pot_1", "flat_stove_1_cook_region"), ("turnon", "flat_stove_1")]
+    plan = plan_task(
+        goal, init=[("on", "flat_stove_1", "kitchen_table_flat_stove_init_region"), ("turnon", "flat_stove_1")]
+    )
+    assert isinstance(plan, ScriptedExpert) and plan.obj == "moka_pot_1"
 
 
 @pytest.mark.parametrize(
@@ -468,8 +477,16 @@ def test_a_drawer_descent_waits_while_the_hand_is_off_the_grasp_point():
 @pytest.mark.libero
 @pytest.mark.parametrize(
     "suite, task_id",
-    [("libero_spatial", 0), ("libero_spatial", 4), ("libero_goal", 7), ("libero_goal", 5), ("libero_10", 3)],
-)  # pick-and-place; the bowl in a drawer; the knob; the plate carried by its rim; the bowl into a drawer, then shut
+    [
+        ("libero_spatial", 0),
+        ("libero_spatial", 4),
+        ("libero_goal", 7),
+        ("libero_goal", 5),
+        ("libero_10", 3),
+        ("libero_10", 8),
+    ],
+)  # pick-and-place; the bowl in a drawer; the knob; the plate carried by its rim; the bowl into a drawer, then shut;
+# two moka pots by their handles side by side on a stove that starts on
 def test_expert_solves_a_libero_episode_through_the_pool(libero_assets_dir, suite, task_id):
     _solve(libero_assets_dir, suite, task_id, state=0)  # the benchmark's first fixed state
 
@@ -588,6 +605,42 @@ def test_a_moka_pot_is_held_by_its_handle_with_the_fingers_closing_across_it(yaw
     x, y, z, w = expert.quat
     gripper_y = np.array([2 * (x * y - w * z), 1 - 2 * (x * x + z * z)])
     assert abs(gripper_y @ [np.cos(turn), np.sin(turn)]) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_moka_pot_turned_across_180_degrees_keeps_the_grasp_from_a_half_turn_of_the_wrist():
+    """The grasp yaw is re-planned every step from the pot's heading, which jitters across +-180 degrees when the pot
+    stands at 180 (libero_10 task 8): the gripper keeps its side instead of turning half a turn into its joint limit."""
+    expert, pot = ScriptedExpert("moka_pot_1", "plate_1"), np.array([0.05, 0.0, 0.97])
+    expert.act(_one_object_obs("moka_pot_1", pot, _yawed(-179.5)))
+    before = expert.quat
+    expert.act(_one_object_obs("moka_pot_1", pot, _yawed(179.5)))
+    assert np.linalg.norm(rotation_error(expert.quat, before)) == pytest.approx(np.deg2rad(1.0), abs=1e-6)
+    for yaw in (90.0, 0.0, -90.0):  # a heading that turns on for real is followed, within the wrist's reach
+        expert.act(_one_object_obs("moka_pot_1", pot, _yawed(yaw)))
+        turn = np.deg2rad(yaw)
+        x, y, z, w = expert.quat
+        assert abs(np.array([2 * (x * y - w * z), 1 - 2 * (x * x + z * z)]) @ [np.cos(turn), np.sin(turn)]) > 0.999
+        assert abs(expert.grasp_yaw) <= YAW_REACH
+
+
+def test_a_held_pot_tipping_about_its_handle_is_not_lost_but_one_away_from_the_grip_is():
+    """The light moka pot tips 20-30 degrees (and more) about the handle it hangs by: the grip is where it closed in the
+    pot's frame, so lifting goes on; a pot that left the fingers (5 cm off that point) is grasped again."""
+    pot, eef = np.array([0.05, 0.0, 0.97]), np.array([0.05, 0.0725, 0.99])
+    expert = ScriptedExpert("moka_pot_1", "plate_1")
+    expert.act(_one_object_obs("moka_pot_1", pot, _yawed(0.0), eef=eef))
+    expert.phase, expert.phase_steps = "close", expert.cfg.close_steps
+    expert.act(_one_object_obs("moka_pot_1", pot, _yawed(0.0), eef=eef))
+    assert expert.phase == "lift"
+    tip = np.deg2rad(35.0)  # about the fingers' closing axis (the pot's x) through the grip: its centre swings down
+    tipped_quat = _quat_mul(np.array([np.sin(tip / 2), 0.0, 0.0, np.cos(tip / 2)]), _yawed(0.0))
+    arm = pot - eef
+    tipped = eef + [arm[0], np.cos(tip) * arm[1] - np.sin(tip) * arm[2], np.sin(tip) * arm[1] + np.cos(tip) * arm[2]]
+    assert np.linalg.norm(tipped - pot) > expert.cfg.drop_distance  # the pot's centre moved far
+    expert.act(_one_object_obs("moka_pot_1", tipped, tipped_quat, eef=eef))
+    assert expert.phase == "lift"
+    expert.act(_one_object_obs("moka_pot_1", tipped + [0.0, 0.0, -0.05], tipped_quat, eef=eef))
+    assert expert.phase == "regrasp"
 
 
 def test_the_approach_moves_over_the_object_before_going_down():
