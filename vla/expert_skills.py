@@ -88,17 +88,23 @@ def _rotate(q: np.ndarray, v: np.ndarray) -> np.ndarray:  # vector v (3,) turned
 # How far (rad) from the home heading `steady_yaw` may keep turning the gripper: past +-90 degrees by 20 (at -90 the
 # Panda's last joint is ~0.55 rad from its limit)
 YAW_REACH = np.pi / 2 + np.deg2rad(20.0)
+# A planned yaw that moved by a half turn give or take this much was the object's heading crossing +-180 degrees
+FLIP_TOLERANCE = np.deg2rad(10.0)
 
 
 def steady_yaw(yaw: float, last: float | None) -> float:
-    """Of the grasp yaws (rad from the home heading) `yaw` and `yaw` +- a half turn (the gripper is symmetric), the
-    one within YAW_REACH nearest `last`, the yaw planned the step before (None: `yaw`). A grasp yaw taken modulo a
-    half turn from the object's heading jumps by a half turn when that heading crosses +-180 degrees: a moka pot at
-    180 jittered across it mid-descent, the wrist turned into its joint limit and the arm swept the other pot off the
-    stove (libero_10 task 8: 17/30 on fixed states 0-29 that way, 30/30 this way)."""
-    if last is None:
-        return yaw
-    return min((y for y in (yaw - np.pi, yaw, yaw + np.pi) if abs(y) <= YAW_REACH), key=lambda y: abs(y - last))
+    """The grasp yaw to turn to (rad from the home heading): `yaw`, planned in [-90, 90) degrees, unless it jumped by
+    about a half turn from `last` (the yaw planned the step before; None: none), where the same grasp `yaw` +- a half
+    turn (the gripper is symmetric) continues `last` and stays within YAW_REACH. A moka pot at 180 degrees jittered
+    across +-180 mid-descent, the planned yaw flipped, the wrist turned into its joint limit and the arm swept the
+    other pot off the stove (libero_10 task 8: 17/30 on fixed states 0-29 that way, 30/30 this way). Any other change
+    (a re-planned grasp after a retry) takes `yaw` itself: keeping the yaw nearest `last` there walked the wrist out to
+    -109 degrees, where the approach stalled (libero_goal task 1, fixed state 21)."""
+    if last is not None:
+        for turned in (yaw - np.pi, yaw + np.pi):
+            if abs(turned - last) <= FLIP_TOLERANCE and abs(turned) <= YAW_REACH:
+                return turned
+    return yaw
 
 
 def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
