@@ -198,9 +198,7 @@ class ScriptedExpert:
             yaw = (_yaw(obj_quat) + np.pi / 2) % np.pi - np.pi / 2
             offset[:2] = self._clear_shift(obs, obj_pos, _yaw(obj_quat))
         turned = self.spec.radius > 0 or self.spec.align or self.spec.grip is not None
-        # Re-planned every step. A grip on a part (a moka pot's handle) follows the object's heading, which jitters
-        # across +-180 degrees: no half turn there. Other grasps keep the plain yaw, which may turn while the hand
-        # follows a moving object (kept as the handle's, libero_goal task 1 fixed state 21 stalled: 0/1, now 1/1)
+        # re-planned every step; a handle grip follows a heading that jitters across +-180: no half turn (steady_yaw)
         self.grasp_yaw = steady_yaw(yaw, self.grasp_yaw) if self.spec.grip is not None else yaw
         self.quat = _quat_mul(_yaw_quat(self.grasp_yaw), home_quat) if turned else home_quat
         return offset
