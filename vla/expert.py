@@ -299,8 +299,7 @@ class ScriptedExpert:
         self.obj_quat = np.asarray(obs[f"{self.obj}_quat"], float)
         if self.phase in ("approach", "descend"):
             self.grasp_offset = self._plan_grasp(obs, obj, self.obj_quat)
-        # Lost: the grip left the point it closed on, in the object's frame (in the world's, a moka pot tipping 20-30
-        # degrees about its handle counted as lost and was dropped: libero_10 task 8, 27/30 on states 0-29, now 30/30)
+        # lost: the grip left where it closed, in the object's frame (a moka pot tipping about its handle is held)
         held = _rotate(self.obj_quat, self.held_local)
         if self.phase in ("lift", "carry", "lower") and np.linalg.norm(eef - obj - held) > cfg.drop_distance:
             self._retry()
