@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from vla.files import CorruptFileError, check_finite, open_safetensors
+from vla.int8_linear import dequantize
 
 INT8_KEY = "vla_int8"  # config.json entry of an int8 checkpoint
 INT8_FORMAT = "rowwise-v1"
@@ -39,7 +40,8 @@ def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def dequantize_rows(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return q.float() * scale.reshape(-1, *([1] * (q.dim() - 1)))
+    """int8 (rows, ...) and scales (rows,) -> float32 of the same shape (`vla.int8_linear.dequantize` per row)."""
+    return dequantize(q.reshape(q.shape[0], -1), scale, torch.float32).reshape(q.shape)
 
 
 def read_int8_weights(directory: Path, official: dict[str, Any], shapes: dict[str, tuple[int, ...]],
