@@ -26,6 +26,7 @@ from vla.expert_skills import (
     _yaw_quat,
     category,
     is_drawer_region,
+    level_first,
     rotation_error,
     steady_yaw,
 )
@@ -246,9 +247,8 @@ class ScriptedExpert:
             "regrasp": (np.array([eef[0], eef[1], max(eef[2], obj[2] + cfg.hover + cfg.hover / 2)]), -1.0),
         }
         goal, gripper = above[self.phase]
-        if self.phase == "approach" and np.linalg.norm(goal[:2] - eef[:2]) > cfg.level_approach:
-            # Over first, then down: a diagonal way down from a previous place (a basket) drags its rim along.
-            goal = np.array([goal[0], goal[1], max(goal[2], eef[2])])
+        if self.phase == "approach":  # a diagonal way down from a previous place (a basket) drags its rim along
+            goal = level_first(goal, eef, cfg.level_approach)
         return (goal if self.into is None else self.into.shape(self, eef, goal)), gripper
 
     def _advance(self, eef: np.ndarray, obj: np.ndarray, target: np.ndarray, distance: float) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vla.expert_skills import Skill, UnsupportedTaskError, _quat_mul, category, fixture_of
+from vla.expert_skills import Skill, UnsupportedTaskError, _quat_mul, category, fixture_of, level_first
 
 HANDLE = (-0.00606, -0.11289, -0.00649)  # handle bar centre minus the drawer's region site (cabinet frame)
 SIDE_TO_REGION = (-0.00026, -0.00439)  # region site minus top_side site in the cabinet's xy frame, drawer closed
@@ -120,8 +120,7 @@ class DrawerSkill(Skill):
             # Over the approach point first, then down: the turned hand reaches ~10 cm below the gripper site (its
             # fingers close vertically), so a diagonal way down to a middle drawer's handle swept over libero_goal's
             # wine bottle and tipped it against the hand (task 0 stalled on fixed states 7, 13 and 38).
-            far = np.linalg.norm(pre[:2] - eef[:2]) > self.level_xy
-            goal = np.array([pre[0], pre[1], max(pre[2], eef[2])]) if far else pre
+            goal = level_first(pre, eef, self.level_xy)
             # Before a placement (short opening, the episode's steps are short), a stall on the way (the hand on the
             # cabinet's edge) ends the approach: the slide along the bar from there works (for Open it cost 1/10).
             stalled = self.travel < OPEN_TRAVEL and self.still_steps >= 10

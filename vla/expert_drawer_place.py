@@ -15,6 +15,7 @@ import dataclasses
 import numpy as np
 
 from vla.expert_drawer import DrawerSkill
+from vla.expert_skills import level_first
 
 LOW_LIFT = 0.04  # height (m) above the grasp at which the held object slides out from under the drawer
 FORWARD = 0.03  # place this far from the region site towards the drawer's front (away from the cabinet's top)
@@ -58,8 +59,8 @@ class IntoDrawer:
         phase = expert.phase
         if phase in ("carry", "lower") and self.front is not None:
             goal = goal + self.forward * self.front
-        if phase == "approach" and np.linalg.norm(goal[:2] - eef[:2]) > ALIGN_XY:
-            goal = np.array([goal[0], goal[1], max(goal[2], eef[2])])  # over the grasp point first, then down
+        if phase == "approach":
+            goal = level_first(goal, eef, ALIGN_XY)
         if phase == "lift":
             if expert.phase_steps == 1 or self.lift_xy is None:  # straight out of the drawer's way, along its slide
                 out = self.front[:2] if self.front is not None else expert.home[0] - eef[:2]

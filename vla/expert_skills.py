@@ -107,6 +107,14 @@ def steady_yaw(yaw: float, last: float | None) -> float:
     return yaw
 
 
+def level_first(goal: np.ndarray, eef: np.ndarray, near: float) -> np.ndarray:
+    """`goal`, or while the hand is more than `near` (m) from it in xy, the point above it at the hand's height (never
+    lower than `goal`): over first, then down, so the hand does not sweep across what stands on the way."""
+    if np.linalg.norm(goal[:2] - eef[:2]) > near:
+        return np.array([goal[0], goal[1], max(goal[2], eef[2])])
+    return goal
+
+
 def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
     """Axis-angle (3,) of the world-frame rotation taking quaternion `current` to `target` (shortest way)."""
     q = _quat_mul(target, _quat_conj(current))
