@@ -103,11 +103,13 @@ evaluate_samples() {  # on SAMPLE_TRIALS fixed states per task: every checkpoint
   done
 }
 
-evaluate() {  # the samples, then the first preset's last checkpoint on FULL_TRIALS fixed states per task (fast decoding)
+evaluate() {  # the samples, then the first preset's last checkpoint on FULL_TRIALS fixed states per task (fast decoding,
+  # compiled when FULL_COMPILE=true: the small preset is cheap to decode beside the simulator, so by default no compile)
   evaluate_samples
   local first=${PRESETS%% *} last
   last=$(checkpoints "$first" | tail -n 1)
-  [ -z "$last" ] || [ -f "$PROOF/eval/$first-full/summary.json" ] || eval_checkpoint "$last" "$FULL_TRIALS" "$PROOF/eval/$first-full"
+  [ -z "$last" ] || [ -f "$PROOF/eval/$first-full/summary.json" ] \
+    || eval_checkpoint "$last" "$FULL_TRIALS" "$PROOF/eval/$first-full" --compile_decoding "${FULL_COMPILE:-false}"
 }
 
 ship() {  # int8 weights, lm_head's action rows (vla/checkpoint_int8.py): the small preset's 55 MB -> 20 MB
