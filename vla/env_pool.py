@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from vla.gl_check import RenderConfig, check_gl, worker_gl_envs
 from vla.libero_env import (
@@ -134,6 +135,7 @@ def _worker_main(
     parent goes away (its pipe end closes -> EOFError). A failed set-up is the answer to every request."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes the pool
     os.environ.update(gl_env)  # before MuJoCo / robosuite are imported: they read the GL back-end once
+    threadpool_limits(1, user_api="blas")  # one simulator, one core: BLAS threads would only contend with the others
     try:
         setup_libero(assets_dir)
         worker, setup_error = _WorkerEnv(suite, image_size, cameras, hard_reset), None
@@ -183,6 +185,11 @@ class EnvPool:
         self._in_flight: set[int] = set()
         self._failed: dict[int, StepResult] = {}  # answers to requests that could not be sent
         self._workers: list[tuple[mp.process.BaseProcess, Connection]] = [self._start(i) for i in range(num_workers)]
+        # While the pool runs, this host process's BLAS keeps to one thread: the simulators occupy the cores, and the
+        # host's numpy work (frame encoding, policy image preparation) is small matmuls from parallel threads, where
+        # OpenBLAS's own threads spin against the simulators (collection on a 16-core node ran at 69 policy steps/s,
+        # the host at 1,225 % CPU; docs/PERFORMANCE.md). Restored by close().
+        self._blas_limit = threadpool_limits(1, user_api="blas")
 
     @property
     def num_workers(self) -> int:
@@ -276,6 +283,9 @@ class EnvPool:
                 proc.join(timeout=5)
             conn.close()
         self._workers, self._in_flight, self._failed = [], set(), {}
+        if getattr(self, "_blas_limit", None) is not None:
+            self._blas_limit.restore_original_limits()
+            self._blas_limit = None
 
     def __enter__(self) -> EnvPool:
         return self

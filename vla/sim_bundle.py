@@ -47,6 +47,7 @@ BUNDLED = {
     "termcolor": "3.3.0",
     "future": "1.0.0",
     "draccus": "0.11.6",
+    "threadpoolctl": "3.6.0",
     "mergedeep": "1.3.4",
     "toml": "0.10.2",
     "typing-inspect": "0.9.0",
