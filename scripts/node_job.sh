@@ -12,12 +12,14 @@
 # The environment of the starting shell is the job's (source the sim bundle's activate.sh first). Starting a NAME that
 # is still running is refused; one that ended is started again (stage scripts resume from their own files).
 # Settings: JOBS (default outputs/jobs), TAIL (log lines shown, default 15), PART_BYTES (default 15 MiB: a lease that
-# brings back files of at most 16 MiB each; rejoin with `cat NAME.tgz.part* > NAME.tgz`).
+# brings back files of at most 16 MiB each; rejoin with `cat NAME.tgz.part* > NAME.tgz`), MAX_BYTES (default 60 MiB:
+# one that brings back 64 MiB a call; PATHs are packed in the order given while they fit, the rest named for later).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-outputs/jobs}
 TAIL=${TAIL:-15}
 PART_BYTES=${PART_BYTES:-15728640}
+MAX_BYTES=${MAX_BYTES:-62914560}
 
 usage() { sed -n 6,10p "$0" | sed 's/^# *//' >&2; exit 2; }
 
@@ -59,8 +61,15 @@ wait_job() {
   echo "job $name: $(state "$name") (waited up to $seconds s)"
   tail -n "$TAIL" "$JOBS/$name.log"
   if [ -n "${OUT:-}" ]; then
-    local paths=("$JOBS/$name.log")
-    for path in "$@"; do [ -e "$path" ] && paths+=("$path"); done
+    local paths=("$JOBS/$name.log") total size left=()
+    total=$(du -sb "$JOBS/$name.log" | cut -f1)
+    for path in "$@"; do  # in the order given, while their sizes (before compression) fit MAX_BYTES
+      [ -e "$path" ] || continue
+      size=$(du -sb "$path" | cut -f1)
+      if [ $((total + size)) -le "$MAX_BYTES" ]; then paths+=("$path"); total=$((total + size))
+      else left+=("$path ($((size / 1048576)) MiB)"); fi
+    done
+    [ ${#left[@]} -eq 0 ] || printf 'over MAX_BYTES=%s, left for a later call: %s\n' "$MAX_BYTES" "${left[*]}"
     rm -f "$OUT/$name.tgz" "$OUT/$name.tgz.part"*
     tar czf "$OUT/$name.tgz" "${paths[@]}"
     echo "brought back: ${paths[*]} -> \$OUT/$name.tgz ($(du -h "$OUT/$name.tgz" | cut -f1))"

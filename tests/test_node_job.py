@@ -74,3 +74,22 @@ def test_a_large_bring_back_comes_in_parts_that_rejoin(tmp_path):
     with tarfile.open(joined) as tar:
         member = next(m for m in tar.getmembers() if m.name.endswith("blob.bin"))
         assert tar.extractfile(member).read() == blob.read_bytes()
+
+
+def test_a_bring_back_over_its_limit_takes_paths_in_order_and_names_the_rest(tmp_path):
+    (tmp_path / "out").mkdir()
+    first, second, third = (tmp_path / f"{n}.bin" for n in ("first", "second", "third"))
+    first.write_bytes(os.urandom(3_000))
+    second.write_bytes(os.urandom(9_000))  # would pass the limit: left for a later call
+    third.write_bytes(os.urandom(1_000))  # still fits after it
+    assert _job(tmp_path, "start", "lim", "true").returncode == 0
+    env = {**os.environ, "JOBS": str(tmp_path / "jobs"), "OUT": str(tmp_path / "out"), "MAX_BYTES": "8000"}
+    waited = subprocess.run(["bash", str(REPO / "scripts" / "node_job.sh"), "wait", "lim", "30", str(first),
+                             str(second), str(third)], env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert waited.returncode == 0, waited.stderr
+    assert f"left for a later call: {second} (0 MiB)" in waited.stdout
+    with tarfile.open(tmp_path / "out" / "lim.tgz") as tar:
+        names = tar.getnames()
+    assert any(n.endswith("jobs/lim.log") for n in names)
+    assert any(n.endswith("first.bin") for n in names) and any(n.endswith("third.bin") for n in names)
+    assert not any(n.endswith("second.bin") for n in names)
