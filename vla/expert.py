@@ -21,7 +21,7 @@ from vla.expert_skills import (
     UnsupportedTaskError,
     _quat_conj,
     _quat_mul,
-    _rotate,
+    _quat_rotate,
     _yaw,
     _yaw_quat,
     category,
@@ -269,7 +269,7 @@ class ScriptedExpert:
             self._retry(turn=True)
         elif phase == "close" and steps >= cfg.close_steps:
             self.held, self.grasp_z = eef - obj, eef[2]
-            self.held_local = _rotate(_quat_conj(self.obj_quat), self.held)
+            self.held_local = _quat_rotate(_quat_conj(self.obj_quat), self.held)
             place_z = target[2] + object_spec(self.target_name).top + self.spec.bottom + self.held[2]
             self.carry_z = max(place_z + cfg.carry, eef[2] + cfg.hover)
             self._next("lift")
@@ -300,7 +300,7 @@ class ScriptedExpert:
         if self.phase in ("approach", "descend"):
             self.grasp_offset = self._plan_grasp(obs, obj, self.obj_quat)
         # lost: the grip left where it closed, in the object's frame (a moka pot tipping about its handle is held)
-        held = _rotate(self.obj_quat, self.held_local)
+        held = _quat_rotate(self.obj_quat, self.held_local)
         if self.phase in ("lift", "carry", "lower") and np.linalg.norm(eef - obj - held) > cfg.drop_distance:
             self._retry()
         goal, gripper = self._waypoint(eef, obj, target)

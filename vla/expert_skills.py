@@ -81,7 +81,7 @@ def _quat_conj(q: np.ndarray) -> np.ndarray:
     return np.array([-q[0], -q[1], -q[2], q[3]])
 
 
-def _rotate(q: np.ndarray, v: np.ndarray) -> np.ndarray:  # vector v (3,) turned by quaternion q (x, y, z, w)
+def _quat_rotate(q: np.ndarray, v: np.ndarray) -> np.ndarray:  # vector v (3,) turned by quaternion q (x, y, z, w)
     return _quat_mul(_quat_mul(q, np.array([*v, 0.0])), _quat_conj(q))[:3]
 
 
