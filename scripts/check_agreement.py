@@ -34,10 +34,17 @@ def main(cfg: EvalConfig) -> dict[int, dict[str, float]]:
         raise ValueError(
             f"--policy {cfg.policy}: the agreement is of a VLA (--policy vla with --checkpoint, or server)"
         )
+    if cfg.resume:
+        raise ValueError("--resume: the table covers the steps of one run, so check_agreement does not resume; "
+                         "pass a new --out_dir")  # fmt: skip
     cfg.validate()  # before any weights load
-    shadow = ShadowPolicy(ExpertPolicy(), build_policy(cfg))
-    # The episodes are the expert's: recorded as such, never as a point of the checkpoint's learning curve.
-    summary = evaluate(as_expert(cfg), shadow)
+    vla = build_policy(cfg)
+    shadow = ShadowPolicy(ExpertPolicy(), vla)
+    try:  # the episodes are the expert's: recorded as such, never as a point of the checkpoint's learning curve
+        summary = evaluate(as_expert(cfg), shadow)
+    finally:
+        if hasattr(vla, "close"):  # RemotePolicy: its HTTP client and request threads
+            vla.close()
     table = agreement(shadow.records)
     result: dict[str, Any] = {"checkpoint": cfg.checkpoint, "server_url": cfg.server_url, "agreement": table,
                               "steps": shadow.records}  # fmt: skip

@@ -83,3 +83,21 @@ def test_the_script_records_the_expert_and_writes_the_table(tmp_path, fake_liber
     assert summary["policy"] == "expert" and summary["checkpoint"] is None  # the episodes are the expert's
     with pytest.raises(ValueError, match="agreement is of a VLA"):
         script.main(EvalConfig(policy="random", out_dir=str(tmp_path / "r")))
+    with pytest.raises(ValueError, match="does not resume"):
+        script.main(EvalConfig(checkpoint=checkpoint, out_dir=str(out), resume=True))
+
+
+def test_the_shadow_warms_up_and_its_timers_reach_the_timing_line():
+    class Warming(Constant):
+        def __init__(self, action):
+            super().__init__(action)
+            self.warmed, self.timing = [], {"model_s": 1.5}
+
+        def warm_up(self, instructions, max_batch):
+            self.warmed.append((instructions, max_batch))
+
+    shadow = Warming(SHADOW)
+    policy = ShadowPolicy(Constant(LEAD), shadow)
+    policy.warm_up(["do it"], 4)
+    assert shadow.warmed == [(["do it"], 4)] and policy.timing == {"model_s": 1.5}
+    ShadowPolicy(Constant(LEAD), Constant(SHADOW)).warm_up(["do it"], 4)  # a shadow without warm-up: nothing to do

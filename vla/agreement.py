@@ -32,6 +32,15 @@ class ShadowPolicy:
     def last_frames(self) -> dict[int, np.ndarray]:
         return self.shadow.last_frames
 
+    @property
+    def timing(self) -> dict[str, float]:  # the shadow's timers (a VLA's image and model seconds) in the timing line
+        return getattr(self.shadow, "timing", {})
+
+    def warm_up(self, instructions: list[str], max_batch: int) -> None:
+        """The shadow's warm-up (a VLA's decoding graphs) before the envs step."""
+        if hasattr(self.shadow, "warm_up"):
+            self.shadow.warm_up(instructions, max_batch)
+
     def reset(self, slot: int, task: TaskInfo) -> None:
         self.lead.reset(slot, task)
         self.shadow.reset(slot, task)
