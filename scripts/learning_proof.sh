@@ -10,7 +10,8 @@
 #
 # On an offline GPU node first `source <bundle>/activate.sh` (scripts/pack_sim.py; docs/OFFLINE.md). Settings come
 # from the environment: SUITE, PROOF (default outputs/proof), EPISODES (per task), NOISE, STEPS, WORKERS, TOKENIZER,
-# SAMPLE_TRIALS and FULL_TRIALS. In a lease of short calls, run it through scripts/node_job.sh (docs/OFFLINE.md §5).
+# SAMPLE_TRIALS and FULL_TRIALS. VIDEO_FRAMES=<dir> trains from demonstrations collected elsewhere instead (an export of
+# scripts/export_video_frames.py, ~0.5 KB a frame: small enough to carry to a node); collect then does nothing. In a lease of short calls, run it through scripts/node_job.sh (docs/OFFLINE.md §5).
 # A CPU rehearsal of every stage in ~5 min: PROOF=/tmp/rehearse EPISODES=1 TASKS="[0]"
 # WORKERS=1 STEPS=4 SAVES=2 BATCH=4 PRESETS="micro tiny" SAMPLE_TRIALS=1 FULL_TRIALS=1 EVAL_WHILE_TRAINING=1.
 set -euo pipefail
@@ -31,10 +32,14 @@ FULL_TRIALS=${FULL_TRIALS:-50}      # fixed initial states per task for the last
 PRESETS=${PRESETS:-"small256 small"}
 BATCH=${BATCH:-128}
 TASKS=${TASKS:-}                  # e.g. "[0,1]" for a smoke run; empty = every task
+VIDEO_FRAMES=${VIDEO_FRAMES:-}    # a video export to train from; empty = the frame store that collect writes
 DATA="$PROOF/data/${SUITE}_no_noops"
+if [ -n "$VIDEO_FRAMES" ]; then DATA_FLAGS=(--data.source video_frames --data.frames_dir "$VIDEO_FRAMES")
+else DATA_FLAGS=(--data.source frames --data.frames_dir "$DATA"); fi
 PY=${PYTHON:-python}
 
 collect() {
+  if [ -n "$VIDEO_FRAMES" ]; then echo "demos: training from the video export $VIDEO_FRAMES"; return; fi
   if [ -f "$DATA/index.json" ]; then echo "demos: $DATA is complete"; return; fi
   rm -rf "$PROOF/data"  # an unfinished store (no index.json) is started again
   $PY scripts/collect_demos.py --task_suite "$SUITE" --episodes_per_task "$EPISODES" --action_noise "$NOISE" \
@@ -45,7 +50,7 @@ train_one() {  # $1 = preset
   local run="$PROOF/runs/$1" resume=()
   [ -f "$run/trainer_state.safetensors" ] || [ -f "$run/trainer_state.pt" ] && resume=(--resume)
   $PY scripts/finetune.py --config configs/small_libero_spatial.yaml --model.preset "$1" \
-    --model.tokenizer_path "$TOKENIZER" --data.source frames --data.frames_dir "$DATA" \
+    --model.tokenizer_path "$TOKENIZER" "${DATA_FLAGS[@]}" \
     --optim.batch_size "$BATCH" --optim.max_steps "$STEPS" --optim.save_steps $((STEPS / SAVES)) --optim.warmup_steps $((STEPS / 10)) \
     --run.root_dir "$PROOF/runs" --run.id "$1" --run.save_latest_only false "${resume[@]}" > "$PROOF/train_$1.log" 2>&1
 }
