@@ -16,6 +16,7 @@ from vla.video_frames import (  # noqa: E402
     VideoFrameDataset,
     decode_video,
     describe_export,
+    merge_exports,
     read_index,
     write_export,
     write_video,
@@ -194,6 +195,41 @@ def test_export_refuses_a_non_empty_dir_and_a_crash_leaves_nothing(made_export, 
 
 
 # ---- the dataset ----
+
+
+def test_merged_exports_read_as_one_export_of_all_episodes(made_export, tmp_path):
+    """Demonstrations exported in chunks and joined: the merged export yields what one export of every episode would
+    (videos copied, splits kept, statistics over all episodes), and the inputs stay as they were."""
+    root, episodes = made_export
+    more = _episodes(num=3, seed=1)
+    second = write_export(tmp_path / "second", more, "made", _statistics(more), crf=CRF)
+    merged = merge_exports([root, second], tmp_path / "merged")
+    index, everything = read_index(merged), episodes + more
+    assert list(index["splits"]) == [e[0] for e in everything]
+    assert list(index["instructions"]) == [e[3] for e in everything]
+    np.testing.assert_array_equal(index["lengths"], [len(e[1]) for e in everything])
+    for video, (_, frames, _, _) in zip(index["videos"], everything, strict=True):
+        np.testing.assert_array_equal(decode_video(merged / str(video)).shape, frames.shape)
+    np.testing.assert_array_equal(
+        decode_video(merged / str(index["videos"][-1])), decode_video(second / "videos/000002.mp4")
+    )
+    val = _dataset(merged, split="val")
+    assert val.dataset_statistics == {"made": _statistics(everything)}
+    assert sorted(map(_key, _take(val, val.num_frames))) == sorted(map(_key, _expected_frames(everything, "val")))
+    assert describe_export(root)["episodes"] == len(episodes)  # inputs untouched
+    assert int(index["crf"]) == CRF
+
+
+def test_merging_exports_of_different_datasets_is_refused_before_writing(made_export, tmp_path):
+    root, episodes = made_export
+    other = write_export(tmp_path / "other", episodes[:2], "other", _statistics(episodes[:2]), crf=CRF)
+    with pytest.raises(ValueError, match="dataset name"):
+        merge_exports([root, other], tmp_path / "merged")
+    assert not (tmp_path / "merged").exists() and not (tmp_path / "merged.tmp").exists()
+    with pytest.raises(FileNotFoundError, match="no video-frame export"):
+        merge_exports([root, tmp_path / "missing"], tmp_path / "merged")
+    with pytest.raises(FileExistsError):
+        merge_exports([root], root)
 
 
 def test_val_is_one_pass_in_storage_order(made_export):

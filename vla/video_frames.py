@@ -22,7 +22,7 @@ import torch
 
 from vla.data_config import SPLITS, STANDARDIZE_FNS, DataConfig
 from vla.frame_stream import STATS_NAME, IndexedFrameStream
-from vla.normalization import save_dataset_statistics
+from vla.normalization import dataset_statistics, load_dataset_statistics, save_dataset_statistics
 from vla.rlds import check_rlds_dir, load_statistics
 from vla.tf_import import import_tf
 
@@ -239,6 +239,52 @@ def _write_videos(episodes, root: Path, crf: int) -> dict[str, np.ndarray]:
         "mean_abs_error": np.array(errors, np.float32),  # per episode, decoded video vs the exact frames
         "image_size": next(iter(sizes))[0],
     }
+
+
+def merge_exports(roots: list[Path], out_dir: Path) -> Path:
+    """Exports of one dataset (e.g. demonstrations collected in chunks, each exported as it finished) -> one export
+    in `out_dir`, episodes in input order with their splits, videos copied (no re-encoding), statistics recomputed over
+    all episodes as the RLDS path computes them. Inputs must agree on dataset name, standardization and image size."""
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    indexes = [read_index(root) for root in roots]  # every input checked before anything is written
+    if not indexes:
+        raise ValueError("merge_exports needs at least one export")
+    names = {(str(i["dataset_name"]), str(i["standardize"]), int(i["image_size"])) for i in indexes}
+    if len(names) != 1:
+        raise ValueError(
+            f"exports to merge must share dataset name, standardization and image size; got {sorted(names)}"
+        )
+    ((name, standardize, _),) = names
+    masks = {tuple(load_dataset_statistics(Path(r) / STATS_NAME)[name]["action"]["mask"]) for r in roots}
+    if len(masks) != 1:
+        raise ValueError(f"exports to merge must share the action mask of their statistics; got {sorted(masks)}")
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / VIDEO_DIR).mkdir(parents=True)
+    try:
+        videos = []
+        for root, index in zip(roots, indexes, strict=True):
+            for video in index["videos"]:
+                videos.append(f"{VIDEO_DIR}/{len(videos):06d}.mp4")
+                shutil.copyfile(Path(root) / str(video), tmp / videos[-1])
+        merged = {key: np.concatenate([i[key] for i in indexes]) for key in ("instructions", "lengths", "splits")}
+        merged |= {key: np.concatenate([i[key] for i in indexes]) for key in ("actions", "mean_abs_error")}
+        merged |= {"videos": np.array(videos), "dataset_name": name, "standardize": standardize}
+        crf = {int(i["crf"]) for i in indexes}  # kept when the inputs agree (-1: mixed)
+        merged |= {"crf": crf.pop() if len(crf) == 1 else -1, "image_size": indexes[0]["image_size"]}
+        np.savez(tmp / INDEX_NAME, **merged, format_version=FORMAT_VERSION)
+        actions = STANDARDIZE_FNS[standardize](merged["actions"])
+        stats = dataset_statistics(actions, len(videos), mask=np.array(next(iter(masks))))
+        save_dataset_statistics(tmp / STATS_NAME, {name: stats})
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, checked above
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("merged %d exports (%d episodes) into %s", len(roots), len(videos), out_dir)
+    return out_dir
 
 
 def _fix(root: Path) -> str:
