@@ -22,9 +22,14 @@ def main() -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data_root_dir", type=Path, help="folder holding <dataset_name>/<version>/")
     source.add_argument("--merge", type=Path, nargs="+", help="exports of one dataset to join (no re-encoding)")
-    parser.add_argument("--dataset_name", default=defaults.dataset_name)
+    parser.add_argument("--dataset_name", default=defaults.dataset_name, help="with --data_root_dir")
     parser.add_argument("--out", type=Path, required=True, help="export folder (must not exist or be empty)")
-    parser.add_argument("--crf", type=int, default=23, help="libx264 quality: lower = larger and closer (0-51)")
+    parser.add_argument(
+        "--crf",
+        type=int,
+        default=23,
+        help="libx264 quality: lower = larger and closer (0-51); --merge copies the videos as they are",
+    )
     args = parser.parse_args()
     configure_logging()
     if args.merge:

@@ -268,8 +268,8 @@ def merge_exports(roots: list[Path], out_dir: Path) -> Path:
             for video in index["videos"]:
                 videos.append(f"{VIDEO_DIR}/{len(videos):06d}.mp4")
                 shutil.copyfile(Path(root) / str(video), tmp / videos[-1])
-        merged = {key: np.concatenate([i[key] for i in indexes]) for key in ("instructions", "lengths", "splits")}
-        merged |= {key: np.concatenate([i[key] for i in indexes]) for key in ("actions", "mean_abs_error")}
+        keys = ("instructions", "lengths", "splits", "actions", "mean_abs_error")
+        merged = {key: np.concatenate([i[key] for i in indexes]) for key in keys}
         merged |= {"videos": np.array(videos), "dataset_name": name, "standardize": standardize}
         crf = {int(i["crf"]) for i in indexes}  # kept when the inputs agree (-1: mixed)
         merged |= {"crf": crf.pop() if len(crf) == 1 else -1, "image_size": indexes[0]["image_size"]}
