@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import os
@@ -170,6 +171,25 @@ def export_video_frames(cfg: DataConfig, out_dir: Path, crf: int = 23) -> Path:
     )
 
 
+@contextlib.contextmanager
+def _staged(out_dir: Path) -> Iterator[Path]:
+    """Yield `<out_dir>.tmp` (with its videos/ folder) to write an export into; renamed to `out_dir` (empty or absent,
+    checked by the caller) when the block ends, deleted when it raises: a crash never leaves a valid-looking export."""
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        logger.warning("removing %s, left by an interrupted export", tmp)
+        shutil.rmtree(tmp)
+    (tmp / VIDEO_DIR).mkdir(parents=True)
+    try:
+        yield tmp
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, checked by the caller
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_export(
     out_dir: Path,
     episodes: Iterable[tuple[str, np.ndarray, np.ndarray, str]],
@@ -188,22 +208,11 @@ def write_export(
         raise ValueError(f"crf {crf} is outside libx264's [0, 51] (23 = default, lower = larger and closer)")
     if standardize not in STANDARDIZE_FNS:
         raise ValueError(f"standardize {standardize!r} is not one of {sorted(STANDARDIZE_FNS)}")
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp.exists():
-        logger.warning("removing %s, left by an interrupted export", tmp)
-        shutil.rmtree(tmp)
-    (tmp / VIDEO_DIR).mkdir(parents=True)
-    try:
+    with _staged(out_dir) as tmp:
         index = _write_videos(episodes, tmp, crf)
         index |= {"dataset_name": dataset_name, "standardize": standardize}
         np.savez(tmp / INDEX_NAME, **index, crf=crf, format_version=FORMAT_VERSION)
         save_dataset_statistics(tmp / STATS_NAME, {dataset_name: statistics})
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("exported %d episodes (%d frames) to %s", len(index["videos"]), index["lengths"].sum(), out_dir)
     return out_dir
 
@@ -259,10 +268,7 @@ def merge_exports(roots: list[Path], out_dir: Path) -> Path:
     masks = {tuple(load_dataset_statistics(Path(r) / STATS_NAME)[name]["action"]["mask"]) for r in roots}
     if len(masks) != 1:
         raise ValueError(f"exports to merge must share the action mask of their statistics; got {sorted(masks)}")
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / VIDEO_DIR).mkdir(parents=True)
-    try:
+    with _staged(out_dir) as tmp:
         videos = []
         for root, index in zip(roots, indexes, strict=True):
             for video in index["videos"]:
@@ -277,12 +283,6 @@ def merge_exports(roots: list[Path], out_dir: Path) -> Path:
         actions = STANDARDIZE_FNS[standardize](merged["actions"])
         stats = dataset_statistics(actions, len(videos), mask=np.array(next(iter(masks))))
         save_dataset_statistics(tmp / STATS_NAME, {name: stats})
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("merged %d exports (%d episodes) into %s", len(roots), len(videos), out_dir)
     return out_dir
 
