@@ -27,8 +27,10 @@ class FakePool:
     instances: list["FakePool"] = []
     per_receive: int | None = None
 
-    def __init__(self, suite, num_workers, *, assets_dir=None, cameras=(), gl_envs=None, hard_reset=False):
+    def __init__(self, suite, num_workers, *, assets_dir=None, cameras=(), gl_envs=None, hard_reset=False,
+                 obs_transform=None):  # fmt: skip
         self.num_workers, self.cameras, self.gl_envs, self.hard_reset = num_workers, cameras, gl_envs, hard_reset
+        self.obs_transform = obs_transform
         self.resets: list[dict[int, ResetRequest]] = []
         self.steps: list[int] = []
         self.state: dict[int, list[int]] = {}
@@ -39,7 +41,8 @@ class FakePool:
 
     def _obs(self, w):
         task_id, t = self.state[w]
-        return {"task_id": np.array(task_id), "t": np.array(t), "agentview_image": np.full((32, 32, 3), t, np.uint8)}
+        obs = {"task_id": np.array(task_id), "t": np.array(t), "agentview_image": np.full((32, 32, 3), t, np.uint8)}
+        return obs if self.obs_transform is None else self.obs_transform(obs)
 
     def send(self, w, request):
         assert w not in self.pending, "a second request to a busy worker"
@@ -320,6 +323,9 @@ class FakeVLA:
         self.calls.append((images, instructions, unnorm_key))
         return np.array([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.0], [0.0] * 6 + [0.99]])[: len(images)]
 
+    def warm_up_decoding(self, instructions, max_batch, unnorm_key):
+        return 0  # graphs captured: none without fast decoding
+
 
 def test_vla_policy_batches_preprocesses_and_postprocesses():
     pytest.importorskip("tensorflow")
@@ -336,6 +342,27 @@ def test_vla_policy_batches_preprocesses_and_postprocesses():
     np.testing.assert_array_equal(policy.last_frames[3], libero_image(raw[3], center_crop=False))
     np.testing.assert_array_equal(actions[1], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 1.0])  # model 0 -> close (+1)
     assert actions[3][-1] == -1.0
+
+
+@pytest.mark.parametrize("prepare_in_workers", [True, False])
+def test_a_vla_evaluation_prepares_its_images_where_asked_with_the_same_pixels(tmp_path, fake_libero, monkeypatch,
+                                                                               prepare_in_workers):  # fmt: skip
+    """In the workers (the pool's transform: the 224² frames come back instead of the raw render) or on the host:
+    the model gets the same numpy-back-end pixels, and the videos the same uncropped frames."""
+    from vla import image_ops
+    from vla.libero_io import libero_image
+
+    monkeypatch.setattr(image_ops, "default_backend", lambda: "numpy")  # as on a GPU node without TensorFlow
+    vla = FakeVLA()
+    policy = VLAPolicy(vla, "libero_spatial_no_noops", center_crop=True, prepare_in_workers=prepare_in_workers)
+    evaluate(_cfg(tmp_path, tasks=[NEVER], num_trials_per_task=1, num_envs=1, save_videos=True), policy)
+    (pool,) = fake_libero
+    assert (pool.obs_transform is not None) == prepare_in_workers
+    assert len(vla.calls) == 5  # max_steps, one env
+    for t, (images, _, _) in enumerate(vla.calls):  # the fake env's frame at step t is grey level t
+        np.testing.assert_array_equal(images[0], libero_image(np.full((32, 32, 3), t, np.uint8), center_crop=True))
+    (video,) = (tmp_path / "videos").iterdir()
+    assert video.stat().st_size > 0
 
 
 def test_random_policy_is_seeded_and_in_range():

@@ -93,9 +93,19 @@ def test_numpy_jpeg_roundtrip_is_close_to_tf(images, max_error, mean_error):
         np.testing.assert_array_equal(got, tf.io.decode_jpeg(encoded, dct_method="INTEGER_ACCURATE").numpy())
 
 
-def test_numpy_center_crop_is_bit_identical_to_tf():
-    for image in resize_image(_smooth_scenes(3), 224, backend="tf"):
-        np.testing.assert_array_equal(center_crop(image, backend="numpy"), center_crop(image, backend="tf"))
+def test_numpy_center_crop_is_bit_identical_to_tf_and_the_training_port():
+    import torch
+
+    from vla.augment import _crop_and_resize
+    from vla.image_ops import _center_box
+
+    noise = np.random.default_rng(3).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    for image in [*resize_image(_smooth_scenes(3), 224, backend="tf"), *noise]:
+        got = center_crop(image, backend="numpy")
+        np.testing.assert_array_equal(got, center_crop(image, backend="tf"))
+        x = torch.from_numpy(image[None].astype(np.float32)) * np.float32(1 / 255)  # the kernel augmenting training
+        x = _crop_and_resize(x, torch.from_numpy(_center_box(0.9))).clamp(0, 1)
+        np.testing.assert_array_equal(got, (x[0] * 255.5).clamp(0, 255).to(torch.uint8).numpy())
 
 
 def test_unknown_backend_is_refused():

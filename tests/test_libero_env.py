@@ -257,3 +257,26 @@ def test_a_running_pool_keeps_its_host_to_one_blas_thread(libero_assets_dir):
             assert blas_threads() == {1}
             assert pool.reset({0: ResetRequest(0, None, seed=1)})[0].error is None
         assert blas_threads() == {2}  # restored when the pool closes
+
+
+@pytest.mark.libero
+def test_a_pools_obs_transform_runs_in_its_workers(libero_assets_dir):
+    """`WorkerImages` travels to the spawned workers: the observation comes back with the 224² model image and video
+    frame in place of the raw render, the same pixels the host makes from that render (numpy back-end)."""
+    from vla.env_pool import EnvPool
+    from vla.libero_env import load_init_states
+    from vla.libero_io import POLICY_FRAME, POLICY_IMAGE, WorkerImages, libero_image
+
+    request = ResetRequest(0, load_init_states("libero_spatial", 0)[0], seed=0, settle=False)
+    results = []
+    for transform in (None, WorkerImages(center_crop=True)):
+        with EnvPool("libero_spatial", 1, assets_dir=libero_assets_dir, image_size=64, cameras=("agentview",),
+                     obs_transform=transform) as pool:  # fmt: skip
+            results.append(pool.reset({0: request})[0])
+    raw, prepared = results
+    assert raw.error is None and prepared.error is None, (raw.error, prepared.error)
+    assert "agentview_image" not in prepared.obs and prepared.obs[POLICY_IMAGE].shape == (224, 224, 3)
+    render = raw.obs["agentview_image"]
+    np.testing.assert_array_equal(prepared.obs[POLICY_FRAME], libero_image(render, center_crop=False, backend="numpy"))
+    np.testing.assert_array_equal(prepared.obs[POLICY_IMAGE], libero_image(render, center_crop=True, backend="numpy"))
+    np.testing.assert_array_equal(prepared.obs["robot0_eef_pos"], raw.obs["robot0_eef_pos"])

@@ -4,7 +4,16 @@ import sys
 import numpy as np
 import pytest
 
-from vla.libero_io import libero_action, libero_image, resolve_suite_unnorm_key
+from vla.libero_io import (
+    POLICY_FRAME,
+    POLICY_IMAGE,
+    WorkerImages,
+    libero_action,
+    libero_image,
+    policy_images,
+    resolve_suite_unnorm_key,
+    worker_images,
+)
 
 GRAY_A, GRAY_B = 200, 40  # gray levels: R = G = B keeps JPEG's chroma at exactly 128
 
@@ -185,3 +194,37 @@ def test_numpy_backend_runs_where_tensorflow_cannot_be_imported():
         "assert sys.modules['tensorflow'] is None\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("center_crop", [False, True])
+def test_images_prepared_in_a_worker_are_the_hosts_numpy_images(center_crop, monkeypatch):
+    """`WorkerImages` (run by the simulation workers) replaces the raw render by the model image and the video frame;
+    `policy_images` then takes them as they are, and they equal what the host computes from the raw render with the
+    numpy back-end. A batch may mix prepared and raw observations."""
+    from vla import image_ops
+
+    monkeypatch.setattr(image_ops, "default_backend", lambda: "numpy")
+    raw = {slot: _scene(seed=slot) for slot in (0, 1, 2)}
+    prepared = {s: WorkerImages(center_crop)({"agentview_image": raw[s].copy(), "x": np.ones(3)}) for s in (0, 2)}
+    assert all(sorted(obs) == [POLICY_FRAME, POLICY_IMAGE, "x"] for obs in prepared.values())  # no raw render sent
+    host_frames, mixed_frames = {}, {}
+    host = policy_images({s: {"agentview_image": raw[s]} for s in raw}, [0, 1, 2], center_crop=center_crop,
+                         last_frames=host_frames)  # fmt: skip
+    mixed = policy_images({**prepared, 1: {"agentview_image": raw[1]}}, [0, 1, 2], center_crop=center_crop,
+                          last_frames=mixed_frames)  # fmt: skip
+    for slot in raw:
+        np.testing.assert_array_equal(mixed[slot], host[slot])
+        np.testing.assert_array_equal(mixed_frames[slot], host_frames[slot])
+        np.testing.assert_array_equal(host_frames[slot], libero_image(raw[slot], center_crop=False, backend="numpy"))
+    assert (host[0] != host_frames[0]).any() == center_crop
+
+
+def test_worker_images_by_default_only_where_the_host_would_use_the_same_ops(monkeypatch):
+    from vla import image_ops
+
+    for backend, expected in (("numpy", True), ("tf", False)):
+        monkeypatch.setattr(image_ops, "default_backend", lambda b=backend: b)
+        assert (worker_images(True) is not None) == expected
+        assert worker_images(True, enabled=True) == WorkerImages(True) and worker_images(True, enabled=False) is None
+    with pytest.raises(KeyError, match="agentview"):
+        WorkerImages(False)({"robot0_eye_in_hand_image": np.zeros((8, 8, 3), np.uint8)})

@@ -10,7 +10,7 @@ import os
 import signal
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -31,6 +31,8 @@ from vla.libero_env import (
     setup_libero,
 )
 
+ObsTransform = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
 
 @dataclass(frozen=True)
 class ResetRequest:
@@ -45,7 +47,8 @@ class ResetRequest:
 
 @dataclass
 class StepResult:
-    """What a worker returns: raw LIBERO observations (images upside down, see `upright`), the sparse reward,
+    """What a worker returns: LIBERO's observations (images upside down, see `upright`; after the pool's
+    `obs_transform`, if any), the sparse reward,
     `done` (= task success), `error` (None, or the traceback of an exception raised in the worker) and `worker_s`,
     the seconds the worker spent on the request (physics + rendering; for a reset also env creation and settling)."""
 
@@ -69,9 +72,11 @@ def observe(env, obs: dict) -> dict[str, np.ndarray]:
 class _WorkerEnv:
     """The env one worker owns: re-created when the task changes or after an error."""
 
-    def __init__(self, suite: str, image_size: int, cameras: tuple[str, ...], hard_reset: bool = False):
+    def __init__(self, suite: str, image_size: int, cameras: tuple[str, ...], hard_reset: bool = False,
+                 obs_transform: ObsTransform | None = None):  # fmt: skip
         self.tasks = list_tasks(suite)
         self.image_size, self.cameras, self.hard_reset = image_size, cameras, hard_reset
+        self.obs_transform = obs_transform
         self.env, self.task_id, self.ready = None, None, False
 
     def _discard(self) -> None:
@@ -102,13 +107,17 @@ class _WorkerEnv:
         for _ in range(NUM_STEPS_WAIT if request.settle else 0):
             obs, reward, done, _ = self.env.step(DUMMY_ACTION.copy())
         self.ready = True
-        return StepResult(observe(self.env, obs), float(reward), bool(done))
+        return StepResult(self._observe(obs), float(reward), bool(done))
 
     def step(self, action: np.ndarray) -> StepResult:
         if not self.ready:
             raise RuntimeError("step() before a successful reset(): reset this worker first")
         obs, reward, done, _ = self.env.step(np.asarray(action, dtype=np.float64))
-        return StepResult(observe(self.env, obs), float(reward), bool(done))
+        return StepResult(self._observe(obs), float(reward), bool(done))
+
+    def _observe(self, obs: dict) -> dict[str, np.ndarray]:
+        out = observe(self.env, obs)
+        return out if self.obs_transform is None else self.obs_transform(out)
 
     def handle(self, cmd: str, payload: Any) -> StepResult:
         started = time.perf_counter()
@@ -129,6 +138,7 @@ def _worker_main(
     image_size: int,
     cameras: tuple[str, ...],
     hard_reset: bool,
+    obs_transform: ObsTransform | None,
     gl_env: dict[str, str],
 ) -> None:
     """Worker loop: answer ("reset", ResetRequest) / ("step", action) with a StepResult until "close" or until the
@@ -138,7 +148,7 @@ def _worker_main(
     threadpool_limits(1, user_api="blas")  # one simulator, one core: BLAS threads would only contend with the others
     try:
         setup_libero(assets_dir)
-        worker, setup_error = _WorkerEnv(suite, image_size, cameras, hard_reset), None
+        worker, setup_error = _WorkerEnv(suite, image_size, cameras, hard_reset, obs_transform), None
     except Exception:
         worker, setup_error = None, traceback.format_exc()
     while True:
@@ -159,7 +169,8 @@ class EnvPool:
     device, see `vla.gl_check.worker_gl_envs`). `hard_reset`: rebuild the model at every reset, as LIBERO does by
     default (`vla.libero_env.make_env`); the soft reset is 11x faster and places fixtures from the seed alone. A
     worker's exception comes back as `StepResult.error`; a worker that dies is restarted and its request answered
-    with an error."""
+    with an error. `obs_transform`: a picklable callable each worker applies to every observation before sending it
+    (e.g. `vla.libero_io.WorkerImages`: the policy's image preparation, spread over the simulator processes)."""
 
     def __init__(
         self,
@@ -171,6 +182,7 @@ class EnvPool:
         cameras: tuple[str, ...] = CAMERAS,
         gl_envs: Sequence[dict[str, str]] | None = None,
         hard_reset: bool = False,
+        obs_transform: ObsTransform | None = None,
     ):
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
@@ -179,7 +191,7 @@ class EnvPool:
         self.suite, self.cameras = suite, tuple(cameras)
         self.assets_dir = setup_libero(assets_dir)
         self.tasks = list_tasks(suite)
-        self._args = (suite, str(self.assets_dir), image_size, self.cameras, hard_reset)
+        self._args = (suite, str(self.assets_dir), image_size, self.cameras, hard_reset, obs_transform)
         self._gl_envs = [dict(e) for e in gl_envs] if gl_envs is not None else [{} for _ in range(num_workers)]
         self._ctx = mp.get_context("spawn")  # a forked child would inherit the parent's TensorFlow, if loaded
         self._in_flight: set[int] = set()
@@ -305,6 +317,7 @@ def open_pool(
     render: RenderConfig,
     assets: str | Path | None,
     hard_reset: bool = False,
+    obs_transform: ObsTransform | None = None,
 ) -> EnvPool:
     """An EnvPool whose workers render `cameras` with the GL set-up of `render`, checked here first (when any camera
     is rendered) so a missing GL library is one clear error before any worker starts."""
@@ -312,4 +325,5 @@ def open_pool(
     if cameras:
         for env in {tuple(sorted(e.items())): e for e in gl_envs}.values():
             check_gl(env)
-    return EnvPool(suite, num_workers, assets_dir=assets, cameras=cameras, gl_envs=gl_envs, hard_reset=hard_reset)
+    return EnvPool(suite, num_workers, assets_dir=assets, cameras=cameras, gl_envs=gl_envs, hard_reset=hard_reset,
+                   obs_transform=obs_transform)  # fmt: skip

@@ -71,6 +71,9 @@ class EvalConfig:
     fast_decoding: bool | None = None  # VLA: static-cache CUDA-graph decoder with torch.compile; None: on CUDA only
     # with fast_decoding: compile its elementwise ops (torch.compile); false saves the compile time at start
     compile_decoding: bool = True
+    # VLA / server: prepare the model's images (JPEG round trip, resize, crop) in the simulation workers, numpy ops;
+    # None: where this process would use the numpy ops too (no TensorFlow: the same pixels), else on this process
+    worker_images: bool | None = None
     gl: str | None = None  # MuJoCo GL back-end of the workers: egl | osmesa; None: $MUJOCO_GL, else egl
     egl_devices: list[int] | None = None  # EGL device ids the workers render on (round-robin); None: visible GPUs
     seed: int = 7  # seeds random / numpy / torch in this process (OpenVLA's protocol seed)
@@ -279,9 +282,10 @@ def evaluate(cfg: EvalConfig, policy: Policy) -> dict[str, Any]:
     new, num_workers, timing = [], min(cfg.num_envs, len(jobs)), None
     try:
         if jobs:
-            cameras = eval_cameras(policy, cfg.save_videos)
+            cameras, transform = eval_cameras(policy, cfg.save_videos), getattr(policy, "worker_images", None)
+            pool_args = (cfg.task_suite, num_workers, cameras, cfg.render, cfg.libero_assets, cfg.hard_reset, transform)
             with (
-                open_pool(cfg.task_suite, num_workers, cameras, cfg.render, cfg.libero_assets, cfg.hard_reset) as pool,
+                open_pool(*pool_args) as pool,
                 tqdm(total=len(jobs), desc=f"{cfg.task_suite} episodes", unit="ep") as bar,
             ):
                 if hasattr(policy, "warm_up"):  # while the workers start: no graph capture mid-run

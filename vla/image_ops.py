@@ -136,18 +136,33 @@ def _center_box(area: float) -> np.ndarray:
     return np.array([[offset, offset, offset + side, offset + side]], np.float32)
 
 
+def _center_crop_numpy(image: np.ndarray, area: float) -> np.ndarray:
+    """`center_crop` in numpy float32, op for op as TF's crop_and_resize bilinear kernel (and `vla.augment`'s torch
+    port of it, which training uses): no torch either, so simulation workers can run it."""
+    height, width = image.shape[:2]
+    y1, x1, y2, x2 = _center_box(area)[0]
+    x = image.astype(np.float32) * np.float32(1.0 / 255)  # convert_image_dtype
+
+    def axis(lo: np.float32, hi: np.float32, n: int) -> tuple[np.ndarray, ...]:
+        scale = (hi - lo) * np.float32(n - 1) / np.float32(n - 1)  # TF: (y2 - y1) * (H - 1) / (crop_h - 1)
+        pos = lo * np.float32(n - 1) + np.arange(n, dtype=np.float32) * scale
+        low = np.floor(pos)
+        return (np.clip(low, 0, n - 1).astype(np.intp), np.clip(np.ceil(pos), 0, n - 1).astype(np.intp), pos - low,
+                (pos >= 0) & (pos <= n - 1))  # fmt: skip
+
+    top, bottom, y_lerp, y_ok = axis(y1, y2, height)
+    left, right, x_lerp, x_ok = axis(x1, x2, width)
+    x = x[:, left] + (x[:, right] - x[:, left]) * x_lerp[None, :, None]  # every row lerped along x first, as TF
+    x = x[top] + (x[bottom] - x[top]) * y_lerp[:, None, None]
+    x = np.clip(x * (y_ok[:, None] & x_ok[None, :])[..., None], np.float32(0), np.float32(1))
+    return np.clip(x * np.float32(255.5), 0, 255).astype(np.uint8)  # convert_image_dtype(saturate=True)
+
+
 def center_crop(image, area: float = CROP_AREA, backend: str | None = None):
     """uint8 (H, W, 3) -> uint8 (H, W, 3): the centered crop keeping `area` of the image, bilinear back to (H, W)
     (`tf.image.crop_and_resize`, as OpenVLA's eval `center_crop`)."""
     if _backend(backend) == "numpy":
-        import torch
-
-        from vla.augment import _crop_and_resize
-
-        image = np.asarray(image)
-        x = torch.from_numpy(image[None].astype(np.float32)) * np.float32(1.0 / 255)  # convert_image_dtype
-        x = _crop_and_resize(x, torch.from_numpy(_center_box(area))).clamp(0.0, 1.0)
-        return (x[0] * 255.5).clamp(0, 255).to(torch.uint8).numpy()  # convert_image_dtype(saturate=True)
+        return _center_crop_numpy(np.asarray(image), area)
     tf = _tf()
     as_numpy = isinstance(image, np.ndarray)
     height, width = int(image.shape[0]), int(image.shape[1])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,19 +41,54 @@ def libero_image(agentview: np.ndarray, *, center_crop: bool, backend: str | Non
     return image_ops.center_crop(image, backend=backend) if center_crop else image
 
 
+POLICY_IMAGE, POLICY_FRAME = "policy_image", "policy_frame"  # what `WorkerImages` adds to a worker's observation
+
+
+@dataclass(frozen=True)
+class WorkerImages:
+    """The VLA's image preparation run inside a simulation worker (an `EnvPool` observation transform): replaces the
+    raw `agentview_image` (H, W, 3) by `policy_frame`, the uncropped 224² `libero_image` (the video frame), and
+    `policy_image`, the model's input (center-cropped if `center_crop`). The numpy back-end: workers never import
+    TensorFlow. So the pixels are the host's own wherever the host would use that back-end too (no TensorFlow
+    installed, as on GPU nodes), and the 224² frames cross the pipe instead of the larger raw render."""
+
+    center_crop: bool
+
+    def __call__(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if "agentview_image" not in obs:
+            raise KeyError(f"WorkerImages needs the agentview camera rendered; the observation has {sorted(obs)}")
+        frame = libero_image(obs.pop("agentview_image"), center_crop=False, backend="numpy")
+        obs[POLICY_FRAME] = frame
+        obs[POLICY_IMAGE] = image_ops.center_crop(frame, backend="numpy") if self.center_crop else frame
+        return obs
+
+
+def worker_images(center_crop: bool, enabled: bool | None = None) -> WorkerImages | None:
+    """The transform that prepares a VLA's images in the simulation workers, or None to prepare them on the host.
+    `enabled` None: where the host's default image back-end is numpy (no TensorFlow), so the pixels stay the same."""
+    if enabled is None:
+        enabled = image_ops.default_backend() == "numpy"
+    return WorkerImages(center_crop) if enabled else None
+
+
 def policy_images(observations: dict[int, dict[str, np.ndarray]], slots: list[int], *, center_crop: bool,
                   last_frames: dict[int, np.ndarray]) -> list[np.ndarray]:  # fmt: skip
-    """The model images of `slots`' raw observations, in that order: `libero_image(agentview, center_crop=...)`,
-    composed so that each slot's uncropped 224² frame (the one OpenVLA writes to its replay videos) lands in
-    `last_frames[slot]`. A batch is prepared on a few threads (JPEG coding and resizing release the GIL): serially
-    it costs the main process ~10 ms a frame on every step of every env."""
+    """The model images of `slots`' observations, in that order, each slot's uncropped 224² frame (the one OpenVLA
+    writes to its replay videos) stored in `last_frames[slot]`. Observations a worker already prepared
+    (`WorkerImages`) are taken as they are; raw ones go through `libero_image(agentview, center_crop=...)` here, on a
+    few threads (JPEG coding and resizing release the GIL): serially ~10 ms a frame on every step of every env."""
 
     def prepare(slot: int) -> np.ndarray:
-        frame = libero_image(observations[slot]["agentview_image"], center_crop=False)
+        obs = observations[slot]
+        if POLICY_IMAGE in obs:
+            last_frames[slot] = obs[POLICY_FRAME]
+            return obs[POLICY_IMAGE]
+        frame = libero_image(obs["agentview_image"], center_crop=False)
         last_frames[slot] = frame  # distinct keys per thread
         return image_ops.center_crop(frame) if center_crop else frame
 
-    return list(_image_threads().map(prepare, slots)) if len(slots) > 1 else [prepare(s) for s in slots]
+    raw = sum(POLICY_IMAGE not in observations[s] for s in slots)
+    return list(_image_threads().map(prepare, slots)) if raw > 1 else [prepare(s) for s in slots]
 
 
 @functools.cache

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from vla.libero_env import TaskInfo
-from vla.libero_io import libero_action, policy_images
+from vla.libero_io import libero_action, policy_images, worker_images
 
 if TYPE_CHECKING:
     from vla.evaluation import EvalConfig
@@ -38,13 +38,15 @@ class VLAPolicy:
     the frame OpenVLA writes to its replay videos; `timing` sums the seconds of both halves of `act` (the scheduler's
     timing line shows them). fast_decoding: decode with `vla.enable_fast_decoding` (static KV cache, CUDA graphs;
     with `compile_decoding`, elementwise ops compiled by torch.compile, eager where compilation fails); None: on CUDA
-    only. compile_decoding=False skips the compile time, for short evaluations."""
+    only. compile_decoding=False skips the compile time, for short evaluations. `worker_images`: the transform that
+    prepares the images in the simulation workers (`vla.libero_io.worker_images`; None: on the host)."""
 
     cameras = ("agentview",)
 
     def __init__(self, vla: Any, unnorm_key: str, center_crop: bool, fast_decoding: bool | None = None,
-                 compile_decoding: bool = True):  # fmt: skip
+                 compile_decoding: bool = True, prepare_in_workers: bool | None = None):  # fmt: skip
         self.vla, self.unnorm_key, self.center_crop = vla, unnorm_key, center_crop
+        self.worker_images = worker_images(center_crop, prepare_in_workers)
         self.last_frames: dict[int, np.ndarray] = {}
         self.timing = {"images_s": 0.0, "model_s": 0.0}  # host image preparation; the model call (to numpy actions)
         if fast_decoding is None:
@@ -132,7 +134,8 @@ def build_policy(cfg: EvalConfig) -> Policy:
 
         unnorm_key = server_unnorm_key(cfg.server_url, cfg.task_suite, cfg.unnorm_key)
         log.info("policy server %s; un-normalizing with %r", cfg.server_url, unnorm_key)
-        return RemotePolicy(cfg.server_url, unnorm_key=unnorm_key, center_crop=cfg.center_crop)
+        return RemotePolicy(cfg.server_url, unnorm_key=unnorm_key, center_crop=cfg.center_crop,
+                            prepare_in_workers=cfg.worker_images)  # fmt: skip
     import torch
 
     from vla.checkpoint import read_norm_stats
@@ -155,7 +158,8 @@ def build_policy(cfg: EvalConfig) -> Policy:
     fast = device.startswith("cuda") if cfg.fast_decoding is None else cfg.fast_decoding
     log.info("loaded %s on %s (%s); un-normalizing with %r; fast decoding %s%s", cfg.checkpoint, device, dtype_name,
              unnorm_key, fast, " (compiled)" if fast and cfg.compile_decoding else "")  # fmt: skip
-    return VLAPolicy(vla, unnorm_key, cfg.center_crop, fast_decoding=fast, compile_decoding=cfg.compile_decoding)
+    return VLAPolicy(vla, unnorm_key, cfg.center_crop, fast_decoding=fast, compile_decoding=cfg.compile_decoding,
+                     prepare_in_workers=cfg.worker_images)  # fmt: skip
 
 
 def server_unnorm_key(server_url: str, suite: str, unnorm_key: str | None = None) -> str:

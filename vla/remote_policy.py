@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from vla.libero_env import TaskInfo
-from vla.libero_io import libero_action, policy_images
+from vla.libero_io import libero_action, policy_images, worker_images
 
 Observation = dict[str, np.ndarray]
 
@@ -68,11 +68,12 @@ class RemotePolicy:
     cameras = ("agentview",)  # the workers render only this camera (vla.policies.Policy)
 
     def __init__(self, server_url: str, unnorm_key: str | None = None, center_crop: bool = True,
-                 timeout_s: float = 120.0) -> None:  # fmt: skip
+                 timeout_s: float = 120.0, prepare_in_workers: bool | None = None) -> None:  # fmt: skip
         import httpx
 
         self.url = server_url.rstrip("/") + "/act"
         self.unnorm_key, self.center_crop = unnorm_key, center_crop
+        self.worker_images = worker_images(center_crop, prepare_in_workers)  # vla.policies.VLAPolicy's attribute
         self.last_frames: dict[int, np.ndarray] = {}
         self.client = httpx.Client(timeout=timeout_s)
         self.pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="remote-policy")
