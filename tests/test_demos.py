@@ -27,7 +27,9 @@ class DemoPool:
 
     instances: list["DemoPool"] = []
 
-    def __init__(self, suite, num_workers, *, assets_dir=None, cameras=(), gl_envs=None, hard_reset=False):
+    def __init__(self, suite, num_workers, *, assets_dir=None, cameras=(), gl_envs=None, hard_reset=False,
+                 obs_transform=None):  # fmt: skip
+        assert obs_transform is None  # the demonstrations store the raw renders
         self.num_workers, self.cameras, self.tasks, self.hard_reset = num_workers, cameras, TASKS, hard_reset
         self.requests: list[tuple[int, object]] = []
         self.state, self.pending = {}, {}
