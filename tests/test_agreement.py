@@ -87,11 +87,14 @@ def test_the_script_records_the_expert_and_writes_the_table(tmp_path, fake_liber
         script.main(EvalConfig(checkpoint=checkpoint, out_dir=str(out), resume=True))
 
 
-def test_the_shadow_warms_up_and_its_timers_reach_the_timing_line():
+def test_the_shadow_warms_up_and_its_timers_and_worker_images_reach_the_harness():
+    from vla.libero_io import WorkerImages
+
     class Warming(Constant):
         def __init__(self, action):
             super().__init__(action)
             self.warmed, self.timing = [], {"model_s": 1.5}
+            self.worker_images = WorkerImages(center_crop=True)
 
         def warm_up(self, instructions, max_batch):
             self.warmed.append((instructions, max_batch))
@@ -100,4 +103,6 @@ def test_the_shadow_warms_up_and_its_timers_reach_the_timing_line():
     policy = ShadowPolicy(Constant(LEAD), shadow)
     policy.warm_up(["do it"], 4)
     assert shadow.warmed == [(["do it"], 4)] and policy.timing == {"model_s": 1.5}
+    assert policy.worker_images == WorkerImages(center_crop=True)  # the pool prepares the shadow's images
+    assert ShadowPolicy(Constant(LEAD), Constant(SHADOW)).worker_images is None
     ShadowPolicy(Constant(LEAD), Constant(SHADOW)).warm_up(["do it"], 4)  # a shadow without warm-up: nothing to do

@@ -33,6 +33,10 @@ class ShadowPolicy:
         return self.shadow.last_frames
 
     @property
+    def worker_images(self) -> Any:  # the shadow's image preparation in the simulation workers (the lead reads none)
+        return getattr(self.shadow, "worker_images", None)
+
+    @property
     def timing(self) -> dict[str, float]:  # the shadow's timers (a VLA's image and model seconds) in the timing line
         return getattr(self.shadow, "timing", {})
 
