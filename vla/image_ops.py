@@ -12,7 +12,7 @@ JPEG round trip and the eval center crop, each with two backends.
     bit-identically to TF's `decode_jpeg(dct_method="INTEGER_ACCURATE")`; the whole difference is that TF decodes
     with libjpeg's fast integer IDCT by default. Smooth scenes: mean 1.0-1.1 grey levels, 99.9th percentile 6, max
     5 (no sharp edges) to 14 (sharp boxes); random noise: mean 1.5, max 10.
-  - `center_crop`: TF's crop_and_resize bilinear kernel in float32 (`vla.augment`'s port): bit-identical.
+  - `center_crop`: TF's crop_and_resize bilinear kernel in numpy float32 (as `vla.augment`'s torch port): bit-identical.
 
 `backend=None` picks `"tf"` where TensorFlow is installed, else `"numpy"` (`default_backend`).
 """
