@@ -345,24 +345,27 @@ def test_vla_policy_batches_preprocesses_and_postprocesses():
 
 
 @pytest.mark.parametrize("prepare_in_workers", [True, False])
+@pytest.mark.parametrize("save_videos", [True, False])
 def test_a_vla_evaluation_prepares_its_images_where_asked_with_the_same_pixels(tmp_path, fake_libero, monkeypatch,
-                                                                               prepare_in_workers):  # fmt: skip
-    """In the workers (the pool's transform: the 224² frames come back instead of the raw render) or on the host:
-    the model gets the same numpy-back-end pixels, and the videos the same uncropped frames."""
+                                                                               prepare_in_workers, save_videos):  # fmt: skip
+    """In the workers (the pool's transform: the 224² images come back instead of the raw render; the uncropped video
+    frame too only when videos are saved) or on the host: the model gets the same numpy-back-end pixels, and the
+    videos the same uncropped frames."""
     from vla import image_ops
-    from vla.libero_io import libero_image
+    from vla.libero_io import WorkerImages, libero_image
 
     monkeypatch.setattr(image_ops, "default_backend", lambda: "numpy")  # as on a GPU node without TensorFlow
     vla = FakeVLA()
     policy = VLAPolicy(vla, "libero_spatial_no_noops", center_crop=True, prepare_in_workers=prepare_in_workers)
-    evaluate(_cfg(tmp_path, tasks=[NEVER], num_trials_per_task=1, num_envs=1, save_videos=True), policy)
+    evaluate(_cfg(tmp_path, tasks=[NEVER], num_trials_per_task=1, num_envs=1, save_videos=save_videos), policy)
     (pool,) = fake_libero
-    assert (pool.obs_transform is not None) == prepare_in_workers
+    expected = WorkerImages(center_crop=True, video_frames=save_videos) if prepare_in_workers else None
+    assert pool.obs_transform == expected
     assert len(vla.calls) == 5  # max_steps, one env
     for t, (images, _, _) in enumerate(vla.calls):  # the fake env's frame at step t is grey level t
         np.testing.assert_array_equal(images[0], libero_image(np.full((32, 32, 3), t, np.uint8), center_crop=True))
-    (video,) = (tmp_path / "videos").iterdir()
-    assert video.stat().st_size > 0
+    videos = list((tmp_path / "videos").glob("*.mp4")) if save_videos else []
+    assert len(videos) == save_videos and all(v.stat().st_size > 0 for v in videos)
 
 
 def test_random_policy_is_seeded_and_in_range():

@@ -217,6 +217,13 @@ def test_images_prepared_in_a_worker_are_the_hosts_numpy_images(center_crop, mon
         np.testing.assert_array_equal(mixed_frames[slot], host_frames[slot])
         np.testing.assert_array_equal(host_frames[slot], libero_image(raw[slot], center_crop=False, backend="numpy"))
     assert (host[0] != host_frames[0]).any() == center_crop
+    # without video frames (an evaluation that saves no videos) only the model image crosses the pipe
+    lean = {s: WorkerImages(center_crop, video_frames=False)({"agentview_image": raw[s].copy()}) for s in (0, 2)}
+    assert all(sorted(obs) == [POLICY_IMAGE] for obs in lean.values())
+    lean_frames = {0: host_frames[0]}  # a frame left from an earlier step is dropped, not kept stale
+    images = policy_images(lean, [0, 2], center_crop=center_crop, last_frames=lean_frames)
+    np.testing.assert_array_equal(images[1], host[2])
+    assert lean_frames == {}
 
 
 def test_worker_images_by_default_only_where_the_host_would_use_the_same_ops(monkeypatch):

@@ -22,6 +22,7 @@ from vla.files import append_jsonl
 from vla.gl_check import RenderConfig
 from vla.hub import check_checkpoint
 from vla.libero_env import SUITE_MAX_STEPS, TaskInfo, check_suite, list_tasks, load_init_states, setup_libero
+from vla.libero_io import WorkerImages
 from vla.normalization import write_json_atomic
 from vla.policies import Policy
 from vla.reporting import (  # noqa: F401  (wilson_interval, record_in_training_run: re-exported for callers)
@@ -283,6 +284,8 @@ def evaluate(cfg: EvalConfig, policy: Policy) -> dict[str, Any]:
     try:
         if jobs:
             cameras, transform = eval_cameras(policy, cfg.save_videos), getattr(policy, "worker_images", None)
+            if isinstance(transform, WorkerImages) and not cfg.save_videos:  # no video: the model image alone
+                transform = dataclasses.replace(transform, video_frames=False)
             pool_args = (cfg.task_suite, num_workers, cameras, cfg.render, cfg.libero_assets, cfg.hard_reset, transform)
             with (
                 open_pool(*pool_args) as pool,

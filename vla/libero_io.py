@@ -47,19 +47,23 @@ POLICY_IMAGE, POLICY_FRAME = "policy_image", "policy_frame"  # what `WorkerImage
 @dataclass(frozen=True)
 class WorkerImages:
     """The VLA's image preparation run inside a simulation worker (an `EnvPool` observation transform): replaces the
-    raw `agentview_image` (H, W, 3) by `policy_frame`, the uncropped 224² `libero_image` (the video frame), and
-    `policy_image`, the model's input (center-cropped if `center_crop`). The numpy back-end: workers never import
-    TensorFlow. So the pixels are the host's own wherever the host would use that back-end too (no TensorFlow
-    installed, as on GPU nodes), and the 224² frames cross the pipe instead of the larger raw render."""
+    raw `agentview_image` (H, W, 3) by `policy_image`, the model's input (center-cropped if `center_crop`), and, with
+    `video_frames`, `policy_frame`, the uncropped 224² `libero_image` (the video frame). The numpy back-end: workers
+    never import TensorFlow. So the pixels are the host's own wherever the host would use that back-end too (no
+    TensorFlow installed, as on GPU nodes). Without videos only the 150 KB model image crosses the pipe: a message
+    larger than the socket's buffer (~208 KB by default) costs the host ~6x the time to receive
+    (docs/PERFORMANCE.md)."""
 
     center_crop: bool
+    video_frames: bool = True
 
     def __call__(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if "agentview_image" not in obs:
             raise KeyError(f"WorkerImages needs the agentview camera rendered; the observation has {sorted(obs)}")
         frame = libero_image(obs.pop("agentview_image"), center_crop=False, backend="numpy")
-        obs[POLICY_FRAME] = frame
         obs[POLICY_IMAGE] = image_ops.center_crop(frame, backend="numpy") if self.center_crop else frame
+        if self.video_frames:
+            obs[POLICY_FRAME] = frame
         return obs
 
 
@@ -75,13 +79,17 @@ def policy_images(observations: dict[int, dict[str, np.ndarray]], slots: list[in
                   last_frames: dict[int, np.ndarray]) -> list[np.ndarray]:  # fmt: skip
     """The model images of `slots`' observations, in that order, each slot's uncropped 224² frame (the one OpenVLA
     writes to its replay videos) stored in `last_frames[slot]`. Observations a worker already prepared
-    (`WorkerImages`) are taken as they are; raw ones go through `libero_image(agentview, center_crop=...)` here, on a
-    few threads (JPEG coding and resizing release the GIL): serially ~10 ms a frame on every step of every env."""
+    (`WorkerImages`) are taken as they are (a slot whose worker sent no video frame gets none); raw ones go through
+    `libero_image(agentview, center_crop=...)` here, on a few threads (JPEG coding and resizing release the GIL):
+    serially ~10 ms a frame on every step of every env."""
 
     def prepare(slot: int) -> np.ndarray:
         obs = observations[slot]
         if POLICY_IMAGE in obs:
-            last_frames[slot] = obs[POLICY_FRAME]
+            if POLICY_FRAME in obs:
+                last_frames[slot] = obs[POLICY_FRAME]
+            else:
+                last_frames.pop(slot, None)
             return obs[POLICY_IMAGE]
         frame = libero_image(obs["agentview_image"], center_crop=False)
         last_frames[slot] = frame  # distinct keys per thread
