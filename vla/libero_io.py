@@ -51,7 +51,7 @@ class WorkerImages:
     `video_frames`, `policy_frame`, the uncropped 224² `libero_image` (the video frame). The numpy back-end: workers
     never import TensorFlow. So the pixels are the host's own wherever the host would use that back-end too (no
     TensorFlow installed, as on GPU nodes). Without videos only the 150 KB model image crosses the pipe: a message
-    larger than the socket's buffer (~208 KB by default) costs the host ~6x the time to receive
+    larger than the socket's buffer (~208 KB by default) costs the host 4-7x the time to receive
     (docs/PERFORMANCE.md)."""
 
     center_crop: bool
