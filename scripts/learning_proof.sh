@@ -9,9 +9,10 @@
 #   bash scripts/learning_proof.sh ship         # the first preset's last checkpoint as int8 (~20 MB, git-sized)
 #
 # On an offline GPU node first `source <bundle>/activate.sh` (scripts/pack_sim.py; docs/OFFLINE.md). Settings come
-# from the environment: SUITE, PROOF (default outputs/proof), EPISODES (per task), NOISE, STEPS, WORKERS, TOKENIZER,
-# SAMPLE_TRIALS and FULL_TRIALS. VIDEO_FRAMES=<dir> trains from demonstrations collected elsewhere instead (an export of
-# scripts/export_video_frames.py, ~0.5 KB a frame: small enough to carry to a node); collect then does nothing.
+# from the environment: SUITE, PROOF (default outputs/proof), EPISODES (per task), NOISE, STEPS, BATCH, LR, WORKERS,
+# TOKENIZER, SAMPLE_TRIALS and FULL_TRIALS. VIDEO_FRAMES=<dir> trains from demonstrations collected elsewhere instead
+# (an export of scripts/export_video_frames.py, ~0.5 KB a frame: small enough to carry to a node); collect then does
+# nothing.
 # In a lease of short calls, run it through scripts/node_job.sh (docs/OFFLINE.md §5).
 # A CPU rehearsal of every stage in ~5 min: PROOF=/tmp/rehearse EPISODES=1 TASKS="[0]"
 # WORKERS=1 STEPS=4 SAVES=2 BATCH=4 PRESETS="micro tiny" SAMPLE_TRIALS=1 FULL_TRIALS=1 EVAL_WHILE_TRAINING=1.
@@ -32,6 +33,7 @@ SAMPLE_TRIALS=${SAMPLE_TRIALS:-5}   # fixed initial states per task for the inte
 FULL_TRIALS=${FULL_TRIALS:-50}      # fixed initial states per task for the last checkpoint (50 = OpenVLA's protocol)
 PRESETS=${PRESETS:-"small256 small"}
 BATCH=${BATCH:-128}
+LR=${LR:-}                        # peak learning rate; empty = the config's (5e-4, tuned for batch 128)
 TASKS=${TASKS:-}                  # e.g. "[0,1]" for a smoke run; empty = every task
 VIDEO_FRAMES=${VIDEO_FRAMES:-}    # a video export to train from; empty = the frame store that collect writes
 DATA="$PROOF/data/${SUITE}_no_noops"
@@ -52,7 +54,7 @@ train_one() {  # $1 = preset
   [ -f "$run/trainer_state.safetensors" ] || [ -f "$run/trainer_state.pt" ] && resume=(--resume)
   $PY scripts/finetune.py --config configs/small_libero_spatial.yaml --model.preset "$1" \
     --model.tokenizer_path "$TOKENIZER" "${DATA_FLAGS[@]}" \
-    --optim.batch_size "$BATCH" --optim.max_steps "$STEPS" --optim.save_steps $((STEPS / SAVES)) --optim.warmup_steps $((STEPS / 10)) \
+    --optim.batch_size "$BATCH" ${LR:+--optim.learning_rate "$LR"} --optim.max_steps "$STEPS" --optim.save_steps $((STEPS / SAVES)) --optim.warmup_steps $((STEPS / 10)) \
     --run.root_dir "$PROOF/runs" --run.id "$1" --run.save_latest_only false "${resume[@]}" > "$PROOF/train_$1.log" 2>&1
 }
 
