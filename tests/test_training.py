@@ -237,6 +237,7 @@ def _checkpoint_dir(tmp_path: Path) -> Path:
          r"quantization '4bit' needs bitsandbytes"),
         ({"model": {"quantization": "8bit"}}, ValueError, r"set lora.enabled true"),
         ({"model": {"quantization": "int4"}}, ValueError, r"quantization 'int4' must be null, '8bit' or '4bit'"),
+        ({"model": {"weights_dtype": "float16"}}, ValueError, r"weights_dtype 'float16' is not null, 'float32'"),
         ({"speed": {"int8_weight_only": True}}, ValueError, r"set model.quantization 8bit"),
         ({"model": {"tokenizer_path": "nowhere"}}, FileNotFoundError, r"needs tokenizer_path"),
         ({"model": {"vla_path": "runs/old/merged"}}, FileNotFoundError, r"vla_path runs/old/merged does not exist"),
@@ -260,6 +261,36 @@ def test_bad_input_fails_before_weights_load(
         cfg = _config(finetune_dataset, tmp_path, **overrides)  # a config that cannot exist fails here already
         train(cfg)
     assert cfg is None or not cfg.run_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("lora", "quantization", "forced", "expected"),
+    [
+        (False, None, None, torch.float32),  # every weight trains: float32 masters under bf16 autocast
+        (True, None, None, torch.bfloat16),  # LoRA: frozen bf16 base, float32 adapters (peft's)
+        (True, "8bit", None, torch.bfloat16),
+        (False, None, "bfloat16", torch.bfloat16),
+        (True, None, "float32", torch.float32),
+    ],
+)  # fmt: skip
+def test_weights_dtype_keeps_float32_masters_when_every_weight_trains(lora, quantization, forced, expected):
+    from vla.lora import LoraConfig
+    from vla.model_source import ModelConfig, weights_dtype
+
+    cfg = ModelConfig(vla_path=None, quantization=quantization, weights_dtype=forced)
+    assert weights_dtype(cfg, LoraConfig(enabled=lora), torch.device("cuda")) == expected
+    assert weights_dtype(cfg, LoraConfig(enabled=lora), torch.device("cpu")) == torch.float32
+
+
+def test_bf16_weights_lose_the_updates_float32_masters_keep():
+    """Why full fine-tuning keeps float32 weights on a GPU: one AdamW step of lr 1e-4 on a norm gain of 1.0 changes it
+    by 1e-4, below bfloat16's rounding step there (2^-7), so a bfloat16 weight does not move at all."""
+    for dtype, moves in ((torch.bfloat16, False), (torch.float32, True)):
+        gain = torch.nn.Parameter(torch.ones(4, dtype=dtype))
+        optimizer = torch.optim.AdamW([gain], lr=1e-4, weight_decay=0.0)
+        gain.grad = torch.ones(4, dtype=dtype)
+        optimizer.step()
+        assert bool((gain.detach() != 1).all()) == moves, dtype
 
 
 def test_a_failed_hub_download_is_reported_not_skipped(finetune_dataset, tmp_path, monkeypatch, no_weights):

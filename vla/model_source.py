@@ -30,6 +30,7 @@ class ModelConfig:
     tokenizer_path: Path | None = None  # Llama-2 tokenizer dir (with tokenizer.model); needed only for a random init
     quantization: str | None = None  # frozen LLM weights: null (bf16 on GPU), "8bit" (LLM.int8) or "4bit" (nf4)
     unnorm_key: str | None = None  # use the checkpoint's action statistics under this key; null = the data's own
+    weights_dtype: str | None = None  # on GPU; null: float32 if every weight trains (full fine-tune), else bfloat16
 
     @property
     def name(self) -> str:
@@ -60,6 +61,8 @@ def check_model(cfg: ModelConfig, lora: LoraConfig, save_merged: bool) -> None:
                              "action rows only): fine-tune from the float checkpoint it was converted from")  # fmt: skip
         if cfg.unnorm_key is not None:
             checkpoint_statistics(cfg.vla_path, cfg.unnorm_key)
+    if cfg.weights_dtype not in (None, "float32", "bfloat16"):
+        raise ValueError(f"weights_dtype {cfg.weights_dtype!r} is not null, 'float32' or 'bfloat16'")
     _check_quantization(cfg, lora, save_merged)
 
 
@@ -119,13 +122,27 @@ def checkpoint_statistics(vla_path: str, unnorm_key: str) -> dict[str, Any]:
     return stats[unnorm_key]
 
 
+def weights_dtype(cfg: ModelConfig, lora: LoraConfig, device: torch.device) -> torch.dtype:
+    """The dtype `build_model` stores weights in. CPU: float32. CUDA: `cfg.weights_dtype` when set; else float32 when
+    every weight trains (full fine-tuning, e.g. from random weights), since AdamW updates below a bfloat16 weight's
+    rounding step (2^-8 of its size: a norm gain of 1.0 moves only by >= 0.004) would be lost, and training runs
+    under bf16 autocast either way; bfloat16 when only LoRA adapters train (they stay float32, as peft makes them)
+    or the LLM is quantized."""
+    if device.type != "cuda":
+        return torch.float32
+    if cfg.weights_dtype is not None:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.weights_dtype]
+    full_fine_tune = not lora.enabled and cfg.quantization is None
+    return torch.float32 if full_fine_tune else torch.bfloat16
+
+
 def build_model(cfg: ModelConfig, lora: LoraConfig, device: torch.device) -> nn.Module:
-    """The VLA to fine-tune (with LoRA adapters when `lora.enabled`), on `device`: weights bf16 on CUDA, fp32 on CPU."""
+    """The VLA to fine-tune (with LoRA adapters when `lora.enabled`), on `device`, weights in `weights_dtype`."""
     from vla.checkpoint import load_tokenizer
     from vla.model import VLA, build_vla
     from vla.model_config import VLAConfig
 
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = weights_dtype(cfg, lora, device)
     if cfg.vla_path is not None:
         return VLA.from_pretrained(
             cfg.vla_path, device=device, dtype=dtype, quantization=cfg.quantization, lora=lora.settings()
