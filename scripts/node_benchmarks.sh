@@ -8,6 +8,8 @@
 #   bash scripts/node_benchmarks.sh gather   # the 7B through eval.py gathering batches (--gather_s 0.5), vs vla's greedy
 #   bash scripts/node_benchmarks.sh perf     # issue 18's table: training cases + decoding at full size, with profiles
 #                                            # (needs bitsandbytes: carry its wheel instead of a sim bundle)
+#   bash scripts/node_benchmarks.sh precision  # float32 masters vs bfloat16 weights, `small` from random weights, the
+#                                            # same batches (VIDEO_FRAMES=<a video export>, as learning_proof.sh)
 #
 # On an offline node first `source <bundle>/activate.sh` (scripts/pack_sim.py; docs/OFFLINE.md); serve needs
 # fastapi, uvicorn and json_numpy (carry their wheels). Settings: OUT_ROOT (default outputs/node), TOKENIZER (a
@@ -60,6 +62,12 @@ perf() {  # random 7.5B weights built inside each bench; the profile tables land
     --quantization 4bit --batch 1 --batch 8 --batch 16 --iters 10 --plain-iters 4 --warmup 2 --agree 16 --fused --compile
 }
 
+precision() {  # the A/B behind model.weights_dtype: the same recipe as the learning proof, only the weights' precision
+  step master_weights 500 $PY scripts/bench_master_weights.py --frames_dir "${VIDEO_FRAMES:?set VIDEO_FRAMES}" \
+    --tokenizer "$TOKENIZER" --preset small --steps 2500 --batch_size 128 --log_steps 250
+  tail -n 12 "$DIR/master_weights.log"
+}
+
 serve() {
   checkpoint full /tmp/vla_full 100
   step serve 300 $PY scripts/bench_serve.py --checkpoint /tmp/vla_full --clients 1 8 32 --seconds 20 \
@@ -75,7 +83,8 @@ for stage in "$@"; do
     serve) serve ;;
     gather) gather ;;
     perf) perf ;;
-    *) echo "unknown stage $stage: sim | vla | serve | gather | perf" >&2; exit 2 ;;
+    precision) precision ;;
+    *) echo "unknown stage $stage: sim | vla | serve | gather | perf | precision" >&2; exit 2 ;;
   esac
   grep -h "timing:" "$DIR"/*.log 2>/dev/null | tail -n 4
 done
