@@ -150,6 +150,9 @@ def _train(cfg: TrainConfig, env: Distributed) -> Path:
         torch.cuda.reset_peak_memory_stats(device)
     if env.is_main:
         logger.info(model_source.parameter_line(model))
+        compute = "bf16 autocast" if device.type == "cuda" else "float32"
+        logger.info("weights stored in %s, computed in %s (model.weights_dtype)",
+                    model_source.weights_dtype(cfg.model, cfg.lora, device), compute)  # fmt: skip
     model.train()
     dataset = make_dataset(cfg.data, model.sequence_builder, model.image_processor, rank=env.rank,
                            world_size=env.world_size, device=device)  # fmt: skip
