@@ -28,7 +28,7 @@ class ModelConfig:
     vla_path: str | None = "openvla/openvla-7b"  # official-format checkpoint dir or HF hub id; null = random init
     preset: str = "tiny"  # size preset of a random init (vla_path null): tiny, micro, small, small256 or full
     tokenizer_path: Path | None = None  # Llama-2 tokenizer dir (with tokenizer.model); needed only for a random init
-    quantization: str | None = None  # frozen LLM weights: null (bf16 on GPU), "8bit" (LLM.int8) or "4bit" (nf4)
+    quantization: str | None = None  # frozen LLM weights: null (weights_dtype), "8bit" (LLM.int8) or "4bit" (nf4)
     unnorm_key: str | None = None  # use the checkpoint's action statistics under this key; null = the data's own
     weights_dtype: str | None = None  # on GPU; null: float32 if every weight trains (full fine-tune), else bfloat16
 
