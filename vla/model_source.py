@@ -124,10 +124,11 @@ def checkpoint_statistics(vla_path: str, unnorm_key: str) -> dict[str, Any]:
 
 def weights_dtype(cfg: ModelConfig, lora: LoraConfig, device: torch.device) -> torch.dtype:
     """The dtype `build_model` stores weights in. CPU: float32. CUDA: `cfg.weights_dtype` when set; else float32 when
-    every weight trains (full fine-tuning, e.g. from random weights), since AdamW updates below a bfloat16 weight's
-    rounding step (2^-8 of its size: a norm gain of 1.0 moves only by >= 0.004) would be lost, and training runs
-    under bf16 autocast either way; bfloat16 when only LoRA adapters train (they stay float32, as peft makes them)
-    or the LLM is quantized."""
+    every weight trains (full fine-tuning, e.g. from random weights), since an AdamW update under half a bfloat16
+    weight's rounding step (2^-8 of its size: a norm gain of 1.0 ignores any step under ~0.002) would be lost, and
+    training runs under bf16 autocast either way; bfloat16 when only LoRA adapters train (they stay float32, as peft
+    makes them) or the LLM is quantized. Float32 doubles the weights' and AdamW's memory: a full fine-tune of the
+    7.5B model needs ~120 GB before activations (`weights_dtype: bfloat16` halves it, losing those updates)."""
     if device.type != "cuda":
         return torch.float32
     if cfg.weights_dtype is not None:
