@@ -38,6 +38,9 @@ class ModelConfig:
         return Path(self.vla_path).name if self.vla_path else f"{self.preset}-random"
 
 
+WEIGHTS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # ModelConfig.weights_dtype's values
+
+
 def check_model(cfg: ModelConfig, lora: LoraConfig, save_merged: bool) -> None:
     """Raise one clear error for a model source, quantization or statistics key that cannot work (no weights read)."""
     if cfg.vla_path is None:
@@ -61,7 +64,7 @@ def check_model(cfg: ModelConfig, lora: LoraConfig, save_merged: bool) -> None:
                              "action rows only): fine-tune from the float checkpoint it was converted from")  # fmt: skip
         if cfg.unnorm_key is not None:
             checkpoint_statistics(cfg.vla_path, cfg.unnorm_key)
-    if cfg.weights_dtype not in (None, "float32", "bfloat16"):
+    if cfg.weights_dtype is not None and cfg.weights_dtype not in WEIGHTS_DTYPES:
         raise ValueError(f"weights_dtype {cfg.weights_dtype!r} is not null, 'float32' or 'bfloat16'")
     _check_quantization(cfg, lora, save_merged)
 
@@ -132,7 +135,7 @@ def weights_dtype(cfg: ModelConfig, lora: LoraConfig, device: torch.device) -> t
     if device.type != "cuda":
         return torch.float32
     if cfg.weights_dtype is not None:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.weights_dtype]
+        return WEIGHTS_DTYPES[cfg.weights_dtype]
     full_fine_tune = not lora.enabled and cfg.quantization is None
     return torch.float32 if full_fine_tune else torch.bfloat16
 
