@@ -127,6 +127,69 @@ def test_lora_trains_only_the_adapters(finetune_dataset, tmp_path):
     assert any(name.startswith("language_model.") for name in trainable)
 
 
+@pytest.fixture(scope="module")
+def frame_store(tmp_path_factory, rlds_episodes_factory) -> Path:
+    """20 episodes of 2-4 frames as a frame store: 19 train, 1 val (the 2-episode RLDS dataset has no val split)."""
+    from vla.frame_store import FrameStoreWriter
+
+    writer = FrameStoreWriter(tmp_path_factory.mktemp("frames") / "store", "twenty_episodes")
+    for episode in rlds_episodes_factory(20, steps=(2, 4), seed=5):
+        writer.add_episode(episode)
+    return writer.close()
+
+
+def test_held_out_metrics_measure_each_checkpoint_and_leave_training_alone(
+    finetune_dataset, frame_store, tmp_path, monkeypatch, capsys
+):
+    import runpy
+
+    from vla.distributed import Distributed
+    from vla.model import VLA
+    from vla.validation import VAL_METRICS, HeldOut
+
+    sections = {"data": {"source": "frames", "frames_dir": frame_store}, "optim": {"max_steps": 4, "save_steps": 2},
+                "run": {"save_merged": True, "save_latest_only": False}}  # fmt: skip
+    plain = RunDir(train(_config(finetune_dataset, tmp_path / "plain", **sections)))
+    cfg = _config(finetune_dataset, tmp_path / "val", **sections, logging={"val_batches": 2})
+    checked = RunDir(train(cfg))
+    records = checked.read_metrics()
+    assert [r["loss"] for r in records] == [r["loss"] for r in plain.read_metrics()]  # same steps, same batches
+    held_out = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in held_out] == [2, 4]  # at every checkpoint, only there
+    assert not any("val_loss" in r for r in plain.read_metrics())
+    assert held_out[0]["val_loss"] != held_out[1]["val_loss"]  # the model of that step, not a fixed one
+    first, last = (cfg.run.merged_path(checked.path, r["step"]) for r in held_out)
+    vla = VLA.from_pretrained(first, dtype=torch.float32)  # what the saved checkpoint scores, measured from its files
+    statistics = json.loads((checked.path / "dataset_statistics.json").read_text())
+    again = HeldOut(cfg.data, vla, statistics, batch_size=2, max_batches=2, env=Distributed(),
+                    device=torch.device("cpu"))(vla)  # fmt: skip
+    assert again == pytest.approx({k: held_out[0][k] for k in VAL_METRICS}, rel=1e-4, abs=1e-6)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "val_metrics.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--checkpoint", str(last), "--source", "frames", "--frames_dir",
+                                      str(frame_store), "--batch_size", "2", "--max_batches", "2", "--device", "cpu"])  # fmt: skip
+    runpy.run_path(str(script), run_name="__main__")
+    row = capsys.readouterr().out.strip().splitlines()[-1]  # | checkpoint | statistics | val frames | metrics... |
+    assert [c.strip() for c in row.strip("|").split("|")][:2] == [str(last), "twenty_episodes"]
+    assert [float(c) for c in row.strip("|").split("|")[3:]] == pytest.approx(
+        [held_out[1][k] for k in VAL_METRICS], abs=1e-4
+    )
+
+
+def test_held_out_metrics_need_held_out_episodes(finetune_dataset, tmp_path, rlds_episodes_factory):
+    from vla.frame_store import FrameStoreWriter
+
+    writer = FrameStoreWriter(tmp_path / "few", "ten_episodes")
+    for episode in rlds_episodes_factory(10, steps=(2, 2), seed=5):
+        writer.add_episode(episode)
+    cfg = _config(finetune_dataset, tmp_path, data={"source": "frames", "frames_dir": writer.close()},
+                  logging={"val_batches": 1})  # fmt: skip
+    with pytest.raises(ValueError, match=r"logging.val_batches: split 'val' .* holds none of its 10 episodes.*"
+                                         r"20 or more.*set logging.val_batches 0"):  # fmt: skip
+        cfg.validate()
+    with pytest.raises(ValueError, match=r"logging.val_batches must be >= 0"):
+        _config(finetune_dataset, tmp_path, logging={"val_batches": -1}).validate()
+
+
 @pytest.mark.slow
 def test_overfits_two_episodes_without_augmentation(finetune_dataset, tmp_path):
     # 8 frames, one batch of all of them per step: the last batches' teacher-forced action accuracy must be >= 95 %

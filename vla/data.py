@@ -77,10 +77,16 @@ def _check_image_size(cfg: DataConfig, root: Path, size: int) -> None:
                          f"data.image_size={size} (and a model of that size) or rebuild {root} at {cfg.image_size}")  # fmt: skip
 
 
+def _check_split(cfg: DataConfig, root: Path, splits: list[str]) -> None:
+    if cfg.split not in splits:
+        raise ValueError(f"split {cfg.split!r} ({SPLITS[cfg.split]}) of {root} holds none of its {len(splits)} "
+                         "episodes; the val split needs 20 or more episodes in all")  # fmt: skip
+
+
 def check_data(cfg: DataConfig) -> None:
     """Every check of the data that needs neither TensorFlow nor weights; raises one clear error naming the path and
     the fix (the RLDS folders and shards, each dataset's spec against its features.json, a video export's index, a
-    frame store's index and files)."""
+    frame store's index and files, and that `cfg.split` of an export or store holds episodes)."""
     if cfg.source not in DATA_SOURCES:
         raise ValueError(f"data source {cfg.source!r} is not one of {DATA_SOURCES}")
     if cfg.source == "rlds":
@@ -89,12 +95,16 @@ def check_data(cfg: DataConfig) -> None:
         from vla.video_frames import read_index
 
         root = _frames_dir(cfg)
-        _check_image_size(cfg, root, int(read_index(root)["image_size"]))
+        index = read_index(root)
+        _check_image_size(cfg, root, int(index["image_size"]))
+        _check_split(cfg, root, [str(split) for split in index["splits"]])
     elif cfg.source == "frames":
         from vla.frame_store import read_store_index
 
         root = _frames_dir(cfg)
-        _check_image_size(cfg, root, int(read_store_index(root)["image_size"]))
+        index = read_store_index(root)
+        _check_image_size(cfg, root, int(index["image_size"]))
+        _check_split(cfg, root, [episode["split"] for episode in index["episodes"]])
 
 
 def make_dataset(cfg: DataConfig, sequence_builder, image_processor, *, rank: int | None = 0,

@@ -161,8 +161,9 @@ class RunDir:
         self.plot_learning_curve()
 
     def plot_learning_curve(self) -> Path | None:
-        """`learning_curve.png`: training loss and action-token accuracy vs optimizer step (from metrics.jsonl), and
-        LIBERO success rate vs step (95 % Wilson interval) when eval_results.jsonl holds evaluations."""
+        """`learning_curve.png`: training loss and action-token accuracy vs optimizer step (from metrics.jsonl; their
+        held-out values at the checkpoints when logged), and LIBERO success rate vs step (95 % Wilson interval) when
+        eval_results.jsonl holds evaluations."""
         records, evals = self.read_metrics(), self.read_evals()
         if not records:
             return None
@@ -185,6 +186,9 @@ class RunDir:
         ):
             ax.plot(steps, [r[key] for r in records], alpha=0.35, label="per step")
             ax.plot(steps, [r[f"{key}_smoothed"] for r in records], label="smoothed")
+            held_out = [(r["step"], r[f"val_{key}"]) for r in records if f"val_{key}" in r]
+            if held_out:  # logging.val_batches: the val split at each checkpoint (vla.validation)
+                ax.plot(*zip(*held_out, strict=True), marker="o", label="held-out (val split)")
             ax.set_xlabel("optimizer step")
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)

@@ -4,6 +4,7 @@ next to the code it configures). With no config file the defaults are the offici
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,5 +61,10 @@ class TrainConfig:
         if self.data.split != "train":
             raise ValueError(f"data.split is {self.data.split!r}; fine-tuning reads the 'train' split")
         check_data(self.data)
+        if self.logging.val_batches:
+            try:
+                check_data(dataclasses.replace(self.data, split="val"))
+            except ValueError as error:
+                raise ValueError(f"logging.val_batches: {error} (or set logging.val_batches 0)") from error
         check_model(self.model, self.lora, self.run.save_merged)
         RunDir(self.run_dir).check_available(self.run.resume)

@@ -161,6 +161,12 @@ def _train(cfg: TrainConfig, env: Distributed) -> Path:
         stats = model_source.checkpoint_statistics(cfg.model.vla_path, cfg.model.unnorm_key)
         dataset.dataset_statistics = {name: stats}
     model.norm_stats.update(dataset.dataset_statistics)  # merged checkpoints carry the fine-tune's statistics
+    held_out = None
+    if cfg.logging.val_batches:  # built now: an empty val split fails before the run dir is written
+        from vla.validation import HeldOut
+
+        held_out = HeldOut(cfg.data, model, dataset.dataset_statistics, batch_size=cfg.optim.batch_size,
+                           max_batches=cfg.logging.val_batches, env=env, device=device)  # fmt: skip
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     optimizer = make_optimizer(cfg.optim, trainable.values())
     if state is not None:
@@ -173,19 +179,22 @@ def _train(cfg: TrainConfig, env: Distributed) -> Path:
         run.write_json(STATISTICS_FILE, dataset.dataset_statistics)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.optim.batch_size, num_workers=0,
                                          collate_fn=partial(collate, pad_token_id=model.config.pad_token_id))  # fmt: skip
-    _Loop(cfg, env, run, model, wrap_ddp(model, env, device), optimizer, dataset, device, state).fit(iter(loader))
+    _Loop(cfg, env, run, model, wrap_ddp(model, env, device), optimizer, dataset, device, state,
+          held_out).fit(iter(loader))  # fmt: skip
     return run.path
 
 
 class _Loop:
     """The optimizer-step loop and the state it checkpoints."""
 
-    def __init__(self, cfg: TrainConfig, env, run, model, wrapped, optimizer, dataset, device, state) -> None:
+    def __init__(self, cfg: TrainConfig, env, run, model, wrapped, optimizer, dataset, device, state,
+                 held_out=None) -> None:  # fmt: skip
         self.cfg, self.env, self.run, self.model, self.wrapped = cfg, env, run, model, wrapped
         self.optimizer, self.dataset, self.device = optimizer, dataset, device
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.step = state["step"] if state else 0
         self.last_saved = self.step if state else None
+        self.held_out = held_out  # a vla.validation.HeldOut: val-split metrics at every checkpoint
         optim = cfg.optim
         self.log = MetricsLog(
             cfg.logging, run, step=self.step, max_steps=optim.max_steps, is_main=env.is_main,
@@ -239,8 +248,10 @@ class _Loop:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
                 lr = self.optimizer.param_groups[0]["lr"]
-                self.log.record(self.step, dict(zip(METRICS, values, strict=True)), lr, self.device)
-                if self.step % optim.save_steps == 0 or self.step == optim.max_steps:
+                saving = self.step % optim.save_steps == 0 or self.step == optim.max_steps
+                held_out = self.held_out(self.model) if saving and self.held_out is not None else None
+                self.log.record(self.step, dict(zip(METRICS, values, strict=True)), lr, self.device, held_out)
+                if saving:
                     self.save()
         finally:
             self.log.close()
