@@ -9,13 +9,15 @@
 #   bash scripts/learning_proof.sh ship         # the first preset's last checkpoint as int8 (~20 MB, git-sized)
 #
 # On an offline GPU node first `source <bundle>/activate.sh` (scripts/pack_sim.py; docs/OFFLINE.md). Settings come
-# from the environment: SUITE, PROOF (default outputs/proof), EPISODES (per task), NOISE, STEPS, BATCH, LR, WORKERS,
-# TOKENIZER, SAMPLE_TRIALS and FULL_TRIALS. VIDEO_FRAMES=<dir> trains from demonstrations collected elsewhere instead
+# from the environment: SUITE, PROOF (default outputs/proof), EPISODES (per task), NOISE, SEED, STEPS, BATCH, LR,
+# VAL_BATCHES, WORKERS, TOKENIZER, SAMPLE_TRIALS, FULL_TRIALS and FULL_ON (last | best_val: the checkpoint of lowest
+# held-out loss gets the full protocol and is shipped). VIDEO_FRAMES=<dir> trains from demonstrations collected elsewhere instead
 # (an export of scripts/export_video_frames.py, ~0.5 KB a frame: small enough to carry to a node); collect then does
 # nothing.
 # In a lease of short calls, run it through scripts/node_job.sh (docs/OFFLINE.md §5).
 # A CPU rehearsal of every stage in ~5 min: PROOF=/tmp/rehearse EPISODES=1 TASKS="[0]"
-# WORKERS=1 STEPS=4 SAVES=2 BATCH=4 PRESETS="micro tiny" SAMPLE_TRIALS=1 FULL_TRIALS=1 EVAL_WHILE_TRAINING=1.
+# WORKERS=1 STEPS=4 SAVES=2 BATCH=4 PRESETS="micro tiny" SAMPLE_TRIALS=1 FULL_TRIALS=1 EVAL_WHILE_TRAINING=1 VAL_BATCHES=0
+# (one episode per task leaves no val split).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +25,7 @@ SUITE=${SUITE:-libero_spatial}
 PROOF=${PROOF:-outputs/proof}
 EPISODES=${EPISODES:-60}         # expert attempts per task; failures are dropped
 NOISE=${NOISE:-0.15}             # std of the DART-style noise on the executed deltas
+SEED=${SEED:-1}                  # the collection's random placements (never the fixed states); another seed, other demos
 NOISE_DIMS=${NOISE_DIMS:-xyz}    # xyz | xyzrpy (rotation noise makes the clean rpy labels unlearnable: docs/RESULTS.md)
 STEPS=${STEPS:-8000}             # optimizer steps of batch 128 per model (8,000 ≈ 14 epochs of 600 episodes; the
                                  # issue-7 model reached token accuracy 0.86 after 28 epochs, the 7-epoch runs 0.5)
@@ -34,6 +37,8 @@ FULL_TRIALS=${FULL_TRIALS:-50}      # fixed initial states per task for the last
 PRESETS=${PRESETS:-"small256 small"}
 BATCH=${BATCH:-128}
 LR=${LR:-}                        # peak learning rate; empty = the config's (5e-4, tuned for batch 128)
+VAL_BATCHES=${VAL_BATCHES:-100}   # held-out loss / accuracy / L1 at each save over up to this many batches of the val
+                                  # split (100 x 128 frames: all of it for these suites); 0 = off
 TASKS=${TASKS:-}                  # e.g. "[0,1]" for a smoke run; empty = every task
 VIDEO_FRAMES=${VIDEO_FRAMES:-}    # a video export to train from; empty = the frame store that collect writes
 DATA="$PROOF/data/${SUITE}_no_noops"
@@ -46,7 +51,7 @@ collect() {
   if [ -f "$DATA/index.json" ]; then echo "demos: $DATA is complete"; return; fi
   rm -rf "$PROOF/data"  # an unfinished store (no index.json) is started again
   $PY scripts/collect_demos.py --task_suite "$SUITE" --episodes_per_task "$EPISODES" --action_noise "$NOISE" \
-    --noise_dims "$NOISE_DIMS" --format frames --num_workers "$WORKERS" --seed 1 --out "$PROOF/data" ${TASKS:+--tasks "${TASKS//[\[\]]/}"}
+    --noise_dims "$NOISE_DIMS" --format frames --num_workers "$WORKERS" --seed "$SEED" --out "$PROOF/data" ${TASKS:+--tasks "${TASKS//[\[\]]/}"}
 }
 
 train_one() {  # $1 = preset
@@ -54,7 +59,8 @@ train_one() {  # $1 = preset
   [ -f "$run/trainer_state.safetensors" ] || [ -f "$run/trainer_state.pt" ] && resume=(--resume)
   $PY scripts/finetune.py --config configs/small_libero_spatial.yaml --model.preset "$1" \
     --model.tokenizer_path "$TOKENIZER" "${DATA_FLAGS[@]}" \
-    --optim.batch_size "$BATCH" ${LR:+--optim.learning_rate "$LR"} --optim.max_steps "$STEPS" --optim.save_steps $((STEPS / SAVES)) --optim.warmup_steps $((STEPS / 10)) \
+    --optim.batch_size "$BATCH" ${LR:+--optim.learning_rate "$LR"} --logging.val_batches "$VAL_BATCHES" \
+    --optim.max_steps "$STEPS" --optim.save_steps $((STEPS / SAVES)) --optim.warmup_steps $((STEPS / 10)) \
     --run.root_dir "$PROOF/runs" --run.id "$1" --run.save_latest_only false "${resume[@]}" > "$PROOF/train_$1.log" 2>&1
 }
 
@@ -89,6 +95,17 @@ checkpoints() {  # $1 = preset: its complete merged checkpoints, oldest first
     | sort -n | cut -d' ' -f2-
 }
 
+full_checkpoint() {  # $1 = preset: the checkpoint the full protocol and ship take: its last, or with FULL_ON=best_val
+  # the one of lowest held-out loss (metrics.jsonl's val_loss: VAL_BATCHES > 0), once training has finished
+  local run="$PROOF/runs/$1" step=""
+  if [ "${FULL_ON:-last}" = best_val ] && [ -f "$run/merged--${STEPS}_chkpt/config.json" ]; then
+    step=$($PY -c 'import json, sys
+held_out = [json.loads(line) for line in open(sys.argv[1]) if "val_loss" in line]
+print(min(held_out, key=lambda r: r["val_loss"])["step"] if held_out else "")' "$run/metrics.jsonl")
+  fi
+  if [ -n "$step" ]; then echo "$run/merged--${step}_chkpt"; else checkpoints "$1" | tail -n 1; fi
+}
+
 evaluate_samples() {  # on SAMPLE_TRIALS fixed states per task: every checkpoint of the first preset but its last,
   # which `evaluate` runs on FULL_TRIALS (the learning curve), the last one of the others (the ablation); the fast
   # decoder uncompiled (CUDA graphs, no compile time per checkpoint; the plain decoder took 92 % of a sample's wall
@@ -97,8 +114,10 @@ evaluate_samples() {  # on SAMPLE_TRIALS fixed states per task: every checkpoint
   mkdir -p "$PROOF/eval"
   for preset in $PRESETS; do
     ckpts=$(checkpoints "$preset")
-    if [ "$preset" = "$first" ]; then
+    if [ "$preset" = "$first" ] && [ "${FULL_ON:-last}" = last ]; then
       ckpts=$(echo "$ckpts" | grep -v "merged--${STEPS}_chkpt\$" || true)
+    elif [ "$preset" = "$first" ]; then
+      :  # FULL_ON=best_val: every checkpoint gets its sample; the full protocol's is chosen after training
     else
       ckpts=$(echo "$ckpts" | tail -n 1)
     fi
@@ -115,14 +134,14 @@ evaluate() {  # the samples, then the first preset's last checkpoint on FULL_TRI
   # compiled when FULL_COMPILE=true: the small preset is cheap to decode beside the simulator, so by default no compile)
   evaluate_samples
   local first=${PRESETS%% *} last
-  last=$(checkpoints "$first" | tail -n 1)
+  last=$(full_checkpoint "$first")
   [ -z "$last" ] || [ -f "$PROOF/eval/$first-full/summary.json" ] \
     || eval_checkpoint "$last" "$FULL_TRIALS" "$PROOF/eval/$first-full" --compile_decoding "${FULL_COMPILE:-false}"
 }
 
 ship() {  # int8 weights, lm_head's action rows (vla/checkpoint_int8.py): the small preset's 55 MB -> 20 MB
   local first=${PRESETS%% *} last
-  last=$(checkpoints "$first" | tail -n 1)
+  last=$(full_checkpoint "$first")
   [ -n "$last" ] || { echo "ship: no checkpoint of $first in $PROOF/runs yet: run the train stage" >&2; return 1; }
   [ -f "$PROOF/ship/$first-int8/config.json" ] \
     || $PY scripts/convert_checkpoint.py --checkpoint "$last" --out "$PROOF/ship/$first-int8" --overwrite --dtype int8
