@@ -2,7 +2,7 @@
 
     python scripts/bench_finetune.py --tokenizer DIR --case bf16,1,4 --case 8bit,1,4,w8,bf16in --case bf16,24,1,fast
 
-Each --case is `quantization,micro_batch,grad_accumulation[,option...]` (quantization: bf16 | 8bit | 4bit). Options,
+Each --case is `quantization,micro_batch,grad_accumulation[,option...]` (quantization: bf16 | 8bit | 4bit | fp8). Options,
 the `vla.speedups` switches that `TrainConfig` exposes: `ckpt` (checkpoint all Llama layers) or `ckpt=N` (the first
 N), `vis` (checkpoint the vision-tower blocks), `bf16in` (LoRA inputs stay bf16), `w8` (weight-only int8 matmuls),
 `fuse` (LoRA scale + add fused into the matmul), `exp` (expandable CUDA segments); `fast` = ckpt,vis,bf16in,exp.

@@ -146,7 +146,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokenizer", required=True, help="directory with Llama-2's tokenizer.model")
     parser.add_argument("--preset", default="full", choices=["full", "tiny"])
-    parser.add_argument("--quantization", action="append", choices=["bf16", "8bit", "4bit"], required=True)
+    parser.add_argument("--quantization", action="append", choices=["bf16", "8bit", "4bit", "fp8"], required=True)
     parser.add_argument("--batch", action="append", type=int, required=True)
     parser.add_argument("--plain-batch", action="append", type=int, help="batches timed on the plain path (all)")
     parser.add_argument("--iters", type=int, default=10)

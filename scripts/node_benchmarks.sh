@@ -8,6 +8,8 @@
 #   bash scripts/node_benchmarks.sh gather   # the 7B through eval.py gathering batches (--gather_s 0.5), vs vla's greedy
 #   bash scripts/node_benchmarks.sh perf     # issue 18's table: training cases + decoding at full size, with profiles
 #                                            # (needs bitsandbytes: carry its wheel instead of a sim bundle)
+#   bash scripts/node_benchmarks.sh fp8      # quantization fp8 against bf16: the GPU equivalence test, decoding (batch
+#                                            # 1 / 8 / 16, token agreement) and LoRA training, at full size
 #   bash scripts/node_benchmarks.sh precision  # float32 masters vs bfloat16 weights, `small` from random weights, the
 #                                            # same batches (VIDEO_FRAMES=<a video export>, as learning_proof.sh)
 #
@@ -62,6 +64,15 @@ perf() {  # random 7.5B weights built inside each bench; the profile tables land
     --quantization 4bit --batch 1 --batch 8 --batch 16 --iters 10 --plain-iters 4 --warmup 2 --agree 16 --fused --compile
 }
 
+fp8() {  # FP8 tensor cores for the frozen Llama (vla.fp8_linear); no bitsandbytes needed
+  VLA_LLAMA2_DIR="$TOKENIZER" step fp8_gpu_test 150 $PY -m pytest -q -s -m gpu tests/test_fast_paths.py \
+    -k "agrees_with_plain_at_full_size and fp8"
+  step inference_fp8 200 $PY scripts/bench_inference.py --tokenizer "$TOKENIZER" --quantization bf16 --quantization fp8 \
+    --batch 1 --batch 8 --batch 16 --iters 10 --plain-iters 4 --warmup 2 --agree 16 --fused --compile
+  step finetune_fp8 180 $PY scripts/bench_finetune.py --tokenizer "$TOKENIZER" --warmup 1 --steps 3 \
+    --case bf16,32,1,fast,fuse --case fp8,32,1,fast,fuse --case fp8,1,4
+}
+
 precision() {  # the A/B behind model.weights_dtype: the same recipe as the learning proof, only the weights' precision
   step master_weights 500 $PY scripts/bench_master_weights.py --frames_dir "${VIDEO_FRAMES:?set VIDEO_FRAMES}" \
     --tokenizer "$TOKENIZER" --preset small --steps 2500 --batch_size 128 --log_steps 250
@@ -84,7 +95,8 @@ for stage in "$@"; do
     gather) gather ;;
     perf) perf ;;
     precision) precision ;;
-    *) echo "unknown stage $stage: sim | vla | serve | gather | perf | precision" >&2; exit 2 ;;
+    fp8) fp8 ;;
+    *) echo "unknown stage $stage: sim | vla | serve | gather | perf | precision | fp8" >&2; exit 2 ;;
   esac
   grep -h "timing:" "$DIR"/*.log 2>/dev/null | tail -n 4
 done

@@ -160,6 +160,16 @@ def test_int8_fast_decoding_matches_the_plain_loop_over_the_same_matmuls(tiny_in
     )
 
 
+def test_fp8_fast_decoding_matches_plain_decoding(official_checkpoint):
+    from vla.fast_decode import FastActionDecoder
+
+    vla = VLA.from_pretrained(official_checkpoint[0], dtype=torch.float32, quantization="fp8")
+    pixel_values, prompts = decode_inputs(vla, seed=3)
+    plain = vla.generate_action_ids(pixel_values, prompts, 7)
+    assert len(np.unique(plain)) > 3
+    np.testing.assert_array_equal(FastActionDecoder(vla).generate_action_ids(pixel_values, prompts, 7), plain)
+
+
 def test_int8_triton_kernels_in_the_interpreter():
     pytest.importorskip("triton")
     script = textwrap.dedent("""
@@ -286,7 +296,7 @@ def test_fused_lora_computes_the_same_layer(official_checkpoint):
 @pytest.mark.gpu
 @pytest.mark.parametrize(
     "quantization, compile",
-    [(None, False), ("8bit", False), ("4bit", False)],
+    [(None, False), ("8bit", False), ("4bit", False), ("fp8", False)],
 )  # the compiled path's fused q/k/v matmul rounds differently: on random weights' near-ties it agreed 0.85 at batch 1
 # (plain with itself: 0.89); its guard is test_fast_decoding_agrees_on_a_trained_checkpoint (1.0000) and the per-op
 # test below
@@ -305,7 +315,7 @@ def test_fast_decoding_agrees_with_plain_at_full_size(quantization, compile):
     tokenizer_dir = LLAMA2_DIR
     if not (tokenizer_dir / "tokenizer.model").is_file():
         pytest.skip(f"no Llama-2 tokenizer at {tokenizer_dir}; set VLA_LLAMA2_DIR")
-    if quantization:
+    if quantization in ("8bit", "4bit"):
         pytest.importorskip("bitsandbytes")
     torch.manual_seed(0)
     vla = build_vla(VLAConfig.preset("full"), load_tokenizer(tokenizer_dir), quantization=quantization, device="cuda",

@@ -1,6 +1,7 @@
 """Quantization + LoRA: the official module set and parameter count, gradients only on adapters (fp32, 8-bit,
 4-bit on CPU), adapter files, merging (in place and into an official checkpoint)."""
 
+import functools
 import json
 
 import numpy as np
@@ -234,3 +235,85 @@ def test_quantized_lora_on_cuda(official_checkpoint, quantization, tmp_path):
         saved |= load_file(str(shard))
     expected = (tensors[key + ".weight"].float() + 0.5 * b @ a).to(torch.bfloat16)
     torch.testing.assert_close(saved[key + ".weight"], expected)
+
+
+def test_fp8_layers_match_float_within_e4m3_rounding_and_pass_input_gradients():
+    from vla.fp8_linear import dequantize, enable_fp8, is_fp8
+
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"q_proj": nn.Linear(64, 48), "lm_head": nn.Linear(64, 32)})  # 16-multiples: _scaled_mm
+    odd = nn.ModuleDict({"down_proj": nn.Linear(40, 24, bias=False)})  # other shapes: the fp32 fallback
+    x = torch.randn(3, 5, 64)
+    for layers, name, inputs in ((model, "q_proj", x), (odd, "down_proj", torch.randn(7, 40))):
+        reference = layers[name](inputs).detach()
+        weight = layers[name].weight.detach().clone()
+        assert enable_fp8(layers) == 1
+        layer = layers[name]
+        assert is_fp8(layer) and layer.weight.dtype == torch.uint8 and not layer.weight.requires_grad
+        assert (
+            dequantize(layer.weight, layer._vla_fp8_scale, torch.float32) - weight
+        ).abs().max() <= weight.abs().max() / 14
+        inputs = inputs.clone().requires_grad_(True)
+        out = layer(inputs)
+        assert out.shape == reference.shape and out.dtype == reference.dtype
+        error = (out - reference).norm() / reference.norm()
+        assert 1e-4 < error < 0.05, error  # rounded (not the float path), but only by e4m3's 3 mantissa bits
+        out.sum().backward()
+        expected = torch.ones_like(out) @ dequantize(layer.weight, layer._vla_fp8_scale, torch.float32)
+        torch.testing.assert_close(inputs.grad, expected)
+    assert not is_fp8(model["lm_head"]) and model["lm_head"].weight.dtype == torch.float32  # not a Llama projection
+    assert enable_fp8(model) == 0  # converted layers are left alone
+
+
+def e4m3_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight^T in float32 with x's rows rounded as vla.fp8_linear rounds them (the reference of its matmul)."""
+    from vla.fp8_linear import quantize_rows
+
+    x8, scale = quantize_rows(x.reshape(-1, x.shape[-1]))
+    return nn.functional.linear((x8.float() * scale).reshape(x.shape), weight)
+
+
+def test_fp8_lora_trains_the_adapters_and_saves_the_unquantized_weights(official_checkpoint, tmp_path):
+    from vla.fp8_linear import dequantize, is_fp8
+
+    directory, tensors = official_checkpoint
+    plain = VLA.from_pretrained(directory, dtype=torch.float32)
+    vla = VLA.from_pretrained(directory, dtype=torch.float32, quantization="fp8", lora=LoraSettings())
+    bases = {name: layer.get_base_layer() for name, layer in lora_layers(vla).items()}
+    converted = [name for name, base in bases.items() if is_fp8(base)]
+    assert len(converted) == 7 * TINY_DIMS["layers"]  # q/k/v/o and gate/up/down of every decoder layer
+    assert not is_fp8(bases["language_model.lm_head"]) and not any("vision" in name for name in converted)
+    assert all(p.dtype == torch.float32 for n, p in vla.named_parameters() if "lora_" in n)  # peft kept fp32 adapters
+    for name, base in bases.items():  # the plain model with every converted matmul's operands rounded to e4m3 as well
+        if is_fp8(base):
+            rounded = plain.get_submodule(name.removeprefix("base_model.model."))
+            weight = dequantize(base.weight, base._vla_fp8_scale, torch.float32)
+            rounded.forward = functools.partial(e4m3_linear, weight=weight)
+    with torch.no_grad():  # zero-initialized lora_B: the fp8 model is the rounded plain one
+        logits = [m.language_model(input_ids=batch(vla)["input_ids"]).logits for m in (plain, vla)]
+    torch.testing.assert_close(logits[1], logits[0], rtol=1e-4, atol=1e-4)
+    assert np.isfinite(predictions(vla)).all()
+    check_gradients(vla)  # only the adapters get gradients, through the FP8 base layers
+    perturb_adapters(vla, seed=4)
+    merged = save_official_checkpoint(vla, tmp_path / "merged")
+    saved = {}
+    for shard in merged.glob("*.safetensors"):
+        saved |= load_file(str(shard))
+    key = "language_model.model.layers.1.self_attn.v_proj"
+    layer = lora_layers(vla)[key]
+    a, b = layer.lora_A["default"].weight.detach(), layer.lora_B["default"].weight.detach()
+    torch.testing.assert_close(saved[key + ".weight"], tensors[key + ".weight"].float() + 0.5 * b @ a)
+    with pytest.raises(ValueError, match="quantized"):
+        merge_lora(vla)
+
+
+def test_fp8_names_the_card_it_cannot_run_on(monkeypatch):
+    from vla.fp8_linear import check_fp8_device
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
+    with pytest.raises(ValueError, match=r"A100.*\(8, 0\): use quantization 8bit or 4bit"):
+        check_fp8_device(torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    check_fp8_device(torch.device("cuda", 0))  # Hopper
+    check_fp8_device(torch.device("cpu"))  # torch's CPU FP8 matmul: slow, for tests

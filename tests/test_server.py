@@ -81,6 +81,7 @@ def test_info_describes_the_model(server, official_checkpoint):
     info = httpx.get(f"{server[0]}/info").json()
     assert info == httpx.get(f"{server[0]}/health").json() | {k: info[k] for k in ("requests_served", "batches_run")}
     assert info["model"] == str(official_checkpoint[0]) and info["device"] == "cpu" and info["dtype"] == "float32"
+    assert info["quantization"] is None
     assert info["unnorm_keys"] == ["bridge_orig", "libero_spatial"] and info["max_batch"] == 4
 
 
@@ -250,6 +251,7 @@ def test_parse_needs_a_key_when_the_checkpoint_has_several():
         ({"checkpoint": "CKPT", "max_batch": 0}, "max_batch"),
         ({"checkpoint": "CKPT", "max_wait_ms": -1}, "max_wait_ms"),
         ({"checkpoint": "CKPT", "dtype": "float16"}, "dtype"),
+        ({"checkpoint": "CKPT", "quantization": "int4"}, "quantization 'int4' must be null, '8bit', '4bit' or 'fp8'"),
         ({"checkpoint": "CKPT", "device": "tpu"}, "device"),
         ({"checkpoint": "CKPT", "unnorm_key": "nope"}, "nope"),
         ({"checkpoint": "org/not-cached"}, "not in the hub cache"),

@@ -299,7 +299,8 @@ def _checkpoint_dir(tmp_path: Path) -> Path:
         ({"lora": {"enabled": True}, "model": {"quantization": "4bit"}}, ImportError,
          r"quantization '4bit' needs bitsandbytes"),
         ({"model": {"quantization": "8bit"}}, ValueError, r"set lora.enabled true"),
-        ({"model": {"quantization": "int4"}}, ValueError, r"quantization 'int4' must be null, '8bit' or '4bit'"),
+        ({"model": {"quantization": "fp8"}}, ValueError, r"quantization 'fp8' freezes the LLM weights"),
+        ({"model": {"quantization": "int4"}}, ValueError, r"quantization 'int4' must be null, '8bit', '4bit' or 'fp8'"),
         ({"model": {"weights_dtype": "float16"}}, ValueError, r"weights_dtype 'float16' is not null, 'float32'"),
         ({"speed": {"int8_weight_only": True}}, ValueError, r"set model.quantization 8bit"),
         ({"model": {"tokenizer_path": "nowhere"}}, FileNotFoundError, r"needs tokenizer_path"),
@@ -402,13 +403,15 @@ def _weights(directory: Path) -> dict[str, torch.Tensor]:
     return {k: v for f in sorted(directory.glob("*.safetensors")) for k, v in load_file(f).items()}
 
 
-def test_8bit_lora_from_a_checkpoint_merges_into_its_unquantized_weights(finetune_dataset, tmp_path):
-    """The real run's path at tiny size: official checkpoint -> LLM in 8-bit -> LoRA -> accumulation -> merged save,
-    with the checkpoint's own statistics (unnorm_key)."""
-    pytest.importorskip("bitsandbytes")
+@pytest.mark.parametrize("quantization", ["8bit", "fp8"])
+def test_quantized_lora_from_a_checkpoint_merges_into_its_unquantized_weights(finetune_dataset, tmp_path, quantization):
+    """The real run's path at tiny size: official checkpoint -> LLM in 8-bit (or FP8) -> LoRA -> accumulation ->
+    merged save, with the checkpoint's own statistics (unnorm_key)."""
+    if quantization == "8bit":
+        pytest.importorskip("bitsandbytes")
     stats = {"action": {"q01": [-0.5] * 6 + [0.0], "q99": [0.5] * 6 + [1.0], "mask": [True] * 6 + [False]}}
     checkpoint = _official_checkpoint(tmp_path, {"libero_spatial": stats})
-    cfg = _config(finetune_dataset, tmp_path, model={"vla_path": str(checkpoint), "quantization": "8bit",
+    cfg = _config(finetune_dataset, tmp_path, model={"vla_path": str(checkpoint), "quantization": quantization,
                   "unnorm_key": "libero_spatial"}, lora={"enabled": True, "rank": 4}, run={"save_merged": True},
                   optim={"batch_size": 1, "grad_accumulation_steps": 2, "max_steps": 2, "save_steps": 2,
                          "learning_rate": 1e-2})  # fmt: skip
@@ -423,7 +426,7 @@ def test_8bit_lora_from_a_checkpoint_merges_into_its_unquantized_weights(finetun
     lora_a, lora_b = (adapter[f"base_model.model.{q_proj[:-7]}.lora_{x}.weight"] for x in "AB")
     assert lora_b.abs().max() > 0  # trained (B starts at zero)
     # merged = the checkpoint's unquantized weight + (alpha / r) * B @ A, alpha = min(r, 16) = r here; merging into
-    # the int8-rounded weight would be off by ~|w| / 127 everywhere
+    # the int8-rounded weight would be off by ~|w| / 127 everywhere (the e4m3-rounded one by ~|w| / 16)
     torch.testing.assert_close(after[q_proj], before[q_proj] + lora_b @ lora_a, rtol=0, atol=1e-6)
     norm = "language_model.model.layers.0.input_layernorm.weight"  # no adapter: copied unchanged
     assert torch.equal(after[norm], before[norm])

@@ -58,7 +58,7 @@ class EvalConfig:
     model_family: str = "openvla"  # the official script's model family; only openvla (the format this project reads)
     unnorm_key: str | None = None  # statistics to un-normalize actions; None: `<suite>` or `<suite>_no_noops`
     center_crop: bool = True  # center crop (area 0.9) before the model: True for models trained with image aug
-    quantization: str | None = None  # None (bf16) | 8bit | 4bit (bitsandbytes)
+    quantization: str | None = None  # None (bf16) | 8bit | 4bit (bitsandbytes) | fp8 (FP8 tensor cores)
     device: str | None = None  # torch device of the VLA; None: cuda if available, else cpu
     dtype: str | None = None  # VLA weight dtype (torch dtype name); None: bfloat16 on CUDA, float32 on CPU (faster)
     num_trials_per_task: int = 50  # episodes per task, on the benchmark's fixed initial states 0..n-1 (≤ 50)

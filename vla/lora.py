@@ -14,7 +14,7 @@ from torch import nn
 
 from vla.files import replace_directory
 
-Quantization = Literal["8bit", "4bit"]
+Quantization = Literal["8bit", "4bit", "fp8"]  # fp8: vla.fp8_linear, after loading; the others: bitsandbytes
 
 # Base names that peft 0.11.1's "all-linear" collected on OpenVLA's official fine-tuning: every Linear of both towers (incl.
 # SigLIP's unused attn_pool), the projector, every Llama projection and lm_head; `proj` also catches both towers'
@@ -67,8 +67,9 @@ class LoraConfig:
 
 def quantization_config(quantization: Quantization | None, compute_dtype: torch.dtype = torch.bfloat16):
     """`BitsAndBytesConfig` for the Llama: `"8bit"` = LLM.int8 (the project default for fine-tuning), `"4bit"` = nf4
-    with bf16 compute (the official optional path), None = no quantization."""
-    if quantization is None:
+    with bf16 compute (the official optional path), None = no quantization; "fp8" loads unquantized (vla.fp8_linear
+    converts the weights after loading)."""
+    if quantization in (None, "fp8"):
         return None
     from transformers import BitsAndBytesConfig
 
@@ -187,7 +188,8 @@ def merge_lora(model: nn.Module) -> None:
     Refuses quantized layers: merge those from the unquantized source with `save_official_checkpoint`."""
     for name, layer in lora_layers(model).items():
         base = layer.get_base_layer()
-        if not isinstance(base, (nn.Linear, nn.Conv2d)) or type(base).__module__.startswith("bitsandbytes"):
+        if (not isinstance(base, (nn.Linear, nn.Conv2d)) or type(base).__module__.startswith("bitsandbytes")
+                or base.weight.dtype == torch.uint8):  # fmt: skip  # vla.fp8_linear's e4m3 bytes
             raise ValueError(f"{name} is quantized ({type(base).__name__}); merge it with save_official_checkpoint")
         layer.merge()
         parent_name, _, child = name.rpartition(".")

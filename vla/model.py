@@ -15,6 +15,7 @@ from torch import nn
 
 from vla.action_tokenizer import ActionTokenizer
 from vla.checkpoint import CheckpointParts, read_components, read_official_checkpoint
+from vla.fp8_linear import check_fp8_device, enable_fp8
 from vla.lora import LoraSettings, Quantization, apply_lora, quantization_config, reset_cpu_4bit_packing
 from vla.model_config import VLAConfig
 from vla.normalization import resolve_unnorm_key, unnormalize_actions
@@ -259,17 +260,20 @@ def build_language_model(
     dtype: torch.dtype,
 ) -> nn.Module:
     """`LlamaForCausalLM` from a state dict with its own key names (`model.layers.0...`, `lm_head.weight`), or
-    randomly initialised; quantized by bitsandbytes when asked (lm_head and embeddings stay unquantized)."""
+    randomly initialised; quantized by bitsandbytes or to FP8 (vla.fp8_linear) when asked (lm_head and embeddings stay
+    unquantized)."""
     from transformers import LlamaForCausalLM
 
     llama_config = config.llama_config()
     if quantization is not None and device.type == "meta":
         raise ValueError("quantization needs real weights; build on 'cpu' or 'cuda', not 'meta'")
+    if quantization == "fp8":
+        check_fp8_device(device)
     if state_dict is None:
         with torch.device(device):
             model = LlamaForCausalLM._from_config(llama_config, dtype=dtype)
-        if quantization is None:
-            return model
+        if quantization in (None, "fp8"):
+            return _converted(model, quantization)
         state_dict = model.state_dict()  # random weights, quantized below
     model = LlamaForCausalLM.from_pretrained(
         None,
@@ -281,7 +285,13 @@ def build_language_model(
         attn_implementation="sdpa",
     )
     reset_cpu_4bit_packing(model)
-    return model
+    return _converted(model, quantization)
+
+
+def _converted(language_model: nn.Module, quantization: Quantization | None) -> nn.Module:
+    if quantization == "fp8":
+        enable_fp8(language_model)
+    return language_model
 
 
 def build_vla(

@@ -28,7 +28,8 @@ class ModelConfig:
     vla_path: str | None = "openvla/openvla-7b"  # official-format checkpoint dir or HF hub id; null = random init
     preset: str = "tiny"  # size preset of a random init (vla_path null): tiny, micro, small, small256 or full
     tokenizer_path: Path | None = None  # Llama-2 tokenizer dir (with tokenizer.model); needed only for a random init
-    quantization: str | None = None  # frozen LLM weights: null (weights_dtype), "8bit" (LLM.int8) or "4bit" (nf4)
+    quantization: str | None = None  # frozen LLM weights: null (weights_dtype), "8bit" (LLM.int8), "4bit" (nf4) or
+    # "fp8" (e4m3 on FP8 tensor cores: H100 / H200 / L4; vla.fp8_linear)
     unnorm_key: str | None = None  # use the checkpoint's action statistics under this key; null = the data's own
     weights_dtype: str | None = None  # on GPU; null: float32 if every weight trains (full fine-tune), else bfloat16
 
@@ -78,6 +79,8 @@ def _check_quantization(cfg: ModelConfig, lora: LoraConfig, save_merged: bool) -
     if save_merged and cfg.vla_path is None:
         raise ValueError("run.save_merged re-reads unquantized weights from vla_path; a random init has none: set "
                          "model.quantization null or run.save_merged false")  # fmt: skip
+    if cfg.quantization == "fp8":
+        return  # torch's own FP8 matmuls (vla.fp8_linear); the card is checked where the model is built
     try:
         importlib.import_module("bitsandbytes")
     except Exception as err:  # noqa: BLE001 - a broken install raises more than ImportError; re-raised with the fix

@@ -11,14 +11,15 @@ from typing import Any
 
 import numpy as np
 
-QUANTIZATIONS = (None, "8bit", "4bit")  # frozen LLM weights: bf16/fp32, LLM.int8 (bitsandbytes), nf4 (bitsandbytes)
+QUANTIZATIONS = (None, "8bit", "4bit", "fp8")  # frozen LLM weights: bf16/fp32, LLM.int8 and nf4 (bitsandbytes), e4m3
+# (vla.fp8_linear: FP8 tensor cores)
 WANDB_MODES = ("online", "offline", "disabled")
 
 
 def check_quantization(quantization: str | None) -> None:
     """Raise one clear error for a quantization name that is not one of QUANTIZATIONS."""
     if quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization {quantization!r} must be null, '8bit' or '4bit'")
+        raise ValueError(f"quantization {quantization!r} must be null, '8bit', '4bit' or 'fp8'")
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

@@ -36,6 +36,7 @@ class ServeConfig:
     port: int = 8000  # TCP port (the official default)
     device: str = "auto"  # "auto" (cuda when available, else cpu), "cpu", "cuda" or "cuda:N"
     dtype: str | None = None  # weights dtype: bfloat16 | float32; None = bfloat16 on CUDA, float32 on CPU
+    quantization: str | None = None  # the Llama's weights: None (dtype), 8bit / 4bit (bitsandbytes) or fp8 (FP8 cores)
     max_batch: int = 8  # most requests decoded together in one predict_actions call
     max_wait_ms: float = 5.0  # after the first request of a batch, wait at most this long (ms) for more
     fast_decoding: bool = True  # CUDA only: VLA.enable_fast_decoding (static KV cache + CUDA graphs)
@@ -65,6 +66,7 @@ class ServeConfig:
         from vla.checkpoint import config_from_official, read_json
         from vla.hub import resolve_checkpoint
         from vla.normalization import load_dataset_statistics, resolve_unnorm_key
+        from vla.runtime import check_quantization
 
         if bool(self.checkpoint) == bool(self.openvla_path):
             raise ValueError("pass the model as --checkpoint PATH_OR_HUB_ID (or --openvla_path, not both)")
@@ -81,6 +83,7 @@ class ServeConfig:
             raise ValueError(f"device {device!r} but CUDA is not available here; pass --device cpu")
         if self.resolved_dtype() not in ("bfloat16", "float32"):
             raise ValueError(f"dtype {self.dtype!r} must be bfloat16 or float32")
+        check_quantization(self.quantization)
         directory = resolve_checkpoint(self.name)
         official = read_json(directory / "config.json")
         config_from_official(official)  # a supported OpenVLA config
@@ -264,6 +267,7 @@ def build_app(vla: Any, cfg: ServeConfig, norm_stats: dict[str, Any] | None = No
         return {
             "status": "ok", "model": cfg.name, "device": str(getattr(vla, "device", cfg.resolved_device())),
             "dtype": str(getattr(vla, "dtype", cfg.resolved_dtype())).removeprefix("torch."),
+            "quantization": cfg.quantization,
             "unnorm_keys": sorted(norm_stats), "default_unnorm_key": cfg.unnorm_key,
             "max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms,
             "fast_decoding": getattr(vla, "fast_decoder", None) is not None,
@@ -300,7 +304,7 @@ def serve(cfg: ServeConfig) -> None:
 
     directory, _ = cfg.validate()  # before any weights load
     device, dtype = cfg.resolved_device(), cfg.resolved_dtype()
-    vla = VLA.from_pretrained(directory, device=device, dtype=getattr(torch, dtype))
+    vla = VLA.from_pretrained(directory, device=device, dtype=getattr(torch, dtype), quantization=cfg.quantization)
     if cfg.fast_decoding and device.startswith("cuda"):
         vla.enable_fast_decoding()
         if cfg.warmup_instructions:
