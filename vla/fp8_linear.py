@@ -3,7 +3,8 @@ fp32 scale (absmax / 448); each call quantizes its input rows the same way and m
 (`torch._scaled_mm`, row-wise scales; Ada / Hopper, compute capability >= 8.9), accumulating in fp32. Half the bytes
 of bf16 and twice its matmul peak: the lever for the prefill-bound batched decoding and the frozen base of LoRA
 training (docs/PERFORMANCE.md, "Ceilings from the shapes"). The gradient for the input uses the dequantized weights
-in the input's dtype. An e4m3 element keeps 3 mantissa bits, so outputs differ from bf16's by ~1-3 % (tested bound).
+in the input's dtype. An e4m3 element keeps 3 mantissa bits: at the 7B's shapes with gaussian operands a matmul's
+output differs from the fp32 product by 3.7 % (relative norm), where bf16 operands give 0.23 % (CPU, 2026-12-05).
 
 The weight is held as a uint8 view of the e4m3 bytes, so `Module.to(dtype)`, peft (adapters keep their own dtype)
 and the fused q/k/v projections (floating-point weights only) leave it alone; the layer stays an `nn.Linear` with its

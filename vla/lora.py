@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from vla.files import replace_directory
+from vla.fp8_linear import is_fp8
 
 Quantization = Literal["8bit", "4bit", "fp8"]  # fp8: vla.fp8_linear, after loading; the others: bitsandbytes
 
@@ -189,7 +190,7 @@ def merge_lora(model: nn.Module) -> None:
     for name, layer in lora_layers(model).items():
         base = layer.get_base_layer()
         if (not isinstance(base, (nn.Linear, nn.Conv2d)) or type(base).__module__.startswith("bitsandbytes")
-                or base.weight.dtype == torch.uint8):  # fmt: skip  # vla.fp8_linear's e4m3 bytes
+                or is_fp8(base)):  # fmt: skip
             raise ValueError(f"{name} is quantized ({type(base).__name__}); merge it with save_official_checkpoint")
         layer.merge()
         parent_name, _, child = name.rpartition(".")

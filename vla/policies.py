@@ -148,6 +148,10 @@ def build_policy(cfg: EvalConfig) -> Policy:
     dtype = getattr(torch, dtype_name, None)
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"unknown dtype {dtype_name!r}: use a torch dtype name such as bfloat16 or float32")
+    if cfg.quantization == "fp8":
+        from vla.fp8_linear import check_fp8_device
+
+        check_fp8_device(torch.device(device))  # before the weights load
     stats = read_norm_stats(cfg.checkpoint)  # the statistics key is checked before the weights load
     if cfg.unnorm_key is not None:
         unnorm_key = resolve_unnorm_key(stats, cfg.unnorm_key)
