@@ -8,8 +8,8 @@
 #   bash scripts/node_benchmarks.sh gather   # the 7B through eval.py gathering batches (--gather_s 0.5), vs vla's greedy
 #   bash scripts/node_benchmarks.sh perf     # issue 18's table: training cases + decoding at full size, with profiles
 #                                            # (needs bitsandbytes: carry its wheel instead of a sim bundle)
-#   bash scripts/node_benchmarks.sh fp8      # quantization fp8 against bf16: the GPU equivalence test, decoding (batch
-#                                            # 1 / 8 / 16, token agreement) and LoRA training, at full size
+#   bash scripts/node_benchmarks.sh fp8      # quantization fp8 against bf16: single matmuls, the GPU equivalence test,
+#                                            # decoding (batch 1 / 8 / 16, token agreement), LoRA training; full size
 #   bash scripts/node_benchmarks.sh precision  # float32 masters vs bfloat16 weights, `small` from random weights, the
 #                                            # same batches (VIDEO_FRAMES=<a video export>, as learning_proof.sh)
 #
@@ -65,11 +65,12 @@ perf() {  # random 7.5B weights built inside each bench; the profile tables land
 }
 
 fp8() {  # FP8 tensor cores for the frozen Llama (vla.fp8_linear); no bitsandbytes needed
+  step matmul_fp8 40 $PY scripts/bench_fp8_matmul.py --iters 30
   VLA_LLAMA2_DIR="$TOKENIZER" step fp8_gpu_test 150 $PY -m pytest -q -s -m gpu tests/test_fast_paths.py \
     -k "agrees_with_plain_at_full_size and fp8"
   step inference_fp8 200 $PY scripts/bench_inference.py --tokenizer "$TOKENIZER" --quantization bf16 --quantization fp8 \
     --batch 1 --batch 8 --batch 16 --iters 10 --plain-iters 4 --warmup 2 --agree 16 --fused --compile
-  step finetune_fp8 180 $PY scripts/bench_finetune.py --tokenizer "$TOKENIZER" --warmup 1 --steps 3 \
+  step finetune_fp8 150 $PY scripts/bench_finetune.py --tokenizer "$TOKENIZER" --warmup 1 --steps 3 \
     --case bf16,32,1,fast,fuse --case fp8,32,1,fast,fuse --case fp8,1,4
 }
 
