@@ -40,9 +40,9 @@ class HeldOut:
         self.max_batches, self.env, self.device = max_batches, env, device
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
-        """`VAL_METRICS` -> value: means over up to `max_batches` batches of this rank's val frames, then over ranks.
-        Runs in eval mode without gradients and leaves the RNG states as it found them (training with and without
-        validation takes the same steps)."""
+        """`VAL_METRICS` -> value: means over the batches of every rank (up to `max_batches` each; a rank whose shard
+        of the val split is empty adds none). Runs in eval mode without gradients and leaves the RNG states as it
+        found them (training with and without validation takes the same steps)."""
         was_training = model.training
         model.eval()
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
@@ -57,5 +57,5 @@ class HeldOut:
                     count += 1
         finally:
             model.train(was_training)
-        values = average_over_ranks((sums / count).tolist(), self.env, self.device)
-        return dict(zip(VAL_METRICS, values, strict=True))
+        *totals, batches = average_over_ranks([*sums.tolist(), float(count)], self.env, self.device)
+        return {key: total / batches for key, total in zip(VAL_METRICS, totals, strict=True)}
