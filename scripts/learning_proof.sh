@@ -11,9 +11,9 @@
 # On an offline GPU node first `source <bundle>/activate.sh` (scripts/pack_sim.py; docs/OFFLINE.md). Settings come
 # from the environment: SUITE, PROOF (default outputs/proof), EPISODES (per task), NOISE, SEED, STEPS, BATCH, LR,
 # VAL_BATCHES, WORKERS, TOKENIZER, SAMPLE_TRIALS, FULL_TRIALS and FULL_ON (last | best_val: the checkpoint of lowest
-# held-out loss gets the full protocol and is shipped). VIDEO_FRAMES=<dir> trains from demonstrations collected elsewhere instead
-# (an export of scripts/export_video_frames.py, ~0.5 KB a frame: small enough to carry to a node); collect then does
-# nothing.
+# held-out loss gets the full protocol and is shipped). VIDEO_FRAMES=<dir> trains from demonstrations collected
+# elsewhere instead (an export of scripts/export_video_frames.py, ~0.5 KB a frame: small enough to carry to a node);
+# collect then does nothing.
 # In a lease of short calls, run it through scripts/node_job.sh (docs/OFFLINE.md §5).
 # A CPU rehearsal of every stage in ~5 min: PROOF=/tmp/rehearse EPISODES=1 TASKS="[0]"
 # WORKERS=1 STEPS=4 SAVES=2 BATCH=4 PRESETS="micro tiny" SAMPLE_TRIALS=1 FULL_TRIALS=1 EVAL_WHILE_TRAINING=1 VAL_BATCHES=0
