@@ -16,8 +16,8 @@
 # collect then does nothing.
 # In a lease of short calls, run it through scripts/node_job.sh (docs/OFFLINE.md §5).
 # A CPU rehearsal of every stage in ~5 min: PROOF=/tmp/rehearse EPISODES=1 TASKS="[0]"
-# WORKERS=1 STEPS=4 SAVES=2 BATCH=4 PRESETS="micro tiny" SAMPLE_TRIALS=1 FULL_TRIALS=1 EVAL_WHILE_TRAINING=1 VAL_BATCHES=0
-# (one episode per task leaves no val split).
+# WORKERS=1 STEPS=4 SAVES=2 BATCH=4 PRESETS="micro tiny" SAMPLE_TRIALS=1 FULL_TRIALS=1 EVAL_WHILE_TRAINING=1
+# VAL_BATCHES=0 (one episode per task leaves no val split).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +25,8 @@ SUITE=${SUITE:-libero_spatial}
 PROOF=${PROOF:-outputs/proof}
 EPISODES=${EPISODES:-60}         # expert attempts per task; failures are dropped
 NOISE=${NOISE:-0.15}             # std of the DART-style noise on the executed deltas
-SEED=${SEED:-1}                  # the collection's random placements (never the fixed states); another seed, other demos
+SEED=${SEED:-1}                  # the collection's random placements (never the fixed states): another seed, other
+                                 # demonstrations
 NOISE_DIMS=${NOISE_DIMS:-xyz}    # xyz | xyzrpy (rotation noise makes the clean rpy labels unlearnable: docs/RESULTS.md)
 STEPS=${STEPS:-8000}             # optimizer steps of batch 128 per model (8,000 ≈ 14 epochs of 600 episodes; the
                                  # issue-7 model reached token accuracy 0.86 after 28 epochs, the 7-epoch runs 0.5)

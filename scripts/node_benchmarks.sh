@@ -68,8 +68,8 @@ fp8() {  # FP8 tensor cores for the frozen Llama (vla.fp8_linear); no bitsandbyt
   step matmul_fp8 40 $PY scripts/bench_fp8_matmul.py --iters 30
   VLA_LLAMA2_DIR="$TOKENIZER" step fp8_gpu_test 150 $PY -m pytest -q -s -m gpu tests/test_fast_paths.py \
     -k "agrees_with_plain_at_full_size and fp8"
-  step inference_fp8 200 $PY scripts/bench_inference.py --tokenizer "$TOKENIZER" --quantization bf16 --quantization fp8 \
-    --batch 1 --batch 8 --batch 16 --iters 10 --plain-iters 4 --warmup 2 --agree 16 --fused --compile
+  step inference_fp8 200 $PY scripts/bench_inference.py --tokenizer "$TOKENIZER" --quantization bf16 \
+    --quantization fp8 --batch 1 --batch 8 --batch 16 --iters 10 --plain-iters 4 --warmup 2 --agree 16 --fused --compile
   step finetune_fp8 150 $PY scripts/bench_finetune.py --tokenizer "$TOKENIZER" --warmup 1 --steps 3 \
     --case bf16,32,1,fast,fuse --case fp8,32,1,fast,fuse --case fp8,1,4
 }
