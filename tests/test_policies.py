@@ -81,3 +81,17 @@ def test_fast_batched_vla_policy_gives_the_plain_actions_on_a_mixed_batch(offici
     singles = {s: fast.act({s: obs[s]}, {s: texts[s]})[s] for s in slots[:2]}  # batch of one = row of the batch
     for s, action in singles.items():
         np.testing.assert_array_equal(action, expected[s])
+
+
+def test_build_policy_loads_the_vla_in_fp8_and_refuses_a_card_without_fp8(official_checkpoint, monkeypatch):
+    from vla.fp8_linear import is_fp8
+
+    cfg = EvalConfig(checkpoint=str(official_checkpoint[0]), quantization="fp8", device="cpu")
+    policy = build_policy(cfg)
+    assert isinstance(policy, VLAPolicy)
+    assert is_fp8(policy.vla.language_model.model.layers[0].mlp.down_proj)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA GeForce RTX 3090")
+    monkeypatch.setattr("vla.checkpoint.read_norm_stats", lambda path: pytest.fail("read the checkpoint first"))
+    with pytest.raises(ValueError, match="RTX 3090 has \\(8, 6\\)"):
+        build_policy(EvalConfig(checkpoint=str(official_checkpoint[0]), quantization="fp8", device="cuda"))
