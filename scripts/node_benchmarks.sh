@@ -10,6 +10,8 @@
 #                                            # (needs bitsandbytes: carry its wheel instead of a sim bundle)
 #   bash scripts/node_benchmarks.sh fp8      # quantization fp8 against bf16: single matmuls, the GPU equivalence test,
 #                                            # decoding (batch 1 / 8 / 16, token agreement), LoRA training; full size
+#   bash scripts/node_benchmarks.sh compile  # speed.compile_llm_layers: LoRA training with each Llama layer compiled, bf16
+#                                            # and fp8, against the same case uncompiled
 #   bash scripts/node_benchmarks.sh precision  # float32 masters vs bfloat16 weights, `small` from random weights, the
 #                                            # same batches (VIDEO_FRAMES=<a video export>, as learning_proof.sh)
 #
@@ -74,6 +76,11 @@ fp8() {  # FP8 tensor cores for the frozen Llama (vla.fp8_linear); no bitsandbyt
     --case bf16,32,1,fast,fuse --case fp8,32,1,fast,fuse --case fp8,1,4
 }
 
+compile() {  # the profile's lever for >= 40 samples/s: the elementwise chain of each layer fused by torch.compile
+  step finetune_compile 420 $PY scripts/bench_finetune.py --tokenizer "$TOKENIZER" --warmup 2 --steps 3 \
+    --case bf16,32,1,fast,fuse --case bf16,32,1,fast,fuse,compile --case fp8,32,1,fast,fuse,compile
+}
+
 precision() {  # the A/B behind model.weights_dtype: the same recipe as the learning proof, only the weights' precision
   step master_weights 500 $PY scripts/bench_master_weights.py --frames_dir "${VIDEO_FRAMES:?set VIDEO_FRAMES}" \
     --tokenizer "$TOKENIZER" --preset small --steps 2500 --batch_size 128 --log_steps 250
@@ -97,7 +104,8 @@ for stage in "$@"; do
     perf) perf ;;
     precision) precision ;;
     fp8) fp8 ;;
-    *) echo "unknown stage $stage: sim | vla | serve | gather | perf | precision | fp8" >&2; exit 2 ;;
+    compile) compile ;;
+    *) echo "unknown stage $stage: sim | vla | serve | gather | perf | precision | fp8 | compile" >&2; exit 2 ;;
   esac
   grep -h "timing:" "$DIR"/*.log 2>/dev/null | tail -n 4
 done

@@ -245,6 +245,23 @@ def test_checkpointing_keeps_loss_and_gradients(official_checkpoint):
         apply_training_speedups(vla, int8_weight_only=True)
 
 
+def test_compiled_llm_layers_keep_loss_gradients_and_names(official_checkpoint):
+    torch.manual_seed(0)
+    vla = lora_vla(official_checkpoint)
+    batch = training_batch(vla)
+    loss, grads = loss_and_grads(vla, batch)
+    names = list(vla.state_dict())
+    applied = apply_training_speedups(vla, checkpoint_llm_layers=1, compile_llm_layers=True)
+    assert applied[-1] == "torch.compile of 2 Llama decoder layers"
+    assert all(layer._compiled_call_impl is not None for layer in vla.language_model.model.layers)
+    assert list(vla.state_dict()) == names  # no `_orig_mod.` prefixes: checkpoints and adapters load as before
+    loss_compiled, grads_compiled = loss_and_grads(vla, batch)  # through the checkpointed compiled layer 0 too
+    torch.testing.assert_close(loss_compiled, loss, rtol=1e-5, atol=1e-6)
+    assert grads_compiled.keys() == grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_compiled[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_bf16_lora_inputs_are_bit_identical_under_autocast(official_checkpoint):
     torch.manual_seed(0)
     vla = lora_vla(official_checkpoint, dtype=torch.bfloat16)

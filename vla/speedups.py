@@ -26,6 +26,8 @@ class SpeedConfig:
     lora_fused: bool = False  # LoRA scale on the rank-r side and the add fused into the matmul (last-bit rounding)
     int8_weight_only: bool = False  # 8bit only: bf16 matmuls over the int8 weights instead of LLM.int8's (faster)
     expandable_segments: bool = False  # CUDA allocator grows memory segments in place: lower peak reserved memory
+    compile_llm_layers: bool = False  # torch.compile each Llama decoder layer (regional compilation): its RMSNorm,
+    # rope, SwiGLU and residual chain fused into few kernels; compiles once at the first step (last-bit rounding)
 
     def check(self, quantization: str | None) -> None:
         if self.int8_weight_only and quantization != "8bit":
@@ -43,6 +45,7 @@ class SpeedConfig:
             model, checkpoint_llm_layers=llm_layers, checkpoint_vision=self.checkpoint_vision,
             lora_bf16_inputs=self.lora_bf16_inputs and device.type == "cuda", lora_fused=self.lora_fused,
             int8_weight_only=self.int8_weight_only, expandable_segments=self.expandable_segments,
+            compile_llm_layers=self.compile_llm_layers,
         )  # fmt: skip
 
 
@@ -60,6 +63,16 @@ def checkpoint_llm(model: nn.Module, layers: int) -> int:
     for index, layer in enumerate(decoder):
         layer.gradient_checkpointing = index < layers
     return min(layers, len(decoder))
+
+
+def compile_layers(model: nn.Module) -> int:
+    """Regional compilation: `torch.compile` each Llama decoder layer in place (`nn.Module.compile`: names and state
+    dicts unchanged). The layers share their code, so one compilation serves all of them; activation checkpointing
+    recomputes through the compiled layer. Returns the number of layers compiled."""
+    layers = model.language_model.model.layers
+    for layer in layers:
+        layer.compile()
+    return len(layers)
 
 
 def checkpoint_towers(model: nn.Module, enable: bool = True) -> None:
@@ -125,6 +138,7 @@ def apply_training_speedups(
     lora_fused: bool = False,
     int8_weight_only: bool = False,
     expandable_segments: bool = False,
+    compile_llm_layers: bool = False,
 ) -> list[str]:
     """Apply the switches of `SpeedConfig`, after the model is built. checkpoint_llm_layers: None =
     leave Llama checkpointing as it is, N = checkpoint exactly the first N layers. Returns a description of each
@@ -152,6 +166,8 @@ def apply_training_speedups(
         # between micro-batches (same as PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True, from now on)
         torch.cuda.memory._set_allocator_settings("expandable_segments:True")
         applied.append("expandable CUDA memory segments")
+    if compile_llm_layers:  # last: the compiled code traces the layers as the switches above left them
+        applied.append(f"torch.compile of {compile_layers(model)} Llama decoder layers")
     for line in applied:
         logger.info("speed-up: %s", line)
     return applied
