@@ -6,7 +6,6 @@ model that learns its task from one that memorizes its demonstrations; these can
 from __future__ import annotations
 
 import dataclasses
-import logging
 from contextlib import nullcontext
 from functools import partial
 from itertools import islice
@@ -17,8 +16,6 @@ from torch import nn
 from vla.data import DataConfig, make_dataset
 from vla.distributed import Distributed, average_over_ranks
 from vla.prompt import collate
-
-logger = logging.getLogger(__name__)
 
 VAL_METRICS = ("val_loss", "val_action_accuracy", "val_l1")  # as logged in metrics.jsonl and W&B
 
