@@ -22,8 +22,7 @@ from torch import nn
 from vla.checkpoint_int8 import INT8_KEY, read_int8_weights
 from vla.files import CorruptFileError, check_finite, open_safetensors, replace_directory
 from vla.files import read_json as read_json_file
-from vla.fp8_linear import is_fp8
-from vla.lora import lora_layers
+from vla.lora import is_quantized, lora_layers
 from vla.model_config import VLAConfig
 from vla.normalization import load_dataset_statistics, save_dataset_statistics
 from vla.processor import ImageProcessor
@@ -328,7 +327,7 @@ def _export_tensor(vla: nn.Module, key: str, layers: dict, sources: _SourceFiles
     module_name, _, attr = internal_key(key).rpartition(".")
     layer = layers.get(module_name)
     base = layer.get_base_layer() if layer is not None else vla.get_submodule(module_name)
-    if (type(base).__module__.startswith("bitsandbytes") or is_fp8(base)) and attr == "weight":
+    if is_quantized(base) and attr == "weight":
         if key not in vla.weight_sources:
             raise ValueError(f"{key} is quantized and its unquantized source is unknown; save the model before "
                              "quantizing it, or load it with VLA.from_pretrained(..., quantization=...)")  # fmt: skip

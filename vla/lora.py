@@ -184,13 +184,18 @@ def load_adapter(model: nn.Module, directory: str | Path) -> None:
     reset_cpu_4bit_packing(model)
 
 
+def is_quantized(layer: nn.Module) -> bool:
+    """Whether `layer` holds rounded weights (a bitsandbytes int8 / nf4 layer, or vla.fp8_linear's e4m3): its float
+    source is the checkpoint file it was loaded from, never the layer itself."""
+    return type(layer).__module__.startswith("bitsandbytes") or is_fp8(layer)
+
+
 def merge_lora(model: nn.Module) -> None:
     """Fold every adapter into its base weight (W += scale * B @ A) and remove the adapter layers, in place.
     Refuses quantized layers: merge those from the unquantized source with `save_official_checkpoint`."""
     for name, layer in lora_layers(model).items():
         base = layer.get_base_layer()
-        if (not isinstance(base, (nn.Linear, nn.Conv2d)) or type(base).__module__.startswith("bitsandbytes")
-                or is_fp8(base)):  # fmt: skip
+        if not isinstance(base, (nn.Linear, nn.Conv2d)) or is_quantized(base):
             raise ValueError(f"{name} is quantized ({type(base).__name__}); merge it with save_official_checkpoint")
         layer.merge()
         parent_name, _, child = name.rpartition(".")

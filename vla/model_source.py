@@ -71,7 +71,8 @@ def check_model(cfg: ModelConfig, lora: LoraConfig, save_merged: bool) -> None:
 
 
 def _check_quantization(cfg: ModelConfig, lora: LoraConfig, save_merged: bool) -> None:
-    check_quantization(cfg.quantization)
+    cuda = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None  # training's
+    check_quantization(cfg.quantization, cuda)
     if cfg.quantization is None:
         return
     if not lora.enabled:
@@ -79,12 +80,8 @@ def _check_quantization(cfg: ModelConfig, lora: LoraConfig, save_merged: bool) -
     if save_merged and cfg.vla_path is None:
         raise ValueError("run.save_merged re-reads unquantized weights from vla_path; a random init has none: set "
                          "model.quantization null or run.save_merged false")  # fmt: skip
-    if cfg.quantization == "fp8":  # torch's own FP8 matmuls (vla.fp8_linear): the card decides
-        from vla.fp8_linear import check_fp8_device
-
-        if torch.cuda.is_available():
-            check_fp8_device(torch.device("cuda", torch.cuda.current_device()))
-        return
+    if cfg.quantization == "fp8":
+        return  # torch's own FP8 matmuls (vla.fp8_linear), no bitsandbytes
     try:
         importlib.import_module("bitsandbytes")
     except Exception as err:  # noqa: BLE001 - a broken install raises more than ImportError; re-raised with the fix

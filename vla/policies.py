@@ -142,16 +142,14 @@ def build_policy(cfg: EvalConfig) -> Policy:
     from vla.libero_io import resolve_suite_unnorm_key
     from vla.model import VLA
     from vla.normalization import resolve_unnorm_key
+    from vla.runtime import check_quantization
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype_name = cfg.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     dtype = getattr(torch, dtype_name, None)
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"unknown dtype {dtype_name!r}: use a torch dtype name such as bfloat16 or float32")
-    if cfg.quantization == "fp8":
-        from vla.fp8_linear import check_fp8_device
-
-        check_fp8_device(torch.device(device))  # before the weights load
+    check_quantization(cfg.quantization, torch.device(device))  # the card, for fp8, before the weights load
     stats = read_norm_stats(cfg.checkpoint)  # the statistics key is checked before the weights load
     if cfg.unnorm_key is not None:
         unnorm_key = resolve_unnorm_key(stats, cfg.unnorm_key)

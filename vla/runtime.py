@@ -16,10 +16,15 @@ QUANTIZATIONS = (None, "8bit", "4bit", "fp8")  # frozen LLM weights: bf16/fp32, 
 WANDB_MODES = ("online", "offline", "disabled")
 
 
-def check_quantization(quantization: str | None) -> None:
-    """Raise one clear error for a quantization name that is not one of QUANTIZATIONS."""
+def check_quantization(quantization: str | None, device=None) -> None:
+    """Raise one clear error for a quantization name that is not one of QUANTIZATIONS, or (with the torch `device`
+    the model will run on) for "fp8" on a card without FP8 tensor cores."""
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization {quantization!r} must be null, '8bit', '4bit' or 'fp8'")
+    if quantization == "fp8" and device is not None:
+        from vla.fp8_linear import check_fp8_device
+
+        check_fp8_device(device)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

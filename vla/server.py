@@ -83,11 +83,7 @@ class ServeConfig:
             raise ValueError(f"device {device!r} but CUDA is not available here; pass --device cpu")
         if self.resolved_dtype() not in ("bfloat16", "float32"):
             raise ValueError(f"dtype {self.dtype!r} must be bfloat16 or float32")
-        check_quantization(self.quantization)
-        if self.quantization == "fp8":
-            from vla.fp8_linear import check_fp8_device
-
-            check_fp8_device(torch.device(device))
+        check_quantization(self.quantization, torch.device(device))
         directory = resolve_checkpoint(self.name)
         official = read_json(directory / "config.json")
         config_from_official(official)  # a supported OpenVLA config
