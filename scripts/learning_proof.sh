@@ -10,8 +10,9 @@
 #
 # On an offline GPU node first `source <bundle>/activate.sh` (scripts/pack_sim.py; docs/OFFLINE.md). Settings come
 # from the environment: SUITE, PROOF (default outputs/proof), EPISODES (per task), NOISE, SEED, STEPS, BATCH, LR,
-# VAL_BATCHES, WORKERS, TOKENIZER, SAMPLE_TRIALS, FULL_TRIALS and FULL_ON (last | best_val: the checkpoint of lowest
-# held-out loss gets the full protocol and is shipped). VIDEO_FRAMES=<dir> trains from demonstrations collected
+# VAL_BATCHES, WORKERS, TOKENIZER, SAMPLE_TRIALS, FULL_TRIALS and FULL_ON, the checkpoint that gets the full protocol
+# and is shipped: best_sample (default: the highest success rate on the sample states), best_val (the lowest held-out
+# loss: picked too early in docs/RESULTS.md's thirteenth session) or last. VIDEO_FRAMES=<dir> trains from demonstrations collected
 # elsewhere instead (an export of scripts/export_video_frames.py, ~0.5 KB a frame: small enough to carry to a node);
 # collect then does nothing.
 # In a lease of short calls, run it through scripts/node_job.sh (docs/OFFLINE.md §5).
@@ -40,6 +41,8 @@ BATCH=${BATCH:-128}
 LR=${LR:-}                        # peak learning rate; empty = the config's (5e-4, tuned for batch 128)
 VAL_BATCHES=${VAL_BATCHES:-100}   # held-out loss / accuracy / L1 at each save over up to this many batches of the val
                                   # split (100 x 128 frames: all of it for these suites); 0 = off
+FULL_ON=${FULL_ON:-best_sample}  # best_sample | best_val | last (see above)
+case "$FULL_ON" in best_sample|best_val|last) ;; *) echo "FULL_ON=$FULL_ON: choose best_sample, best_val or last" >&2; exit 2 ;; esac
 TASKS=${TASKS:-}                  # e.g. "[0,1]" for a smoke run; empty = every task
 VIDEO_FRAMES=${VIDEO_FRAMES:-}    # a video export to train from; empty = the frame store that collect writes
 DATA="$PROOF/data/${SUITE}_no_noops"
@@ -96,13 +99,13 @@ checkpoints() {  # $1 = preset: its complete merged checkpoints, oldest first
     | sort -n | cut -d' ' -f2-
 }
 
-full_checkpoint() {  # $1 = preset: the checkpoint the full protocol and ship take: its last, or with FULL_ON=best_val
-  # the one of lowest held-out loss (metrics.jsonl's val_loss: VAL_BATCHES > 0), once training has finished
-  local run="$PROOF/runs/$1" step=""
-  if [ "${FULL_ON:-last}" = best_val ] && [ -f "$run/merged--${STEPS}_chkpt/config.json" ]; then
-    step=$($PY -c 'import json, sys
-held_out = [json.loads(line) for line in open(sys.argv[1]) if "val_loss" in line]
-print(min(held_out, key=lambda r: r["val_loss"])["step"] if held_out else "")' "$run/metrics.jsonl")
+full_checkpoint() {  # $1 = preset: the checkpoint the full protocol and ship take once training has finished
+  # (FULL_ON: vla.run_dir.RunDir.best_step); its last where the criterion has no records
+  local run="$PROOF/runs/$1" step="" by
+  case "$FULL_ON" in best_sample) by=success ;; best_val) by=val_loss ;; *) by="" ;; esac
+  if [ -n "$by" ] && [ -f "$run/merged--${STEPS}_chkpt/config.json" ]; then
+    step=$($PY -c 'import sys; from vla.run_dir import RunDir
+print(RunDir(sys.argv[1]).best_step(sys.argv[2]) or "")' "$run" "$by")
   fi
   if [ -n "$step" ]; then echo "$run/merged--${step}_chkpt"; else checkpoints "$1" | tail -n 1; fi
 }
@@ -115,10 +118,10 @@ evaluate_samples() {  # on SAMPLE_TRIALS fixed states per task: every checkpoint
   mkdir -p "$PROOF/eval"
   for preset in $PRESETS; do
     ckpts=$(checkpoints "$preset")
-    if [ "$preset" = "$first" ] && [ "${FULL_ON:-last}" = last ]; then
+    if [ "$preset" = "$first" ] && [ "$FULL_ON" = last ]; then
       ckpts=$(echo "$ckpts" | grep -v "merged--${STEPS}_chkpt\$" || true)
     elif [ "$preset" = "$first" ]; then
-      :  # FULL_ON=best_val: every checkpoint gets its sample; the full protocol's is chosen after training
+      :  # FULL_ON=best_*: every checkpoint gets its sample; the full protocol's is chosen after training
     else
       ckpts=$(echo "$ckpts" | tail -n 1)
     fi

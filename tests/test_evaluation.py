@@ -490,3 +490,25 @@ def test_expert_outcomes_are_the_same_with_one_or_two_workers(tmp_path, libero_a
         outcomes[workers] = sorted((r["episode"], r["status"], r["steps"]) for r in records)
     assert outcomes[1] == outcomes[2] and len(outcomes[1]) == 2
     assert any(status == "success" for _, status, _ in outcomes[1])  # the expert solves this task
+
+
+def test_best_step_ranks_a_runs_sample_evaluations_or_its_held_out_loss(tmp_path):
+    """Early stopping for learning_proof.sh's FULL_ON: the sample evaluations rank the checkpoints (ties to the later
+    step), a full-protocol evaluation of the pick never ranks itself, and held-out loss is the other criterion."""
+    from vla.run_dir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    assert run.best_step("success") is None and run.best_step("val_loss") is None
+    for step, val_loss in ((2, 1.3), (4, 1.2), (6, 1.4), (8, None)):
+        logged = {"loss": 1.0, "action_accuracy": 0.5, "loss_smoothed": 1.0, "action_accuracy_smoothed": 0.5}
+        run.append_metrics({"step": step, **logged, **({} if val_loss is None else {"val_loss": val_loss})})
+    for step, rate in ((2, 0.1), (4, 0.2), (6, 0.3), (8, 0.3)):
+        run.append_eval({"step": step, "task_suite": "libero_goal", "success_rate": rate, "ci95": [0, 1], "trials": 50,
+                         "eval_dir": f"e{step}"})  # fmt: skip
+    run.append_eval({"step": 2, "task_suite": "libero_goal", "success_rate": 0.9, "ci95": [0, 1], "trials": 500,
+                     "eval_dir": "full"})  # fmt: skip
+    assert run.best_step("success") == 8  # 0.3 at steps 6 and 8: the later; the full protocol's 0.9 is not a sample
+    assert run.best_step("val_loss") == 4
+    with pytest.raises(ValueError, match="'success' or 'val_loss'"):
+        run.best_step("accuracy")

@@ -160,6 +160,22 @@ class RunDir:
         atomic_write_text(self.file(EVALS_FILE), "".join(json.dumps(r) + "\n" for r in [*kept, record]))
         self.plot_learning_curve()
 
+    def best_step(self, by: str) -> int | None:
+        """The step whose checkpoint the run's own measurements rank first (early stopping), or None without them:
+        by "success" the highest LIBERO success rate among its sample evaluations (eval_results.jsonl's records of
+        the fewest trials, so a full-protocol evaluation never ranks its own pick), ties to the later step; by
+        "val_loss" the lowest held-out loss (metrics.jsonl, `logging.val_batches`). The held-out loss rose after ~7
+        epochs while the success rate still climbed (docs/RESULTS.md, thirteenth session): it picks too early."""
+        if by == "success":
+            evals = self.read_evals()
+            fewest = min((e["trials"] for e in evals), default=None)
+            ranked = [(e["success_rate"], e["step"]) for e in evals if e["trials"] == fewest]
+            return max(ranked)[1] if ranked else None
+        if by == "val_loss":
+            held_out = [r for r in self.read_metrics() if "val_loss" in r]
+            return min(held_out, key=lambda r: r["val_loss"])["step"] if held_out else None
+        raise ValueError(f"unknown criterion {by!r}: choose 'success' or 'val_loss'")
+
     def plot_learning_curve(self) -> Path | None:
         """`learning_curve.png`: training loss and action-token accuracy vs optimizer step (from metrics.jsonl; their
         held-out values at the checkpoints when logged), and LIBERO success rate vs step (95 % Wilson interval) when
