@@ -4,7 +4,8 @@
 #
 #   bash scripts/learning_proof.sh collect      # noisy scripted demos of a suite as a TF-free frame store
 #   bash scripts/learning_proof.sh train        # small VLAs from random weights (64 and 256 image tokens)
-#   bash scripts/learning_proof.sh eval         # every saved checkpoint on a sample of the fixed states, the last on all
+#   bash scripts/learning_proof.sh eval         # every saved checkpoint on a sample of the fixed states, the best on all
+#                                               # (FULL_ON), and its held-out metrics with swapped instructions
 #   bash scripts/learning_proof.sh expert       # the scripted expert on the full protocol (the data's ceiling)
 #   bash scripts/learning_proof.sh ship         # the first preset's last checkpoint as int8 (~20 MB, git-sized)
 #
@@ -141,6 +142,19 @@ evaluate() {  # the samples, then the first preset's last checkpoint on FULL_TRI
   last=$(full_checkpoint "$first")
   [ -z "$last" ] || [ -f "$PROOF/eval/$first-full/summary.json" ] \
     || eval_checkpoint "$last" "$FULL_TRIALS" "$PROOF/eval/$first-full" --compile_decoding "${FULL_COMPILE:-false}"
+  [ -z "$last" ] || [ "$VAL_BATCHES" = 0 ] || language_probe "$last" "$PROOF/eval/$first-language.log"
+}
+
+language_probe() {  # $1 = checkpoint, $2 = log: its held-out metrics with true and with swapped instructions (does
+  # the policy read its instruction? scripts/val_metrics.py --swap_instructions; seconds on a GPU)
+  [ -f "$2" ] && return
+  local data=(--source frames --frames_dir "$DATA")
+  [ -z "$VIDEO_FRAMES" ] || data=(--source video_frames --frames_dir "$VIDEO_FRAMES")
+  if $PY scripts/val_metrics.py --checkpoint "$1" "${data[@]}" --swap_instructions > "$2.tmp" 2>&1; then
+    mv "$2.tmp" "$2" && tail -n 4 "$2"
+  else
+    echo "language probe failed (the evaluation above stands): $2.tmp"; tail -n 5 "$2.tmp"
+  fi
 }
 
 ship() {  # int8 weights, lm_head's action rows (vla/checkpoint_int8.py): the small preset's 55 MB -> 20 MB

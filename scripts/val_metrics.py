@@ -6,7 +6,9 @@ episodes fine-tuning never reads): the numbers that tell memorizing the demonstr
 
 One row per checkpoint, every checkpoint on the same frames. Actions are normalized with each checkpoint's own
 statistics for the dataset (what it was trained with; `--unnorm_key`, default the dataset's name), as
-`logging.val_batches` does during fine-tuning (vla.validation).
+`logging.val_batches` does during fine-tuning (vla.validation). `--swap_instructions` adds a second row per
+checkpoint with every episode given another task's instruction: a model that reads its instruction loses accuracy
+there, one that ignores it scores the same (frame stores and video exports).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from vla.data_config import DATA_SOURCES, DataConfig
 from vla.distributed import Distributed
 from vla.model import VLA
 from vla.normalization import resolve_unnorm_key
-from vla.validation import VAL_METRICS, HeldOut
+from vla.validation import SWAPPABLE_SOURCES, VAL_METRICS, HeldOut
 
 
 def main() -> None:
@@ -36,8 +38,12 @@ def main() -> None:
     parser.add_argument("--unnorm_key", help="each checkpoint's statistics entry; default: the dataset's name")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--max_batches", type=int, default=1_000_000, help="default: the whole val split")
+    parser.add_argument("--swap_instructions", action="store_true", help="also measure with swapped instructions")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    if args.swap_instructions and args.source not in SWAPPABLE_SOURCES:
+        parser.error(f"--swap_instructions needs --source {' or '.join(SWAPPABLE_SOURCES)} (export RLDS data with "
+                     "scripts/export_video_frames.py)")  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     cfg = DataConfig(source=args.source, frames_dir=args.frames_dir, data_root_dir=args.data_root_dir,
@@ -49,18 +55,20 @@ def main() -> None:
     rows = []
     for path, stats in zip(args.checkpoint, statistics, strict=True):
         vla = VLA.from_pretrained(path, device=device, dtype=dtype)
-        held_out = HeldOut(cfg, vla, None, batch_size=args.batch_size, max_batches=args.max_batches, env=env,
-                           device=device)  # fmt: skip
-        name = held_out.dataset.dataset_name  # a video export or frame store names its dataset itself
-        key = resolve_unnorm_key(stats, args.unnorm_key or name)
-        held_out.dataset.dataset_statistics = {name: stats[key]}
-        rows.append((path, key, held_out.dataset.num_frames, held_out(vla)))
+        for swap in (False, True)[: 1 + args.swap_instructions]:
+            held_out = HeldOut(cfg, vla, None, batch_size=args.batch_size, max_batches=args.max_batches, env=env,
+                               device=device, swap_instructions=swap)  # fmt: skip
+            name = held_out.dataset.dataset_name  # a video export or frame store names its dataset itself
+            key = resolve_unnorm_key(stats, args.unnorm_key or name)
+            held_out.dataset.dataset_statistics = {name: stats[key]}
+            rows.append((path, key, "swapped" if swap else "true", held_out.dataset.num_frames, held_out(vla)))
         del vla
 
-    print(f"\n| checkpoint | statistics | val frames | {' | '.join(VAL_METRICS)} |")
-    print("|---" * (3 + len(VAL_METRICS)) + "|")
-    for path, key, frames, values in rows:
-        print(f"| {path} | {key} | {frames} | " + " | ".join(f"{values[k]:.4f}" for k in VAL_METRICS) + " |")
+    print(f"\n| checkpoint | statistics | instructions | val frames | {' | '.join(VAL_METRICS)} |")
+    print("|---" * (4 + len(VAL_METRICS)) + "|")
+    for path, key, instructions, frames, values in rows:
+        print(f"| {path} | {key} | {instructions} | {frames} | "
+              + " | ".join(f"{values[k]:.4f}" for k in VAL_METRICS) + " |")  # fmt: skip
 
 
 if __name__ == "__main__":

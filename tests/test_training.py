@@ -168,10 +168,60 @@ def test_held_out_metrics_measure_each_checkpoint_and_leave_training_alone(
     monkeypatch.setattr(sys, "argv", [str(script), "--checkpoint", str(last), "--source", "frames", "--frames_dir",
                                       str(frame_store), "--batch_size", "2", "--max_batches", "2", "--device", "cpu"])  # fmt: skip
     runpy.run_path(str(script), run_name="__main__")
-    row = capsys.readouterr().out.strip().splitlines()[-1]  # | checkpoint | statistics | val frames | metrics... |
-    assert [c.strip() for c in row.strip("|").split("|")][:2] == [str(last), "twenty_episodes"]
-    assert [float(c) for c in row.strip("|").split("|")[3:]] == pytest.approx(
+    row = capsys.readouterr().out.strip().splitlines()[-1]  # | checkpoint | statistics | instructions | frames | ...
+    assert [c.strip() for c in row.strip("|").split("|")][:3] == [str(last), "twenty_episodes", "true"]
+    assert [float(c) for c in row.strip("|").split("|")[4:]] == pytest.approx(
         [held_out[1][k] for k in VAL_METRICS], abs=1e-4
+    )
+
+
+def test_swapped_instructions_give_each_held_out_episode_another_tasks_prompt(
+    tiny_vla, frame_store, tmp_path, rlds_episodes_factory, monkeypatch, capsys
+):
+    """val_metrics.py --swap_instructions: the same frames and action labels, each episode prompted with another
+    episode's instruction (2 val episodes: each gets the other's); refused where it cannot swap."""
+    from vla.data import DataConfig
+    from vla.distributed import Distributed
+    from vla.frame_store import FrameStoreWriter
+    from vla.validation import HeldOut
+
+    writer = FrameStoreWriter(tmp_path / "store", "forty_episodes")
+    for episode in rlds_episodes_factory(40, steps=(2, 2), seed=3):
+        writer.add_episode(episode)
+    cfg = DataConfig(source="frames", frames_dir=writer.close())
+
+    def held_out(data: DataConfig, swap: bool) -> HeldOut:
+        return HeldOut(data, tiny_vla, None, batch_size=4, max_batches=10, env=Distributed(),
+                       device=torch.device("cpu"), swap_instructions=swap)  # fmt: skip
+
+    true_run, swapped_run = held_out(cfg, False), held_out(cfg, True)
+    true, swapped = list(true_run.dataset), list(swapped_run.dataset)
+    assert len(true) == len(swapped) == 4  # the val split: episodes 38 and 39, 2 frames each
+
+    def prompt(sample):
+        return sample["input_ids"][sample["labels"] == -100].tolist()
+
+    def actions(sample):
+        return sample["labels"][sample["labels"] != -100].tolist()
+
+    for i, j in ((0, 2), (1, 3), (2, 0), (3, 1)):  # frame i of one episode, frame j of the other
+        assert torch.equal(swapped[i]["pixel_values"], true[i]["pixel_values"])
+        assert actions(swapped[i]) == actions(true[i])
+        assert prompt(swapped[i]) == prompt(true[j]) != prompt(true[i])
+    assert swapped_run(tiny_vla)["val_loss"] != true_run(tiny_vla)["val_loss"]
+    with pytest.raises(ValueError, match=r"holds 1 distinct instruction.*2 or more tasks"):
+        held_out(DataConfig(source="frames", frames_dir=frame_store), True)  # 20 episodes: 1 in val
+    with pytest.raises(ValueError, match=r"needs data.source frames or video_frames, not 'rlds'"):
+        held_out(DataConfig(source="rlds"), True)
+    import runpy
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "val_metrics.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--checkpoint", "never_loaded", "--swap_instructions"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(script), run_name="__main__")
+    assert (
+        exit_info.value.code == 2
+        and "--swap_instructions needs --source frames or video_frames" in capsys.readouterr().err
     )
 
 

@@ -174,6 +174,19 @@ class IndexedFrameStream(FrameStream):
         self._episode = np.repeat(np.arange(len(lengths)), lengths)[self._mine]  # (n,) -> instruction
         self._instructions = list(instructions)
 
+    def swap_instructions(self) -> dict[str, str]:
+        """Give every episode another task's instruction: each distinct instruction of the split becomes the next one
+        in sorted order (a cycle: none keeps its own). Held-out metrics with swapped against true instructions
+        measure how much a model reads its instruction (`scripts/val_metrics.py --swap_instructions`). Returns the
+        mapping."""
+        distinct = sorted(set(self._instructions))
+        if len(distinct) < 2:
+            raise ValueError(f"split {self.split!r} of {self.root} holds {len(distinct)} distinct instruction(s); "
+                             "swapping them needs 2 or more tasks")  # fmt: skip
+        mapping = dict(zip(distinct, distinct[1:] + distinct[:1], strict=True))
+        self._instructions = [mapping[text] for text in self._instructions]
+        return mapping
+
     def _gather(self, indices: np.ndarray) -> torch.Tensor:
         """uint8 (len(indices), S, S, 3) on `self.device`: this rank's frames `indices` (into `_mine`)."""
         raise NotImplementedError

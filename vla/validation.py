@@ -18,18 +18,26 @@ from vla.distributed import Distributed, average_over_ranks
 from vla.prompt import collate
 
 VAL_METRICS = ("val_loss", "val_action_accuracy", "val_l1")  # as logged in metrics.jsonl and W&B
+SWAPPABLE_SOURCES = ("frames", "video_frames")  # data sources whose episodes' instructions HeldOut can swap
 
 
 class HeldOut:
     """The val split of `cfg`'s data as fixed batches: every call measures the same frames (the val split is read in
     storage order, without augmentation), so the numbers of successive checkpoints compare. Its actions are
-    normalized with `statistics` (`{dataset_name: stats}`: the training run's) when given, else the data's own."""
+    normalized with `statistics` (`{dataset_name: stats}`: the training run's) when given, else the data's own.
+    `swap_instructions`: every episode gets another task's instruction (a frame store or video export only;
+    `FrameStream.swap_instructions`), so the metrics say how much the model reads its instruction."""
 
     def __init__(self, cfg: DataConfig, model: nn.Module, statistics: dict | None, *, batch_size: int, max_batches: int,
-                 env: Distributed, device: torch.device) -> None:  # fmt: skip
+                 env: Distributed, device: torch.device, swap_instructions: bool = False) -> None:  # fmt: skip
+        if swap_instructions and cfg.source not in SWAPPABLE_SOURCES:
+            raise ValueError(f"swapping instructions needs data.source {' or '.join(SWAPPABLE_SOURCES)}, not "
+                             f"{cfg.source!r}: export the dataset with scripts/export_video_frames.py")  # fmt: skip
         val = dataclasses.replace(cfg, split="val", image_aug=False)
         self.dataset = make_dataset(val, model.sequence_builder, model.image_processor, rank=env.rank,
                                     world_size=env.world_size, device=device)  # fmt: skip
+        if swap_instructions:
+            self.dataset.swap_instructions()
         if statistics is not None:
             self.dataset.dataset_statistics = statistics
         self.loader = torch.utils.data.DataLoader(self.dataset, batch_size=batch_size, num_workers=0,
