@@ -69,7 +69,7 @@ perf() {  # random 7.5B weights built inside each bench; the profile tables land
 fp8() {  # FP8 tensor cores for the frozen Llama (vla.fp8_linear); no bitsandbytes needed
   step matmul_fp8 40 $PY scripts/bench_fp8_matmul.py --iters 30
   VLA_LLAMA2_DIR="$TOKENIZER" step fp8_gpu_test 150 $PY -m pytest -q -s -m gpu tests/test_fast_paths.py \
-    -k "agrees_with_plain_at_full_size and fp8"
+    -k "(agrees_with_plain_at_full_size and fp8) or fp8_fused_quantization"
   step inference_fp8 200 $PY scripts/bench_inference.py --tokenizer "$TOKENIZER" --quantization bf16 \
     --quantization fp8 --batch 1 --batch 8 --batch 16 --iters 10 --plain-iters 4 --warmup 2 --agree 16 --fused --compile
   step finetune_fp8 150 $PY scripts/bench_finetune.py --tokenizer "$TOKENIZER" --warmup 1 --steps 3 \

@@ -170,6 +170,57 @@ def test_fp8_fast_decoding_matches_plain_decoding(official_checkpoint):
     np.testing.assert_array_equal(FastActionDecoder(vla).generate_action_ids(pixel_values, prompts, 7), plain)
 
 
+def test_fp8_quantize_kernel_in_the_interpreter():
+    """vla.fp8_kernels' indexing, masking, strides and scale, in Triton's CPU interpreter: the scales equal the torch
+    version's bit for bit and so do the scaled rows (written as float32: the interpreter's e4m3 conversion is not the
+    GPU's, whose cast the GPU test checks)."""
+    pytest.importorskip("triton")
+    script = textwrap.dedent("""
+        import torch
+        from vla import fp8_kernels as K
+        from vla.fp8_linear import quantize_rows
+        torch.manual_seed(0)
+        wide = torch.randn(6, 2100) * 3
+        wide[2] = 0  # an all-zero row: the 1e-12 floor
+        for x in [wide[:1, :300], wide[:, :2100], wide[:, 7:1031], wide[:5, :1500].half()]:  # strided views too
+            scaled, scale = K.quantize_rows(x, torch.float32)
+            _, expected_scale = quantize_rows(x, fused=False)
+            assert torch.equal(scale, expected_scale), x.shape
+            assert torch.equal(scaled, torch.div(x, expected_scale)), x.shape
+        assert K.quantize_rows(wide[:0], torch.float32)[0].shape == (0, 2100)
+        print("ok")
+    """)  # fmt: skip
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    if "active drivers" in result.stderr and "ok" not in result.stdout:
+        pytest.skip("this triton build cannot run its interpreter here")
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+@pytest.mark.gpu
+def test_fp8_fused_quantization_gives_the_same_bits_as_torch_on_the_gpu():
+    """The Triton kernel against the five torch kernels, at the 7B's projection inputs (decode rows, one prefill, a
+    batch-16 prefill) and a strided input; and fp8_matmul through each gives the same product."""
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("needs a CUDA card with FP8 (compute capability >= 8.9)")
+    from vla.fp8_linear import fp8_matmul, quantize_rows
+
+    gen = torch.Generator("cuda").manual_seed(0)
+    for rows, k in [(1, 4096), (16, 11008), (290, 4096), (4640, 11008)]:
+        x = (torch.randn(rows, k, device="cuda", generator=gen) * 4).to(torch.bfloat16)
+        x[0, : k // 2] = 0
+        for view in (x, x[:, 16:]):
+            fused, fused_scale = quantize_rows(view, fused=True)
+            plain, plain_scale = quantize_rows(view, fused=False)
+            assert torch.equal(fused_scale, plain_scale), (rows, k)
+            assert torch.equal(fused.view(torch.uint8), plain.view(torch.uint8)), (rows, k)
+    weight, weight_scale = quantize_rows(torch.randn(4096, 4096, device="cuda", generator=gen).to(torch.bfloat16))
+    x = torch.randn(290, 4096, device="cuda", generator=gen).to(torch.bfloat16)
+    outputs = [fp8_matmul(x, weight.view(torch.uint8), weight_scale, torch.bfloat16, fused) for fused in (True, False)]
+    assert torch.equal(*outputs)
+
+
 def test_int8_triton_kernels_in_the_interpreter():
     pytest.importorskip("triton")
     script = textwrap.dedent("""

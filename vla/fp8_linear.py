@@ -32,11 +32,17 @@ def check_fp8_device(device: torch.device) -> None:
                          f"{name} has {torch.cuda.get_device_capability(device)}: use quantization 8bit or 4bit")  # fmt: skip
 
 
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (M, K) -> (e4m3 (M, K), fp32 scale (M, 1)) with x ≈ e4m3 * scale, each row's absmax mapped to 448. Five
-    kernels (one fused abs-max, two on the (M, 1) scale, a divide in fp32 and the cast): in a decode step they run
-    for every projection, so each one counts."""
-    absmax = torch.linalg.vector_norm(x.detach(), ord=math.inf, dim=-1, keepdim=True, dtype=torch.float32)
+def quantize_rows(x: torch.Tensor, fused: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (M, K) -> (e4m3 (M, K), fp32 scale (M, 1)) with x ≈ e4m3 * scale, each row's absmax mapped to 448. On CUDA
+    (`fused` None) one Triton kernel (`vla.fp8_kernels`); else five torch kernels (one fused abs-max, two on the
+    (M, 1) scale, a divide in fp32 and the cast) with the same bits: in a decode step this runs for every
+    projection, so each kernel counts."""
+    x = x.detach()
+    if x.is_cuda if fused is None else fused:
+        from vla.fp8_kernels import quantize_rows as fused_quantize_rows
+
+        return fused_quantize_rows(x if x.stride(-1) == 1 else x.contiguous())
+    absmax = torch.linalg.vector_norm(x, ord=math.inf, dim=-1, keepdim=True, dtype=torch.float32)
     scale = absmax.clamp_(min=1e-12).div_(FP8_MAX)
     return torch.div(x, scale).to(FP8), scale  # bf16 / fp32 computes in fp32
 
@@ -46,10 +52,12 @@ def dequantize(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) ->
     return (weight.view(FP8).float() * scale).to(dtype)
 
 
-def fp8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-    """x (M, K) @ W^T -> (M, N) `out_dtype`, with the input rows quantized to e4m3 and the products summed in fp32."""
+def fp8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out_dtype: torch.dtype,
+               fused_quantize: bool | None = None) -> torch.Tensor:  # fmt: skip
+    """x (M, K) @ W^T -> (M, N) `out_dtype`, with the input rows quantized to e4m3 (`quantize_rows`, `fused_quantize`
+    its `fused`) and the products summed in fp32."""
     n, k = weight.shape
-    x_fp8, x_scale = quantize_rows(x)
+    x_fp8, x_scale = quantize_rows(x, fused_quantize)
     if k % 16 == 0 and n % 16 == 0:  # the FP8 GEMM's shape constraint
         mm_dtype = torch.bfloat16 if x.is_cuda else torch.float32  # CUDA's row-wise scaling writes bf16 only
         out = torch._scaled_mm(x_fp8, weight.view(FP8).t(), scale_a=x_scale, scale_b=scale.t(), out_dtype=mm_dtype)
