@@ -7,15 +7,15 @@
 #   bash scripts/learning_proof.sh eval         # every saved checkpoint on a sample of the fixed states, the best on all
 #                                               # (FULL_ON), and its held-out metrics with swapped instructions
 #   bash scripts/learning_proof.sh expert       # the scripted expert on the full protocol (the data's ceiling)
-#   bash scripts/learning_proof.sh ship         # the first preset's last checkpoint as int8 (~20 MB, git-sized)
+#   bash scripts/learning_proof.sh ship         # the full protocol's checkpoint as int8 (~20 MB, git-sized)
 #
 # On an offline GPU node first `source <bundle>/activate.sh` (scripts/pack_sim.py; docs/OFFLINE.md). Settings come
 # from the environment: SUITE, PROOF (default outputs/proof), EPISODES (per task), NOISE, SEED, STEPS, BATCH, LR,
 # VAL_BATCHES, WORKERS, TOKENIZER, SAMPLE_TRIALS, FULL_TRIALS and FULL_ON, the checkpoint that gets the full protocol
 # and is shipped: best_sample (default: the highest success rate on the sample states), best_val (the lowest held-out
-# loss: picked too early in docs/RESULTS.md's thirteenth session) or last. VIDEO_FRAMES=<dir> trains from demonstrations collected
-# elsewhere instead (an export of scripts/export_video_frames.py, ~0.5 KB a frame: small enough to carry to a node);
-# collect then does nothing.
+# loss: picked too early in docs/RESULTS.md's thirteenth session) or last. VIDEO_FRAMES=<dir> trains from
+# demonstrations collected elsewhere instead (an export of scripts/export_video_frames.py, ~0.5 KB a frame: small
+# enough to carry to a node); collect then does nothing.
 # In a lease of short calls, run it through scripts/node_job.sh (docs/OFFLINE.md §5).
 # A CPU rehearsal of every stage in ~5 min: PROOF=/tmp/rehearse EPISODES=1 TASKS="[0]"
 # WORKERS=1 STEPS=4 SAVES=2 BATCH=4 PRESETS="micro tiny" SAMPLE_TRIALS=1 FULL_TRIALS=1 EVAL_WHILE_TRAINING=1
@@ -135,7 +135,7 @@ evaluate_samples() {  # on SAMPLE_TRIALS fixed states per task: every checkpoint
   done
 }
 
-evaluate() {  # the samples, then the first preset's last checkpoint on FULL_TRIALS fixed states per task (fast decoding,
+evaluate() {  # the samples, then the first preset's FULL_ON checkpoint on FULL_TRIALS fixed states per task (fast decoding,
   # compiled when FULL_COMPILE=true: the small preset is cheap to decode beside the simulator, so by default no compile)
   evaluate_samples
   local first=${PRESETS%% *} last

@@ -26,7 +26,7 @@ class HeldOut:
     storage order, without augmentation), so the numbers of successive checkpoints compare. Its actions are
     normalized with `statistics` (`{dataset_name: stats}`: the training run's) when given, else the data's own.
     `swap_instructions`: every episode gets another task's instruction (a frame store or video export only;
-    `FrameStream.swap_instructions`), so the metrics say how much the model reads its instruction."""
+    `IndexedFrameStream.swap_instructions`), so the metrics say how much the model reads its instruction."""
 
     def __init__(self, cfg: DataConfig, model: nn.Module, statistics: dict | None, *, batch_size: int, max_batches: int,
                  env: Distributed, device: torch.device, swap_instructions: bool = False) -> None:  # fmt: skip
