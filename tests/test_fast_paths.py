@@ -170,6 +170,16 @@ def test_fp8_fast_decoding_matches_plain_decoding(official_checkpoint):
     np.testing.assert_array_equal(FastActionDecoder(vla).generate_action_ids(pixel_values, prompts, 7), plain)
 
 
+def run_in_triton_interpreter(script: str) -> None:
+    """Run `script` (ends by printing "ok") in a fresh process with Triton's CPU interpreter on."""
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    if "active drivers" in result.stderr and "ok" not in result.stdout:
+        pytest.skip("this triton build cannot run its interpreter here")
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
 def test_fp8_quantize_kernel_in_the_interpreter():
     """vla.fp8_kernels' indexing, masking, strides and scale, in Triton's CPU interpreter: the scales equal the torch
     version's bit for bit and so do the scaled rows (written as float32: the interpreter's e4m3 conversion is not the
@@ -190,12 +200,7 @@ def test_fp8_quantize_kernel_in_the_interpreter():
         assert K.quantize_rows(wide[:0], torch.float32)[0].shape == (0, 2100)
         print("ok")
     """)  # fmt: skip
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
-                            cwd=Path(__file__).resolve().parents[1])  # fmt: skip
-    if "active drivers" in result.stderr and "ok" not in result.stdout:
-        pytest.skip("this triton build cannot run its interpreter here")
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+    run_in_triton_interpreter(script)
 
 
 @pytest.mark.gpu
@@ -242,12 +247,7 @@ def test_int8_triton_kernels_in_the_interpreter():
                 assert ((out.double() - ref).norm() / ref.norm()).item() < 2e-3, (m, n, k)
         print("ok")
     """)  # fmt: skip
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
-                            cwd=Path(__file__).resolve().parents[1])  # fmt: skip
-    if "active drivers" in result.stderr and "ok" not in result.stdout:
-        pytest.skip("this triton build cannot run its interpreter here")
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+    run_in_triton_interpreter(script)
 
 
 def training_batch(vla, seed: int = 0) -> dict[str, torch.Tensor]:
