@@ -21,7 +21,7 @@
 # WORKERS=1 STEPS=4 SAVES=2 BATCH=4 PRESETS="micro tiny" SAMPLE_TRIALS=1 FULL_TRIALS=1 EVAL_WHILE_TRAINING=1
 # VAL_BATCHES=0 (one episode per task leaves no val split).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."  # also when sourced (its functions, one at a time)
 
 SUITE=${SUITE:-libero_spatial}
 PROOF=${PROOF:-outputs/proof}
