@@ -307,6 +307,31 @@ def test_fp8_lora_trains_the_adapters_and_saves_the_unquantized_weights(official
         merge_lora(vla)
 
 
+def test_fp8_quantization_falls_back_to_torch_once_when_the_fused_kernel_fails(monkeypatch, caplog):
+    """Where the Triton kernel cannot run (the default path on CUDA), the torch kernels quantize with the same bits,
+    with one warning, and the kernel is not tried again; asked for explicitly, its error surfaces."""
+    import vla.fp8_kernels
+    from vla import fp8_linear
+
+    calls = []
+
+    def broken(x):
+        calls.append(x.shape)
+        raise RuntimeError("no FP8 conversion in this Triton build")
+
+    monkeypatch.setattr(vla.fp8_kernels, "quantize_rows", broken)
+    monkeypatch.setattr(fp8_linear, "_FUSED_FAILURES", [])
+    monkeypatch.setattr(fp8_linear, "_fused_by_default", lambda x: not fp8_linear._FUSED_FAILURES)  # as on CUDA
+    x = torch.randn(3, 64)
+    expected = fp8_linear.quantize_rows(x, fused=False)
+    for _ in range(2):
+        got = fp8_linear.quantize_rows(x)
+        assert torch.equal(got[1], expected[1]) and torch.equal(got[0].view(torch.uint8), expected[0].view(torch.uint8))
+    assert len(calls) == 1 and "no FP8 conversion" in caplog.text
+    with pytest.raises(RuntimeError, match="no FP8 conversion"):
+        fp8_linear.quantize_rows(x, fused=True)
+
+
 def test_fp8_names_the_card_it_cannot_run_on(monkeypatch):
     from vla.fp8_linear import check_fp8_device
 

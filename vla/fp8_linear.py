@@ -13,10 +13,13 @@ own name. Checkpoints save the unquantized weights from the files they were load
 from __future__ import annotations
 
 import functools
+import logging
 import math
 
 import torch
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
@@ -34,17 +37,31 @@ def check_fp8_device(device: torch.device) -> None:
 
 def quantize_rows(x: torch.Tensor, fused: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """x (M, K) -> (e4m3 (M, K), fp32 scale (M, 1)) with x ≈ e4m3 * scale, each row's absmax mapped to 448. On CUDA
-    (`fused` None) one Triton kernel (`vla.fp8_kernels`); else five torch kernels (one fused abs-max, two on the
-    (M, 1) scale, a divide in fp32 and the cast) with the same bits: in a decode step this runs for every
-    projection, so each kernel counts."""
+    (`fused` None) one Triton kernel (`vla.fp8_kernels`; where it fails, torch from then on, with one warning); else
+    five torch kernels (one fused abs-max, two on the (M, 1) scale, a divide in fp32 and the cast) with the same
+    bits: in a decode step this runs for every projection, so each kernel counts."""
     x = x.detach()
-    if x.is_cuda if fused is None else fused:
-        from vla.fp8_kernels import quantize_rows as fused_quantize_rows
+    if fused or (fused is None and _fused_by_default(x)):
+        try:
+            from vla.fp8_kernels import quantize_rows as fused_quantize_rows
 
-        return fused_quantize_rows(x if x.stride(-1) == 1 else x.contiguous())
+            return fused_quantize_rows(x if x.stride(-1) == 1 else x.contiguous())
+        except Exception as err:  # e.g. a Triton build that cannot compile it: the torch kernels give the same bits
+            if fused:
+                raise
+            _FUSED_FAILURES.append(f"{type(err).__name__}: {err}")
+            logger.warning("the fused FP8 quantization kernel failed (%s); quantizing with torch from now on, same "
+                           "bits, slower", _FUSED_FAILURES[0])  # fmt: skip
     absmax = torch.linalg.vector_norm(x, ord=math.inf, dim=-1, keepdim=True, dtype=torch.float32)
     scale = absmax.clamp_(min=1e-12).div_(FP8_MAX)
     return torch.div(x, scale).to(FP8), scale  # bf16 / fp32 computes in fp32
+
+
+_FUSED_FAILURES: list[str] = []  # why the fused kernel failed in this process (then it is not tried again)
+
+
+def _fused_by_default(x: torch.Tensor) -> bool:
+    return x.is_cuda and not _FUSED_FAILURES
 
 
 def dequantize(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
