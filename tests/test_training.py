@@ -176,14 +176,14 @@ def test_held_out_metrics_measure_each_checkpoint_and_leave_training_alone(
 
 
 def test_swapped_instructions_give_each_held_out_episode_another_tasks_prompt(
-    tiny_vla, frame_store, tmp_path, rlds_episodes_factory, monkeypatch, capsys
+    tiny_vla, official_checkpoint, frame_store, tmp_path, rlds_episodes_factory, monkeypatch, capsys
 ):
     """val_metrics.py --swap_instructions: the same frames and action labels, each episode prompted with another
     episode's instruction (2 val episodes: each gets the other's); refused where it cannot swap."""
     from vla.data import DataConfig
     from vla.distributed import Distributed
     from vla.frame_store import FrameStoreWriter
-    from vla.validation import HeldOut
+    from vla.validation import VAL_METRICS, HeldOut
 
     writer = FrameStoreWriter(tmp_path / "store", "forty_episodes")
     for episode in rlds_episodes_factory(40, steps=(2, 2), seed=3):
@@ -216,6 +216,17 @@ def test_swapped_instructions_give_each_held_out_episode_another_tasks_prompt(
     import runpy
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "val_metrics.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--checkpoint", str(official_checkpoint[0]), "--source", "frames",
+                                      "--frames_dir", str(cfg.frames_dir), "--unnorm_key", "libero_spatial",
+                                      "--batch_size", "4", "--device", "cpu", "--swap_instructions"])  # fmt: skip
+    runpy.run_path(str(script), run_name="__main__")
+    rows = [line.strip("|").split("|") for line in capsys.readouterr().out.strip().splitlines()[-2:]]
+    statistics = {"forty_episodes": tiny_vla.norm_stats["libero_spatial"]}  # the checkpoint's, as the script uses
+    for row, swap in zip(rows, (False, True), strict=True):  # | checkpoint | statistics | instructions | frames | ...
+        expected = HeldOut(cfg, tiny_vla, statistics, batch_size=4, max_batches=10, env=Distributed(),
+                           device=torch.device("cpu"), swap_instructions=swap)(tiny_vla)  # fmt: skip
+        assert row[2].strip() == ("swapped" if swap else "true")
+        assert [float(c) for c in row[4:]] == pytest.approx([expected[k] for k in VAL_METRICS], abs=1e-4)
     monkeypatch.setattr(sys, "argv", [str(script), "--checkpoint", "never_loaded", "--swap_instructions"])
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(str(script), run_name="__main__")
