@@ -3,6 +3,8 @@ TensorFlow-free training data that `vla.video_frames.VideoFrameDataset` reads.
 
     python scripts/export_video_frames.py --data_root_dir ~/modified_libero_rlds \
         --dataset_name libero_spatial_no_noops --out data/libero_spatial_video
+    python scripts/export_video_frames.py --frames_dir data/spatial/libero_spatial_no_noops --out data/video_c
+        # a frame store (collect_demos.py --format frames, e.g. on a node without TensorFlow) -> an export
     python scripts/export_video_frames.py --merge data/video_a data/video_b --out data/video   # exports -> one
 """
 
@@ -11,9 +13,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vla.frame_store import read_store_episodes, read_store_index
+from vla.frame_stream import STATS_NAME
+from vla.normalization import load_dataset_statistics
 from vla.rlds import RLDSConfig
 from vla.runtime import configure_logging
-from vla.video_frames import describe_export, export_video_frames, merge_exports
+from vla.video_frames import describe_export, export_video_frames, merge_exports, write_export
 
 
 def main() -> None:
@@ -21,6 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data_root_dir", type=Path, help="folder holding <dataset_name>/<version>/")
+    source.add_argument("--frames_dir", type=Path, help="a frame store (collect_demos.py --format frames)")
     source.add_argument("--merge", type=Path, nargs="+", help="exports of one dataset to join (no re-encoding)")
     parser.add_argument("--dataset_name", default=defaults.dataset_name, help="with --data_root_dir")
     parser.add_argument("--out", type=Path, required=True, help="export folder (must not exist or be empty)")
@@ -34,6 +40,13 @@ def main() -> None:
     configure_logging()
     if args.merge:
         out = merge_exports(args.merge, args.out)
+    elif args.frames_dir:
+        index = read_store_index(args.frames_dir)
+        name = index["dataset_name"]
+        stats = load_dataset_statistics(args.frames_dir / STATS_NAME)[name]
+        out = write_export(
+            args.out, read_store_episodes(args.frames_dir), name, stats, standardize=index["standardize"], crf=args.crf
+        )
     else:
         cfg = RLDSConfig(data_root_dir=args.data_root_dir, dataset_name=args.dataset_name)
         out = export_video_frames(cfg, args.out, crf=args.crf)

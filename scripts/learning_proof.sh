@@ -15,7 +15,8 @@
 # and is shipped: best_sample (default: the highest success rate on the sample states), best_val (the lowest held-out
 # loss: picked too early in docs/RESULTS.md's thirteenth session) or last. VIDEO_FRAMES=<dir> trains from
 # demonstrations collected elsewhere instead (an export of scripts/export_video_frames.py, ~0.5 KB a frame: small
-# enough to carry to a node); collect then does nothing.
+# enough to carry to a node); collect then does nothing. ADD_FRAMES="<export> ..." trains on both: this node's
+# collection (exported to H.264 after collect) joined with the exports collected elsewhere, in $PROOF/video.
 # In a lease of short calls, run it through scripts/node_job.sh (docs/OFFLINE.md §5).
 # A CPU rehearsal of every stage in ~5 min: PROOF=/tmp/rehearse EPISODES=1 TASKS="[0]"
 # WORKERS=1 STEPS=4 SAVES=2 BATCH=4 PRESETS="micro tiny" SAMPLE_TRIALS=1 FULL_TRIALS=1 EVAL_WHILE_TRAINING=1
@@ -46,24 +47,37 @@ FULL_ON=${FULL_ON:-best_sample}  # best_sample | best_val | last (see above)
 case "$FULL_ON" in best_sample|best_val|last) ;; *) echo "FULL_ON=$FULL_ON: choose best_sample, best_val or last" >&2; exit 2 ;; esac
 TASKS=${TASKS:-}                  # e.g. "[0,1]" for a smoke run; empty = every task
 VIDEO_FRAMES=${VIDEO_FRAMES:-}    # a video export to train from; empty = the frame store that collect writes
+ADD_FRAMES=${ADD_FRAMES:-}        # video exports joined with this node's collection (see above)
 DATA="$PROOF/data/${SUITE}_no_noops"
-if [ -n "$VIDEO_FRAMES" ]; then DATA_FLAGS=(--data.source video_frames --data.frames_dir "$VIDEO_FRAMES")
-else DATA_FLAGS=(--data.source frames --data.frames_dir "$DATA"); fi
+[ -z "$VIDEO_FRAMES" ] || [ -z "$ADD_FRAMES" ] || { echo "set VIDEO_FRAMES or ADD_FRAMES, not both" >&2; exit 2; }
+[ -z "$ADD_FRAMES" ] || VIDEO_FRAMES="$PROOF/video"
+if [ -n "$VIDEO_FRAMES" ]; then SOURCE=video_frames FRAMES_DIR=$VIDEO_FRAMES; else SOURCE=frames FRAMES_DIR=$DATA; fi
 PY=${PYTHON:-python}
 
 collect() {
-  if [ -n "$VIDEO_FRAMES" ]; then echo "demos: training from the video export $VIDEO_FRAMES"; return; fi
-  if [ -f "$DATA/index.json" ]; then echo "demos: $DATA is complete"; return; fi
-  rm -rf "$PROOF/data"  # an unfinished store (no index.json) is started again
-  $PY scripts/collect_demos.py --task_suite "$SUITE" --episodes_per_task "$EPISODES" --action_noise "$NOISE" \
-    --noise_dims "$NOISE_DIMS" --format frames --num_workers "$WORKERS" --seed "$SEED" --out "$PROOF/data" ${TASKS:+--tasks "${TASKS//[\[\]]/}"}
+  if [ -n "$VIDEO_FRAMES" ] && [ -z "$ADD_FRAMES" ]; then echo "demos: training from the video export $VIDEO_FRAMES"; return; fi
+  if [ -f "$DATA/index.json" ]; then echo "demos: $DATA is complete"
+  else
+    rm -rf "$PROOF/data"  # an unfinished store (no index.json) is started again
+    $PY scripts/collect_demos.py --task_suite "$SUITE" --episodes_per_task "$EPISODES" --action_noise "$NOISE" \
+      --noise_dims "$NOISE_DIMS" --format frames --num_workers "$WORKERS" --seed "$SEED" --out "$PROOF/data" ${TASKS:+--tasks "${TASKS//[\[\]]/}"}
+  fi
+  [ -z "$ADD_FRAMES" ] || join_frames
+}
+
+join_frames() {  # this node's collection as H.264, joined with ADD_FRAMES (each step skipped once its export exists;
+  # an interrupted one leaves only <out>.tmp, which the next run replaces)
+  [ -f "$PROOF/video_node/index.npz" ] \
+    || $PY scripts/export_video_frames.py --frames_dir "$DATA" --out "$PROOF/video_node"
+  # shellcheck disable=SC2086  # ADD_FRAMES is a list of folders
+  [ -f "$VIDEO_FRAMES/index.npz" ] || $PY scripts/export_video_frames.py --merge "$PROOF/video_node" $ADD_FRAMES --out "$VIDEO_FRAMES"
 }
 
 train_one() {  # $1 = preset
   local run="$PROOF/runs/$1" resume=()
   [ -f "$run/trainer_state.safetensors" ] || [ -f "$run/trainer_state.pt" ] && resume=(--resume)
   $PY scripts/finetune.py --config configs/small_libero_spatial.yaml --model.preset "$1" \
-    --model.tokenizer_path "$TOKENIZER" "${DATA_FLAGS[@]}" \
+    --model.tokenizer_path "$TOKENIZER" --data.source "$SOURCE" --data.frames_dir "$FRAMES_DIR" \
     --optim.batch_size "$BATCH" ${LR:+--optim.learning_rate "$LR"} --logging.val_batches "$VAL_BATCHES" \
     --optim.max_steps "$STEPS" --optim.save_steps $((STEPS / SAVES)) --optim.warmup_steps $((STEPS / 10)) \
     --run.root_dir "$PROOF/runs" --run.id "$1" --run.save_latest_only false "${resume[@]}" > "$PROOF/train_$1.log" 2>&1
@@ -148,9 +162,7 @@ evaluate() {  # the samples, then the first preset's FULL_ON checkpoint on FULL_
 language_probe() {  # $1 = checkpoint, $2 = log: its held-out metrics with true and with swapped instructions (does
   # the policy read its instruction? scripts/val_metrics.py --swap_instructions; seconds on a GPU)
   [ -f "$2" ] && return
-  local data=(--source frames --frames_dir "$DATA")
-  [ -z "$VIDEO_FRAMES" ] || data=(--source video_frames --frames_dir "$VIDEO_FRAMES")
-  if $PY scripts/val_metrics.py --checkpoint "$1" "${data[@]}" --swap_instructions > "$2.tmp" 2>&1; then
+  if $PY scripts/val_metrics.py --checkpoint "$1" --source "$SOURCE" --frames_dir "$FRAMES_DIR" --swap_instructions > "$2.tmp" 2>&1; then
     mv "$2.tmp" "$2" && tail -n 4 "$2"
   else
     echo "language probe failed (the evaluation above stands): $2.tmp"; tail -n 5 "$2.tmp"

@@ -454,3 +454,77 @@ def test_export_script_prints_a_summary_and_refuses_to_overwrite(rlds_export, tm
     monkeypatch.setattr(sys, "argv", [str(script), *args[:-1], str(root)])
     with pytest.raises(FileExistsError, match=str(root)):
         runpy.run_path(str(script), run_name="__main__")
+
+
+# ---- a node's frame store -> H.264, joined with exports collected elsewhere ----
+
+
+def _store(root, episodes):
+    from vla.frame_store import FrameStoreWriter
+
+    with FrameStoreWriter(root, "libero_spatial_no_noops") as writer:
+        for episode in episodes:
+            writer.add_episode(episode)
+    return root
+
+
+def _export_store(store, out):
+    import subprocess
+
+    args = ["scripts/export_video_frames.py", "--frames_dir", str(store), "--out", str(out), "--crf", "0"]
+    subprocess.run([sys.executable, *args], check=True, capture_output=True)
+    return out
+
+
+def test_a_frame_store_exports_its_frames_actions_splits_and_statistics(tmp_path, rlds_episodes_factory):
+    """export_video_frames.py --frames_dir: what a TF-free collection (a GPU node's) wrote becomes a carryable export
+    that streams the same training data: the store's frames (lossless H.264, only the YUV rounding), actions,
+    instructions, splits and statistics."""
+    pytest.importorskip("imageio_ffmpeg")
+    from vla.frame_store import FrameStoreDataset, read_store_index
+
+    store = _store(tmp_path / "store", rlds_episodes_factory(20, steps=(2, 3), seed=5))
+    export = _export_store(store, tmp_path / "video")
+    index, store_index = read_index(export), read_store_index(store)
+    assert list(index["splits"]) == [ep["split"] for ep in store_index["episodes"]] and "val" in index["splits"]
+    assert list(index["instructions"]) == [ep["instruction"] for ep in store_index["episodes"]]
+    np.testing.assert_array_equal(index["lengths"], [ep["length"] for ep in store_index["episodes"]])
+    np.testing.assert_array_equal(index["actions"], np.load(store / "actions.npy"))
+    frames = np.fromfile(store / "frames.u8", np.uint8).reshape(-1, 224, 224, 3)
+    decoded = np.concatenate([decode_video(export / str(video)) for video in index["videos"]])
+    assert decoded.shape == frames.shape and np.abs(decoded.astype(int) - frames).mean() < 1.5
+    processor = ImageProcessor()
+    from_store = FrameStoreDataset(store, _NoSequences(), processor, split="val")
+    from_export = VideoFrameDataset(export, _NoSequences(), processor, split="val")
+    assert from_export.dataset_statistics == from_store.dataset_statistics
+    got, expected = list(from_export.frames()), list(from_store.frames())
+    assert [f["instruction"] for f in got] == [f["instruction"] for f in expected]
+    np.testing.assert_array_equal(np.stack([f["action"] for f in got]), np.stack([f["action"] for f in expected]))
+
+
+def test_learning_proof_joins_the_nodes_collection_with_carried_exports(tmp_path, rlds_episodes_factory):
+    """learning_proof.sh with ADD_FRAMES: after collect, this node's store is exported and joined with the exports
+    carried from elsewhere; training then reads the join (statistics over every episode), and a rerun keeps it."""
+    pytest.importorskip("imageio_ffmpeg")
+    import os
+    import subprocess
+
+    proof, node_episodes = tmp_path / "proof", rlds_episodes_factory(4, steps=(2, 3), seed=6)
+    _store(proof / "data" / "libero_spatial_no_noops", node_episodes)
+    carried_episodes = rlds_episodes_factory(3, steps=(2, 3), seed=7)
+    carried = _export_store(_store(tmp_path / "carried_store", carried_episodes), tmp_path / "carried")
+    env = {**os.environ, "PROOF": str(proof), "ADD_FRAMES": str(carried), "PYTHON": sys.executable}
+    join = ["bash", "-c", "source scripts/learning_proof.sh && join_frames && echo $SOURCE $FRAMES_DIR"]
+    printed = subprocess.run(join, env=env, check=True, capture_output=True, text=True).stdout
+    assert printed.split()[-2:] == ["video_frames", f"{proof}/video"]
+    index = read_index(proof / "video")
+    everything = node_episodes + carried_episodes
+    assert list(index["instructions"]) == [e["language_instruction"] for e in everything]
+    joined = _dataset(proof / "video", image_size=224)
+    actions = libero_standardize(np.concatenate([e["action"] for e in everything]))
+    assert joined.dataset_statistics == {"libero_spatial_no_noops": dataset_statistics(actions, len(everything))}
+    before = (proof / "video" / "index.npz").stat().st_mtime_ns
+    subprocess.run(join, env=env, check=True, capture_output=True)
+    assert (proof / "video" / "index.npz").stat().st_mtime_ns == before  # done once; a rerun skips it
+    both = subprocess.run(join, env={**env, "VIDEO_FRAMES": str(carried)}, capture_output=True, text=True)
+    assert both.returncode == 2 and "VIDEO_FRAMES or ADD_FRAMES" in both.stderr

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,21 @@ def read_store_index(root: Path) -> dict[str, Any]:
         raise ValueError(f"{root / FRAMES_NAME} holds {(root / FRAMES_NAME).stat().st_size} bytes, the index says "
                          f"{frames} frames of {size}x{size}x3 = {expected}: the frame store is damaged; {fix}")  # fmt: skip
     return index
+
+
+def read_store_episodes(root: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray, str]]:
+    """(split, frames (T, S, S, 3) uint8, raw actions (T, 7) float32, instruction) of every episode of a frame store,
+    in the order they were added: `vla.video_frames.write_export`'s input (a node's collection -> a carryable
+    H.264 export, merged with others by `merge_exports`). Frames are read from the map one episode at a time."""
+    index = read_store_index(root)
+    size, total = int(index["image_size"]), int(index["num_frames"])
+    frames = np.memmap(Path(root) / FRAMES_NAME, np.uint8, "r", shape=(total, size, size, 3))
+    actions = np.load(Path(root) / ACTIONS_NAME)
+    start = 0
+    for episode in index["episodes"]:
+        end = start + int(episode["length"])
+        yield episode["split"], np.asarray(frames[start:end]), actions[start:end], episode["instruction"]
+        start = end
 
 
 class FrameStoreDataset(IndexedFrameStream):
