@@ -42,22 +42,19 @@ def _threads() -> int:
 
 def write_video(path: Path, frames: np.ndarray, crf: int = 23) -> None:
     """uint8 (T, H, W, 3) -> an H.264 mp4 (libx264, yuv444p, `crf`, preset slow, one encoder thread so the bytes
-    do not depend on the machine), encoded by imageio-ffmpeg."""
-    import imageio.v2 as imageio
+    do not depend on the machine), encoded by PyAV: no ffmpeg binary, so a GPU node exports its own collection."""
+    import av
 
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
         raise ValueError(f"write_video expects uint8 (T>0, H, W, 3) frames, got {frames.dtype} {frames.shape}")
-    params = ["-crf", str(crf), "-preset", "slow", "-threads", "1"]
-    writer = imageio.get_writer(
-        str(path), fps=FPS, codec="libx264", quality=None, output_params=params, macro_block_size=1,
-        pixelformat="yuv444p", ffmpeg_log_level="error",
-    )  # fmt: skip
-    try:
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=FPS, options={"crf": str(crf), "preset": "slow"})
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv444p"
+        stream.codec_context.thread_count = 1
         for frame in frames:
-            writer.append_data(frame)
-    finally:
-        writer.close()
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())  # flush the encoder
 
 
 def decode_video(path: Path, yuv: bool = False) -> np.ndarray:
