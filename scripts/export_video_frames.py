@@ -13,12 +13,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vla.frame_store import read_store_episodes, read_store_index
-from vla.frame_stream import STATS_NAME
-from vla.normalization import load_dataset_statistics
 from vla.rlds import RLDSConfig
 from vla.runtime import configure_logging
-from vla.video_frames import describe_export, export_video_frames, merge_exports, write_export
+from vla.video_frames import describe_export, export_frame_store, export_video_frames, merge_exports
 
 
 def main() -> None:
@@ -41,12 +38,7 @@ def main() -> None:
     if args.merge:
         out = merge_exports(args.merge, args.out)
     elif args.frames_dir:
-        index = read_store_index(args.frames_dir)
-        name = index["dataset_name"]
-        stats = load_dataset_statistics(args.frames_dir / STATS_NAME)[name]
-        out = write_export(
-            args.out, read_store_episodes(args.frames_dir), name, stats, standardize=index["standardize"], crf=args.crf
-        )
+        out = export_frame_store(args.frames_dir, args.out, crf=args.crf)
     else:
         cfg = RLDSConfig(data_root_dir=args.data_root_dir, dataset_name=args.dataset_name)
         out = export_video_frames(cfg, args.out, crf=args.crf)

@@ -186,11 +186,10 @@ def read_store_index(root: Path) -> dict[str, Any]:
     return index
 
 
-def read_store_episodes(root: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray, str]]:
-    """(split, frames (T, S, S, 3) uint8, raw actions (T, 7) float32, instruction) of every episode of a frame store,
-    in the order they were added: `vla.video_frames.write_export`'s input (a node's collection -> a carryable
-    H.264 export, merged with others by `merge_exports`). Frames are read from the map one episode at a time."""
-    index = read_store_index(root)
+def read_store_episodes(root: Path, index: dict[str, Any]) -> Iterator[tuple[str, np.ndarray, np.ndarray, str]]:
+    """(split, frames (T, S, S, 3) uint8, raw actions (T, 7) float32, instruction) of every episode of a frame store
+    (`index` = `read_store_index(root)`), in the order they were added: `vla.video_frames.export_frame_store`'s
+    input. Frames are read from the map one episode at a time."""
     size, total = int(index["image_size"]), int(index["num_frames"])
     frames = np.memmap(Path(root) / FRAMES_NAME, np.uint8, "r", shape=(total, size, size, 3))
     actions = np.load(Path(root) / ACTIONS_NAME)

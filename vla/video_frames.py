@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from vla.data_config import SPLITS, STANDARDIZE_FNS, DataConfig
+from vla.frame_store import read_store_episodes, read_store_index
 from vla.frame_stream import STATS_NAME, IndexedFrameStream
 from vla.normalization import dataset_statistics, load_dataset_statistics, save_dataset_statistics
 from vla.rlds import check_rlds_dir, load_statistics
@@ -166,6 +167,16 @@ def export_video_frames(cfg: DataConfig, out_dir: Path, crf: int = 23) -> Path:
     return write_export(
         out_dir, _read_episodes(cfg, builder), cfg.dataset_name, stats, standardize=cfg.standardize, crf=crf
     )
+
+
+def export_frame_store(root: Path, out_dir: Path, crf: int = 23) -> Path:
+    """A frame store (`vla.frame_store`, e.g. a GPU node's TF-free collection) -> an export in `out_dir`: its frames
+    as stored, its actions, instructions, splits and statistics; needs no TensorFlow."""
+    index = read_store_index(root)
+    name = index["dataset_name"]
+    stats = load_dataset_statistics(Path(root) / STATS_NAME)[name]
+    episodes = read_store_episodes(root, index)
+    return write_export(out_dir, episodes, name, stats, standardize=index["standardize"], crf=crf)
 
 
 @contextlib.contextmanager
