@@ -1,8 +1,9 @@
 """Triton kernel for `vla.fp8_linear`: quantize the rows of a matmul's input to e4m3 in one pass. The torch version
 takes five kernels (row abs-max, two on the scale, a divide, the cast); in a decode step they run for each of the 224
 projections, and on an H100 they cost more than the FP8 GEMM saves (docs/PERFORMANCE.md, thirteenth GPU session).
-Same arithmetic, same bits: the abs-max in fp32, scale = max(absmax, 1e-12) / 448 and x / scale with IEEE division
-(`div_rn`), the cast rounding to nearest even. Imported only on CUDA."""
+Same arithmetic, same bits: the abs-max in fp32, scale = max(absmax, 1e-12) * fp32(1 / 448) (CUDA divides a tensor by a
+scalar as a multiply by its reciprocal), x / scale with IEEE division (`div_rn`), the cast rounding to nearest even.
+Imported only on CUDA."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
+INV_FP8_MAX = tl.constexpr(1.0 / 448.0)  # 1 / torch.finfo(torch.float8_e4m3fn).max, as fp32; constexpr: the only
+# globals a jit function may read
 
 
 @triton.jit
@@ -21,7 +23,7 @@ def _quantize_rows_kernel(x_ptr, out_ptr, scale_ptr, K, stride_x, stride_out, BL
     for start in range(0, K, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         absmax = tl.maximum(absmax, tl.abs(tl.load(x_row + cols, mask=cols < K, other=0.0).to(tl.float32)))
-    scale = tl.math.div_rn(tl.maximum(tl.max(absmax, axis=0), 1e-12), FP8_MAX)
+    scale = tl.maximum(tl.max(absmax, axis=0), 1e-12) * INV_FP8_MAX
     tl.store(scale_ptr + row, scale)
     for start in range(0, K, BLOCK):  # the row again: from L2 (a row is at most a few tens of KB)
         cols = start + tl.arange(0, BLOCK)

@@ -53,7 +53,7 @@ def quantize_rows(x: torch.Tensor, fused: bool | None = None) -> tuple[torch.Ten
             logger.warning("the fused FP8 quantization kernel failed (%s); quantizing with torch from now on, same "
                            "bits, slower", _FUSED_FAILURES[0])  # fmt: skip
     absmax = torch.linalg.vector_norm(x, ord=math.inf, dim=-1, keepdim=True, dtype=torch.float32)
-    scale = absmax.clamp_(min=1e-12).div_(FP8_MAX)
+    scale = absmax.clamp_(min=1e-12).mul_(1.0 / FP8_MAX)  # what CUDA's division by a scalar computes (on every device)
     return torch.div(x, scale).to(FP8), scale  # bf16 / fp32 computes in fp32
 
 
