@@ -1,7 +1,7 @@
 """Where a from-scratch training step of the learning proof spends its time: the data path and the model step, apart.
 
     python scripts/bench_small_training.py --tokenizer_path DIR                    # preset small, batch 128, CUDA
-    python scripts/bench_small_training.py --tokenizer_path DIR --batch_sizes 128 256 --profile true
+    python scripts/bench_small_training.py --tokenizer_path DIR --batch_sizes "[128,256]" --profile true
 
 The frames are random yuv444p planes held in memory (as `VideoFrameDataset` holds a decoded export), so no export or
 simulator is needed; what is timed is the code the learning proof runs (`IndexedFrameStream`, `collate`, the model,
@@ -16,6 +16,7 @@ AdamW). Rows, each at every batch size:
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -87,14 +88,14 @@ def main(cfg: BenchConfig) -> None:
                         LoraConfig(enabled=False), device)  # fmt: skip
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.01)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu")
+    cuda = device.type == "cuda"  # as the trainer: bf16 autocast on CUDA, float32 on the CPU
 
     def step(batch) -> None:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with autocast:
+        with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext():
             loss, metrics = model(batch)
         loss.backward()
-        [loss.item(), float(metrics["action_accuracy"]), float(metrics["l1"])]  # the loop's per-step reads
+        _ = loss.item(), float(metrics["action_accuracy"]), float(metrics["l1"])  # the loop's per-step reads
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
