@@ -139,7 +139,10 @@ class Prefetched:
 
     def _fill(self, batches) -> None:
         while not self._stop.is_set():
-            batch = next(batches)
+            try:
+                batch = next(batches)
+            except Exception as err:  # handed to the caller's next `next` instead of leaving it waiting
+                batch = err
             while not self._stop.is_set():
                 try:
                     self._queue.put(batch, timeout=0.1)
@@ -156,7 +159,10 @@ class Prefetched:
         self._thread.join()
 
     def __next__(self):
-        return self._queue.get()
+        batch = self._queue.get()
+        if isinstance(batch, Exception):
+            raise batch
+        return batch
 
 
 def print_profile(loader, step, device: torch.device) -> None:
