@@ -3,7 +3,7 @@
     python scripts/bench_small_training.py --tokenizer_path DIR                    # preset small, batch 128, CUDA
     python scripts/bench_small_training.py --tokenizer_path DIR --batch_sizes "[128,256]" --profile true
 
-The frames are random yuv444p planes held in memory (as `VideoFrameDataset` holds a decoded export), so no export or
+The frames are random yuv444p planes held in memory (where `VideoFrameDataset` holds a decoded export), so no export or
 simulator is needed; what is timed is the code the learning proof runs (`IndexedFrameStream`, `collate`, the model,
 AdamW). Rows, each at every batch size:
 - `chunks`: gather + YUV -> RGB + augmentation (`IndexedFrameStream._chunks`), frames/s;
@@ -29,12 +29,11 @@ import draccus
 import numpy as np
 import torch
 
-from vla.frame_stream import IndexedFrameStream
 from vla.lora import LoraConfig
 from vla.model_source import ModelConfig, build_model
 from vla.normalization import dataset_statistics
 from vla.prompt import collate
-from vla.video_frames import yuv_to_rgb
+from vla.video_frames import VideoFrameDataset
 
 REPO = Path(__file__).resolve().parents[1]
 INSTRUCTIONS = [f"pick up the black bowl number {i} and place it on the plate" for i in range(10)]
@@ -52,8 +51,9 @@ class BenchConfig:
     profile: bool = False
 
 
-class MemoryFrames(IndexedFrameStream):
-    """`VideoFrameDataset`'s stream over random yuv444p frames in memory: 10 episodes of `frames / 10`."""
+class MemoryFrames(VideoFrameDataset):
+    """`VideoFrameDataset` over random yuv444p frames in memory instead of a decoded export: 10 episodes of
+    `frames / 10` (its `_gather`, YUV -> RGB on the device, unchanged)."""
 
     def __init__(self, frames: int, *args, **kwargs) -> None:
         self._count = frames
@@ -67,9 +67,6 @@ class MemoryFrames(IndexedFrameStream):
         lengths = np.full(len(INSTRUCTIONS), self._count // len(INSTRUCTIONS))
         self._assign_frames(lengths, actions[: lengths.sum()], INSTRUCTIONS, "memory")
         self._frames = torch.from_numpy(rng.integers(0, 256, (len(self._mine), 3, size, size), dtype=np.uint8))
-
-    def _gather(self, indices: np.ndarray) -> torch.Tensor:
-        return yuv_to_rgb(self._frames[torch.from_numpy(indices)].to(self.device, non_blocking=True))
 
 
 def timed(fn, steps: int, warmup: int, device: torch.device) -> float:
@@ -138,11 +135,12 @@ class Prefetched:
         self._thread = threading.Thread(target=self._fill, args=(batches,), daemon=True)
 
     def _fill(self, batches) -> None:
-        while not self._stop.is_set():
+        failed = False
+        while not (self._stop.is_set() or failed):
             try:
                 batch = next(batches)
-            except Exception as err:  # handed to the caller's next `next` instead of leaving it waiting
-                batch = err
+            except Exception as err:  # handed to the caller's next `next` instead of leaving it waiting; then stop
+                batch, failed = err, True
             while not self._stop.is_set():
                 try:
                     self._queue.put(batch, timeout=0.1)
