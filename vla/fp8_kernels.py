@@ -11,9 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from vla.fp8_linear import FP8_MAX
-
-INV_FP8_MAX = tl.constexpr(1.0 / FP8_MAX)  # as fp32 in the kernel; constexpr: the only globals a jit function may read
+INV_FP8_MAX = tl.constexpr(1.0 / 448.0)  # 1 / torch.finfo(torch.float8_e4m3fn).max, as fp32; constexpr: the only
+# globals a jit function may read
 
 
 @triton.jit
