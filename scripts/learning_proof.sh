@@ -44,6 +44,8 @@ LR=${LR:-}                        # peak learning rate; empty = the config's (5e
 VAL_BATCHES=${VAL_BATCHES:-100}   # held-out loss / accuracy / L1 at each save over up to this many batches of the val
                                   # split (100 x 128 frames: all of it for these suites); 0 = off
 FULL_ON=${FULL_ON:-best_sample}  # best_sample | best_val | last (see above)
+MAX_HOLD=${MAX_HOLD:-12}          # frames trained on of each still hold of the expert (its close: 12 at most since the
+                                  # sixteenth session; older data held 15, frames alike labelled "stay"); empty = all
 case "$FULL_ON" in best_sample|best_val|last) ;; *) echo "FULL_ON=$FULL_ON: choose best_sample, best_val or last" >&2; exit 2 ;; esac
 TASKS=${TASKS:-}                  # e.g. "[0,1]" for a smoke run; empty = every task
 VIDEO_FRAMES=${VIDEO_FRAMES:-}    # a video export to train from; empty = the frame store that collect writes
@@ -79,6 +81,7 @@ train_one() {  # $1 = preset
   $PY scripts/finetune.py --config configs/small_libero_spatial.yaml --model.preset "$1" \
     --model.tokenizer_path "$TOKENIZER" --data.source "$SOURCE" --data.frames_dir "$FRAMES_DIR" \
     --optim.batch_size "$BATCH" ${LR:+--optim.learning_rate "$LR"} --logging.val_batches "$VAL_BATCHES" \
+    ${MAX_HOLD:+--data.max_hold "$MAX_HOLD"} \
     --optim.max_steps "$STEPS" --optim.save_steps $((STEPS / SAVES)) --optim.warmup_steps $((STEPS / 10)) \
     --run.root_dir "$PROOF/runs" --run.id "$1" --run.save_latest_only false "${resume[@]}" > "$PROOF/train_$1.log" 2>&1
 }
@@ -162,7 +165,8 @@ evaluate() {  # the samples, then the first preset's FULL_ON checkpoint on FULL_
 language_probe() {  # $1 = checkpoint, $2 = log: its held-out metrics with true and with swapped instructions (does
   # the policy read its instruction? scripts/val_metrics.py --swap_instructions; seconds on a GPU)
   [ -f "$2" ] && return
-  if $PY scripts/val_metrics.py --checkpoint "$1" --source "$SOURCE" --frames_dir "$FRAMES_DIR" --swap_instructions > "$2.tmp" 2>&1; then
+  if $PY scripts/val_metrics.py --checkpoint "$1" --source "$SOURCE" --frames_dir "$FRAMES_DIR" --swap_instructions \
+      ${MAX_HOLD:+--max_hold "$MAX_HOLD"} > "$2.tmp" 2>&1; then
     mv "$2.tmp" "$2" && tail -n 4 "$2"
   else
     echo "language probe failed (the evaluation above stands): $2.tmp"; tail -n 5 "$2.tmp"

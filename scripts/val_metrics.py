@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--frames_dir", type=Path, help="video_frames / frames: the export or frame store")
     parser.add_argument("--data_root_dir", type=Path, default=DataConfig.data_root_dir, help="rlds: the datasets")
     parser.add_argument("--dataset_name", default=DataConfig.dataset_name, help="rlds: the dataset")
+    parser.add_argument("--max_hold", type=int, help="video_frames / frames: frames kept of each still hold")
     parser.add_argument("--unnorm_key", help="each checkpoint's statistics entry; default: the dataset's name")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--max_batches", type=int, default=1_000_000, help="default: the whole val split")
@@ -47,7 +48,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     cfg = DataConfig(source=args.source, frames_dir=args.frames_dir, data_root_dir=args.data_root_dir,
-                     dataset_name=args.dataset_name, split="val")  # fmt: skip
+                     dataset_name=args.dataset_name, split="val", max_hold=args.max_hold)  # fmt: skip
     check_data(cfg)
     statistics = [read_norm_stats(path) for path in args.checkpoint]  # every checkpoint is checked before any loads
     device, env = torch.device(args.device), Distributed()

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 from scripts_loader import load_script
 
-from vla.expert import ScriptedExpert, SequenceExpert, UnsupportedTaskError, parse_goal, plan_task, rotation_error
+from vla.expert import (
+    ExpertConfig,
+    ScriptedExpert,
+    SequenceExpert,
+    UnsupportedTaskError,
+    parse_goal,
+    plan_task,
+    rotation_error,
+)
 from vla.expert_drawer import HANDLE, OPEN_TRAVEL, PLACE_TRAVEL, SIDE_TO_REGION, DrawerSkill
 from vla.expert_drawer_close import CLOSED, OVERSHOOT, TILT, DrawerCloseSkill
 from vla.expert_drawer_place import FORWARD
@@ -651,6 +659,28 @@ def test_a_held_pot_tipping_about_its_handle_is_not_lost_but_one_away_from_the_g
     assert expert.phase == "lift"
     expert.act(_one_object_obs("moka_pot_1", tipped + [0.0, 0.0, -0.05], tipped_quat, eef=eef))
     assert expert.phase == "regrasp"
+
+
+def _close_phases(config: ExpertConfig | None = None) -> list[str]:
+    """The expert's phase after each step of a close whose fingers travel 4 mm a step for 9 steps, then stop."""
+    expert, bowl = ScriptedExpert("akita_black_bowl_1", "plate_1", config=config), (0.1, 0.2, 0.9)
+    phases = []
+    for q in [0.04, *(0.04 - 0.004 * k for k in range(9)), *[0.0085] * 10]:
+        obs = _obs(eef=(0.1, 0.2, 0.91), bowl=bowl)
+        obs["robot0_gripper_qpos"] = np.array([q, -q])
+        expert.act(obs)
+        phases.append(expert.phase)
+        if len(phases) == 1:  # the grasp planned (approach): close from here on
+            expert._next("close")
+    return phases[1:]
+
+
+def test_the_close_lifts_once_the_fingers_stop_and_not_while_they_move():
+    """LIBERO's fingers close in 7-10 steps (an object, a bowl); the fixed 15-step hold left 5-8 frames alike with
+    the label "stay" before one "lift", which a policy reading one image learns as "stay" (docs/RESULTS.md)."""
+    assert _close_phases() == ["close"] * 10 + ["lift"] * 9  # still from the 10th step on: lifts at once
+    fixed = _close_phases(ExpertConfig(fingers_still=0.0))  # the fixed hold, as before
+    assert fixed.index("lift") == ExpertConfig().close_steps - 1
 
 
 def test_the_approach_moves_over_the_object_before_going_down():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from vla.data import libero_standardize
+from vla.data_config import hold_mask
 from vla.frame_store import FrameStoreDataset, FrameStoreWriter, read_store_index, split_order
 from vla.image_ops import jpeg_roundtrip, resize_image
 from vla.normalization import dataset_statistics, normalize_actions
@@ -268,3 +269,31 @@ def test_threaded_encoding_keeps_the_frames_in_the_order_they_were_added(tmp_pat
     decoded = [(a + 30 * b, s) for a, b, s in np.rint(frames / 8).astype(int)]
     assert decoded == ids
     assert [tuple(a) for a in np.load(root / "actions.npy")[:, :2].astype(int)] == ids
+
+
+def test_hold_mask_keeps_the_first_frames_of_each_still_hold_within_an_episode():
+    move, close, open_ = [0.3, 0, 0, 0, 0, 0, 1.0], [0, 0, 0, 0.01, 0, 0, 1.0], [0, 0, 0, 0, 0.02, 0, -1.0]
+    actions = np.array([move, close, close, close, close, open_, open_, open_, close, close], np.float32)
+    lengths = np.array([7, 3])  # the second episode starts mid-hold: a hold of its own
+    keep = hold_mask(actions, lengths, 2)
+    assert keep.tolist() == [True, True, True, False, False, True, True, True, True, True]
+    assert hold_mask(actions, lengths, None).all() and hold_mask(actions, np.array([10]), 1).sum() == 4
+
+
+def test_max_hold_drops_those_frames_from_the_stream_and_its_epochs(tmp_path, rlds_episodes_factory):
+    episodes = rlds_episodes_factory(20, steps=(6, 6), seed=4)
+    for episode in episodes:  # steps 1-4 a scripted close: no translation, small turns, gripper closed
+        episode["action"][1:5, :3] = 0.0
+        episode["action"][1:5, 6] = 1.0
+    root = _write(tmp_path / "store", episodes)
+    for split in ("train", "val"):
+        expected = _expected(root, episodes, split)
+        kept = [f for i, f in enumerate(expected) if i % 6 not in (3, 4)]  # the 3rd and 4th still frames go
+        ds = _dataset(root, split=split, max_hold=2, chunk_size=8)
+        assert ds.num_frames == len(kept) == len(expected) * 4 // 6
+        got = _take(ds, 2 * ds.num_frames) if split == "train" else list(ds.frames())
+        assert collections.Counter(map(_key, got)) == collections.Counter(
+            map(_key, kept * (2 if split == "train" else 1))
+        )
+    full = _dataset(root)  # without max_hold the same store streams every frame
+    assert full.num_frames == 6 * sum(s == "train" for s in (e["split"] for e in read_store_index(root)["episodes"]))

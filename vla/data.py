@@ -132,7 +132,7 @@ def make_dataset(cfg: DataConfig, sequence_builder, image_processor, *, rank: in
             from vla.frame_store import FrameStoreDataset as Dataset
         return Dataset(_frames_dir(cfg), sequence_builder, image_processor, split=cfg.split, seed=cfg.seed,
                        image_aug=cfg.image_aug, rank=rank, world_size=world_size, device=device or "cpu",
-                       chunk_size=cfg.chunk_size)  # fmt: skip
+                       chunk_size=cfg.chunk_size, max_hold=cfg.max_hold)  # fmt: skip
     if cfg.source == "synthetic":
         from vla.synthetic_data import SyntheticDataset
 

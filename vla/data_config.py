@@ -36,6 +36,26 @@ def identity_standardize(actions: np.ndarray) -> np.ndarray:
 STANDARDIZE_FNS = {"libero": libero_standardize, "identity": identity_standardize}
 
 
+def hold_mask(actions: np.ndarray, lengths: np.ndarray, max_hold: int | None) -> np.ndarray:
+    """(N, 7) actions of episodes `lengths (E,)` back to back -> (N,) bool, True for the frames to keep: all but the
+    frames after the first `max_hold` of each hold (consecutive steps of one episode with no translation and one
+    gripper command, a scripted expert's close or open; None: keep all). Such a hold is frames alike with one label,
+    then another: a policy reading one image learns to stay (docs/RESULTS.md, sixteenth session)."""
+    actions = np.asarray(actions)
+    keep = np.ones(len(actions), dtype=bool)
+    if max_hold is None:
+        return keep
+    still = np.linalg.norm(actions[:, :3], axis=1) == 0
+    first = np.zeros(len(actions), dtype=bool)
+    first[np.cumsum(np.concatenate([[0], lengths]))[:-1].astype(np.int64)] = True
+    run = 0
+    for t in range(len(actions)):
+        held = t > 0 and not first[t] and still[t - 1] and actions[t, 6] == actions[t - 1, 6]
+        run = (run + 1 if held else 1) if still[t] else 0
+        keep[t] = run <= max_hold
+    return keep
+
+
 @dataclass
 class DataConfig:
     """Which frames to train on and how they are shuffled, augmented and resized."""
@@ -58,6 +78,7 @@ class DataConfig:
     image_size: int = 224  # frames are resized to image_size x image_size (lanczos3, antialias)
     cache_dir: Path | None = None  # where statistics go if the dataset dir is read-only (default ~/.cache/vla)
     chunk_size: int = 256  # video_frames / frames: frames moved to the device and augmented together (resume key)
+    max_hold: int | None = None  # video_frames / frames: frames kept of each still hold (`hold_mask`); None: all
 
     def __post_init__(self) -> None:
         self.data_root_dir = Path(self.data_root_dir)
@@ -72,6 +93,9 @@ class DataConfig:
             raise ValueError(f"split {self.split!r} is not one of {sorted(SPLITS)}")
         if self.standardize not in STANDARDIZE_FNS:
             raise ValueError(f"standardize {self.standardize!r} is not one of {sorted(STANDARDIZE_FNS)}")
+        if self.max_hold is not None and (self.max_hold < 1 or self.source not in ("video_frames", "frames")):
+            raise ValueError(f"data.max_hold must be >= 1 and reads a frame folder (data.source video_frames or "
+                             f"frames), got {self.max_hold} with source {self.source!r}")  # fmt: skip
         if self.shuffle_buffer_size < 1 or self.image_size < 1 or self.chunk_size < 1:
             raise ValueError("shuffle_buffer_size, image_size and chunk_size must be positive")
 

@@ -52,7 +52,8 @@ class ExpertConfig:
     stall_steps: int = 5  # stalled this many steps within `stall_tolerance` of the goal: goal reached
     stall_tolerance: float = 0.03
     grasp_angle: float = 0.0  # degrees, turns the grasp point around the object from the side facing the robot
-    close_steps: int = 15  # steps with the gripper closing before lifting
+    close_steps: int = 15  # at most this many steps with the gripper closing before lifting; fewer once the
+    fingers_still: float = 5e-4  # fingers move less than this (m) in a step (0: always `close_steps`; RESULTS.md)
     open_steps: int = 10  # steps with the gripper opening before retreating
     phase_timeout: int = 80  # a move phase that has not converged by then moves on anyway
     retreat_steps: int = 25  # steps after opening without success before grasping again
@@ -145,7 +146,8 @@ class ScriptedExpert:
         self.held, self.held_local = np.zeros(3), np.zeros(3)  # eef minus object position at the close (world, object)
         self.obj_quat = np.array([0.0, 0.0, 0.0, 1.0])  # the object's orientation this step
         self.carry_z = self.grasp_z = 0.0
-        self.last_eef: np.ndarray | None = None
+        self.last_eef = self.fingers = None
+        self.fingers_moved = np.inf  # finger travel (m) over the last step
 
     def _target_body(self, obs: dict[str, np.ndarray]) -> str:
         """The object a region belongs to (`basket_1_contain_region` -> `basket_1`, the longest object name with an
@@ -267,7 +269,7 @@ class ScriptedExpert:
         reached = reached or steps > cfg.phase_timeout
         if phase == "descend" and stalled and not reached:
             self._retry(turn=True)
-        elif phase == "close" and steps >= cfg.close_steps:
+        elif phase == "close" and (steps >= cfg.close_steps or (steps > 3 and self.fingers_moved < cfg.fingers_still)):
             self.held, self.grasp_z = eef - obj, eef[2]
             self.held_local = _quat_rotate(_quat_conj(self.obj_quat), self.held)
             place_z = target[2] + object_spec(self.target_name).top + self.spec.bottom + self.held[2]
@@ -292,7 +294,9 @@ class ScriptedExpert:
         moved = np.inf if self.last_eef is None else np.linalg.norm(eef - self.last_eef)
         self.still_steps = self.still_steps + 1 if moved < cfg.still_speed else 0
         self.last_eef = eef
-        self.phase_steps += 1
+        fingers = np.asarray(obs.get("robot0_gripper_qpos", np.full(2, np.nan)), float)
+        self.fingers_moved = np.inf if self.fingers is None else float(np.max(np.abs(fingers - self.fingers)))
+        self.fingers, self.phase_steps = fingers, self.phase_steps + 1
         obj = np.asarray(obs[f"{self.obj}_pos"], float)
         target = np.asarray(obs[f"{self.target_name}_pos"], float) + self.place_offset
         self.into is not None and self.into.observe(obs)  # the drawer's slide direction, for its waypoints
@@ -310,12 +314,8 @@ class ScriptedExpert:
             speed = cfg.confined_speed
         move = np.zeros(3) if goal is None else np.clip(cfg.gain * (goal - eef), -speed, speed)
         drift = np.inf if goal is None else np.linalg.norm(goal[:2] - eef[:2])
-        if (
-            self.confined
-            and self.phase == "descend"
-            and drift > cfg.drift_tolerance
-            and self.phase_steps < cfg.drift_steps
-        ):
+        drifting = drift > cfg.drift_tolerance and self.phase_steps < cfg.drift_steps
+        if self.confined and self.phase == "descend" and drifting:
             move[2] = 0.0  # the arm drifts ~2 cm sideways on a fast way down: re-centre before going on, not on the rim
         self._advance(eef, obj, target, np.inf if goal is None else float(np.linalg.norm(goal - eef)))
         rotation = np.clip(cfg.rot_gain * rotation_error(self.quat, quat) / ROT_SCALE, -1, 1)

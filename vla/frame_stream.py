@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla.data_config import SPLITS, STANDARDIZE_FNS
+from vla.data_config import SPLITS, STANDARDIZE_FNS, hold_mask
 from vla.normalization import load_dataset_statistics, normalize_actions
 
 STATS_NAME = "dataset_statistics.json"  # a frame folder's `{dataset_name: stats}`
@@ -102,7 +102,7 @@ class IndexedFrameStream(FrameStream):
     `_assign_frames`. This rank holds frames r, r + w, r + 2w, ... of the split (episodes in storage order). Train:
     endless, each epoch a permutation of this rank's frames drawn from (seed, rank, epoch); chunks of `chunk_size`
     stream positions go to `device`, are augmented there (generator seeded by (seed, rank, chunk)) when `image_aug`.
-    Val: one pass in storage order, never augmented.
+    Val: one pass in storage order, never augmented. `max_hold`: the frames `hold_mask` drops are never drawn.
     """
 
     resume_keys = ("seed", "world_size", "chunk_size")  # chunking fixes the augmentation's seeds
@@ -120,6 +120,7 @@ class IndexedFrameStream(FrameStream):
         world_size: int | None = None,
         device: str | torch.device | None = "cpu",
         chunk_size: int = 256,
+        max_hold: int | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split {split!r} is not one of {sorted(SPLITS)}")
@@ -127,6 +128,7 @@ class IndexedFrameStream(FrameStream):
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         super().__init__(sequence_builder, image_processor, seed=seed, rank=rank, world_size=world_size)
         self.split, self.chunk_size, self.device = split, chunk_size, torch.device(device or "cpu")
+        self.max_hold = max_hold
         self._augment = None
         if image_aug and split == "train":
             from vla.augment import augment_batch
@@ -160,13 +162,16 @@ class IndexedFrameStream(FrameStream):
     def _assign_frames(self, lengths: np.ndarray, actions: np.ndarray, instructions: list[str], where: str) -> None:
         """Deal the split's frames to ranks. `lengths (E,)` of the split's episodes, their raw actions `(sum, 7)`
         concatenated, one instruction each. Sets `num_episodes`, `num_frames` (all ranks) and this rank's
-        `_mine` (indices into the split's frames), `_raw_actions`, `_episode`."""
+        `_mine` (indices into the split's frames), `_raw_actions`, `_episode`, `_drawn` (indices into `_mine` that
+        the stream draws: those `hold_mask` keeps)."""
         lengths = np.asarray(lengths, np.int64)
-        self.num_episodes, self.num_frames = len(lengths), int(lengths.sum())
+        keep = hold_mask(actions, lengths, self.max_hold)
+        self.num_episodes, self.num_frames = len(lengths), int(keep.sum())
         if self.num_frames == 0:
             raise ValueError(f"split {self.split!r} of {where} holds no episodes")
-        self._mine = np.arange(self.rank, self.num_frames, self.world_size)
-        if len(self._mine) == 0:
+        self._mine = np.arange(self.rank, len(keep), self.world_size)
+        self._drawn = np.flatnonzero(keep[self._mine])
+        if len(self._drawn) == 0:
             raise ValueError(
                 f"rank {self.rank} of {self.world_size} gets none of the {self.num_frames} {self.split} frames"
             )
@@ -194,14 +199,14 @@ class IndexedFrameStream(FrameStream):
     def _permutation(self, epoch: int) -> np.ndarray:
         if self._permutation_cache is None or self._permutation_cache[0] != epoch:
             rng = np.random.default_rng([self.seed, 0, self.rank, epoch])
-            self._permutation_cache = (epoch, rng.permutation(len(self._mine)))
+            self._permutation_cache = (epoch, self._drawn[rng.permutation(len(self._drawn))])
         return self._permutation_cache[1]
 
     def _indices(self, start: int, stop: int) -> np.ndarray:
         """Indices into this rank's frames of stream positions [start, stop)."""
-        positions, n = np.arange(start, stop), len(self._mine)
+        positions, n = np.arange(start, stop), len(self._drawn)
         if self.split != "train":
-            return positions
+            return self._drawn[positions]
         epochs = positions // n
         return np.concatenate([self._permutation(e)[positions[epochs == e] % n] for e in np.unique(epochs)])
 
@@ -210,7 +215,7 @@ class IndexedFrameStream(FrameStream):
         `self._start` on. Chunk k always covers positions [k * chunk_size, (k + 1) * chunk_size), so a resumed
         stream augments each frame as the uninterrupted one did."""
         self._refuse_workers("batches on the device itself")  # each worker would replay the whole stream
-        size, end = self.chunk_size, None if self.split == "train" else len(self._mine)
+        size, end = self.chunk_size, None if self.split == "train" else len(self._drawn)
         chunk = self._start // size
         while end is None or chunk * size < end:
             low = chunk * size
