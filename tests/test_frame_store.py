@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vla.data import libero_standardize
-from vla.data_config import hold_mask
+from vla.data_config import DataConfig, hold_mask
 from vla.frame_store import FrameStoreDataset, FrameStoreWriter, read_store_index, split_order
 from vla.image_ops import jpeg_roundtrip, resize_image
 from vla.normalization import dataset_statistics, normalize_actions
@@ -297,3 +297,10 @@ def test_max_hold_drops_those_frames_from_the_stream_and_its_epochs(tmp_path, rl
         )
     full = _dataset(root)  # without max_hold the same store streams every frame
     assert full.num_frames == 6 * sum(s == "train" for s in (e["split"] for e in read_store_index(root)["episodes"]))
+
+
+def test_max_hold_is_refused_where_no_frame_folder_is_read():
+    with pytest.raises(ValueError, match="data.max_hold.*source 'rlds'"):
+        DataConfig(source="rlds", max_hold=12)
+    with pytest.raises(ValueError, match="data.max_hold must be >= 1"):
+        DataConfig(source="frames", max_hold=0)
