@@ -9,16 +9,14 @@ AdamW). Rows, each at every batch size:
 - `chunks`: gather + YUV -> RGB + augmentation (`IndexedFrameStream._chunks`), frames/s;
 - `stream`: the same through `normalize_batch`, the per-sample sequences and `collate` (what the loop receives);
 - `step`: forward + backward + clip + AdamW on one fixed batch under bf16 autocast, float32 weights (no data);
-- `train`: stream + step, as `finetune.py` runs them;
-- `train, prefetched`: the same with the stream run ahead in a background thread (not in `finetune.py`: this row
-  measures what overlapping the two would gain).
+- `train`: stream + step, as `finetune.py` runs them by default;
+- `train, prefetched`: the same with the stream run ahead in a background thread (`vla.prefetch`, `finetune.py
+  --speed.prefetch_batches 2`): what overlapping the two gains.
 `--profile true` adds torch.profiler's table (self device time) of a few `train` steps at the first batch size.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ import torch
 from vla.lora import LoraConfig
 from vla.model_source import ModelConfig, build_model
 from vla.normalization import dataset_statistics
+from vla.prefetch import Prefetched
 from vla.prompt import collate
 from vla.video_frames import VideoFrameDataset
 
@@ -123,44 +122,6 @@ def bench_rows(stream, loader, step, cfg: BenchConfig, device: torch.device, bat
     yield "train", timed(lambda: step(next(loader)), cfg.steps, cfg.warmup, device), batch_size
     with Prefetched(loader) as ahead:
         yield "train, prefetched", timed(lambda: step(next(ahead)), cfg.steps, cfg.warmup, device), batch_size
-
-
-class Prefetched:
-    """The next batches of `batches`, made by a background thread (at most `depth` ahead) while the caller steps: what
-    overlapping the data path with the step would gain (the `train, prefetched` row)."""
-
-    def __init__(self, batches, depth: int = 2) -> None:
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._fill, args=(batches,), daemon=True)
-
-    def _fill(self, batches) -> None:
-        failed = False
-        while not (self._stop.is_set() or failed):
-            try:
-                batch = next(batches)
-            except Exception as err:  # handed to the caller's next `next` instead of leaving it waiting; then stop
-                batch, failed = err, True
-            while not self._stop.is_set():
-                try:
-                    self._queue.put(batch, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-
-    def __enter__(self) -> Prefetched:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def __next__(self):
-        batch = self._queue.get()
-        if isinstance(batch, Exception):
-            raise batch
-        return batch
 
 
 def print_profile(loader, step, device: torch.device) -> None:

@@ -295,18 +295,23 @@ def test_activation_checkpointing_gives_the_same_step(finetune_dataset, tmp_path
                                    atol=1e-5 * expected.abs().max().item())  # fmt: skip
 
 
-def test_kill_and_resume_follow_the_uninterrupted_trajectory(finetune_dataset, tmp_path, monkeypatch):
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_kill_and_resume_follow_the_uninterrupted_trajectory(finetune_dataset, tmp_path, monkeypatch, prefetch):
+    """`prefetch`: the killed and the resumed run make batches ahead (speed.prefetch_batches), the straight one
+    does not: the same trajectory, and the checkpoint keeps the position of the last batch used."""
     optim = {"batch_size": 1, "grad_accumulation_steps": 2, "max_steps": 6, "save_steps": 3, "learning_rate": 3e-3}
     straight = train(_config(finetune_dataset, tmp_path / "straight", optim=optim))
     _patch_forward(monkeypatch, on_call=9, action="kill")  # forward 9 = step 5: after the step-3 checkpoint
-    cfg = _config(finetune_dataset, tmp_path / "killed", optim=optim)
+    speed = {"prefetch_batches": prefetch}
+    cfg = _config(finetune_dataset, tmp_path / "killed", optim=optim, speed=speed)
     with pytest.raises(_Killed):
         train(cfg)
     assert _state(cfg.run_dir)["step"] == 3 and [s for s, _ in _losses(cfg.run_dir)] == [1, 2, 3, 4]
     monkeypatch.undo()
     with pytest.raises(FileExistsError, match="--resume"):
         train(cfg)
-    resumed = train(_config(finetune_dataset, tmp_path / "killed", run={"resume": True}, optim=optim))
+    assert _state(cfg.run_dir)["data"][0]["frames_consumed"] == 6  # 3 steps x 2 micro-batches of 1
+    resumed = train(_config(finetune_dataset, tmp_path / "killed", run={"resume": True}, optim=optim, speed=speed))
     expected, got = _losses(straight), _losses(resumed)
     assert [s for s, _ in got] == [1, 2, 3, 4, 5, 6]  # step 4 of the killed run was dropped and redone
     assert [loss for _, loss in got] == pytest.approx([loss for _, loss in expected], rel=1e-5)

@@ -28,8 +28,12 @@ class SpeedConfig:
     expandable_segments: bool = False  # CUDA allocator grows memory segments in place: lower peak reserved memory
     compile_llm_layers: bool = False  # torch.compile each Llama decoder layer (regional compilation): its RMSNorm,
     # rope, SwiGLU and residual chain fused into few kernels; compiles once at the first step (last-bit rounding)
+    prefetch_batches: int = 0  # batches a background thread makes ahead while the model steps (vla.prefetch; the
+    # same batches in the same order, exact resume); 0: made between the steps
 
     def check(self, quantization: str | None) -> None:
+        if self.prefetch_batches < 0:
+            raise ValueError(f"speed.prefetch_batches must be >= 0, got {self.prefetch_batches}")
         if self.int8_weight_only and quantization != "8bit":
             raise ValueError("speed.int8_weight_only computes with 8-bit weights: set model.quantization 8bit or "
                              "speed.int8_weight_only false")  # fmt: skip

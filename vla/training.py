@@ -22,6 +22,7 @@ from vla import model_source
 from vla.distributed import Distributed, average_over_ranks, gather, init_distributed, wrap_ddp
 from vla.files import atomic_write_text
 from vla.optim import learning_rate_at, make_optimizer
+from vla.prefetch import Prefetched
 from vla.run_dir import (
     ADAPTER_DIR,
     CHECKPOINT_FILE,
@@ -179,8 +180,13 @@ def _train(cfg: TrainConfig, env: Distributed) -> Path:
         run.write_json(STATISTICS_FILE, dataset.dataset_statistics)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.optim.batch_size, num_workers=0,
                                          collate_fn=partial(collate, pad_token_id=model.config.pad_token_id))  # fmt: skip
-    _Loop(cfg, env, run, model, wrap_ddp(model, env, device), optimizer, dataset, device, state,
-          held_out).fit(iter(loader))  # fmt: skip
+    loop = _Loop(cfg, env, run, model, wrap_ddp(model, env, device), optimizer, dataset, device, state, held_out)
+    if not cfg.speed.prefetch_batches:
+        loop.fit(iter(loader))
+        return run.path
+    with Prefetched(iter(loader), cfg.speed.prefetch_batches, snapshot=dataset.state_dict) as ahead:
+        loop.data_state = lambda: ahead.snapshot  # the position after the last batch used, not the last one made
+        loop.fit(ahead)
     return run.path
 
 
@@ -195,6 +201,7 @@ class _Loop:
         self.step = state["step"] if state else 0
         self.last_saved = self.step if state else None
         self.held_out = held_out  # a vla.validation.HeldOut: val-split metrics at every checkpoint
+        self.data_state = dataset.state_dict  # the stream's position after the last batch the steps used
         optim = cfg.optim
         self.log = MetricsLog(
             cfg.logging, run, step=self.step, max_steps=optim.max_steps, is_main=env.is_main,
@@ -209,7 +216,7 @@ class _Loop:
             "trainable": {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad},
             "optimizer": self.optimizer.state_dict(),
             "rng": gather(rng_state(), self.env),
-            "data": gather(self.dataset.state_dict(), self.env),
+            "data": gather(self.data_state(), self.env),
             **self.log.state(),  # history, wandb_id
             "batch_size": self.cfg.optim.batch_size,
             "grad_accumulation_steps": self.cfg.optim.grad_accumulation_steps,
