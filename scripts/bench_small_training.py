@@ -11,7 +11,9 @@ AdamW). Rows, each at every batch size:
 - `step`: forward + backward + clip + AdamW on one fixed batch under bf16 autocast, float32 weights (no data);
 - `train`: stream + step, as `finetune.py` runs them by default;
 - `train, prefetched`: the same with the stream run ahead in a background thread (`vla.prefetch`, `finetune.py
-  --speed.prefetch_batches 2`): what overlapping the two gains.
+  --speed.prefetch_batches 2`): what overlapping the two gains;
+- `step, fused AdamW` and `train, fused AdamW`: `step` and `train` with AdamW's fused implementation
+  (`--speed.fused_optimizer true`) instead of its default `foreach` one.
 `--profile true` adds torch.profiler's table (self device time) of a few `train` steps at the first batch size.
 """
 
@@ -30,6 +32,7 @@ import torch
 from vla.lora import LoraConfig
 from vla.model_source import ModelConfig, build_model
 from vla.normalization import dataset_statistics
+from vla.optim import OptimConfig, make_optimizer
 from vla.prefetch import Prefetched
 from vla.prompt import collate
 from vla.video_frames import VideoFrameDataset
@@ -87,10 +90,12 @@ def main(cfg: BenchConfig) -> None:
     model = build_model(ModelConfig(vla_path=None, preset=cfg.preset, tokenizer_path=cfg.tokenizer_path),
                         LoraConfig(enabled=False), device)  # fmt: skip
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.01)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizers = {fused: make_optimizer(OptimConfig(), trainable, fused=fused) for fused in (False, True)}
     cuda = device.type == "cuda"  # as the trainer: bf16 autocast on CUDA, float32 on the CPU
 
-    def step(batch) -> None:
+    def step(batch, fused: bool = False) -> None:
+        optimizer = optimizers[fused]
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext():
             loss, metrics = model(batch)
@@ -122,6 +127,8 @@ def bench_rows(stream, loader, step, cfg: BenchConfig, device: torch.device, bat
     yield "train", timed(lambda: step(next(loader)), cfg.steps, cfg.warmup, device), batch_size
     with Prefetched(loader) as ahead:
         yield "train, prefetched", timed(lambda: step(next(ahead)), cfg.steps, cfg.warmup, device), batch_size
+    yield "step, fused AdamW", timed(lambda: step(fixed, fused=True), cfg.steps, cfg.warmup, device), batch_size
+    yield "train, fused AdamW", timed(lambda: step(next(loader), fused=True), cfg.steps, cfg.warmup, device), batch_size
 
 
 def print_profile(loader, step, device: torch.device) -> None:

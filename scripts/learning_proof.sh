@@ -11,8 +11,8 @@
 #
 # On an offline GPU node first `source <bundle>/activate.sh` (scripts/pack_sim.py; docs/OFFLINE.md). Settings come
 # from the environment: SUITE, PROOF (default outputs/proof), EPISODES (per task), NOISE, SEED, STEPS, BATCH, LR,
-# VAL_BATCHES, MAX_HOLD, PREFETCH, WORKERS, TOKENIZER, SAMPLE_TRIALS, FULL_TRIALS and FULL_ON, the checkpoint that gets
-# the full protocol and is shipped: best_sample (default: the highest success rate on the sample states), best_val
+# VAL_BATCHES, MAX_HOLD, PREFETCH, FUSED_OPTIMIZER, WORKERS, TOKENIZER, SAMPLE_TRIALS, FULL_TRIALS and FULL_ON, the
+# checkpoint that gets the full protocol and is shipped: best_sample (default: the highest success rate on the sample states), best_val
 # (the lowest held-out loss: picked too early in docs/RESULTS.md's thirteenth session) or last. VIDEO_FRAMES=<dir> trains from
 # demonstrations collected elsewhere instead (an export of scripts/export_video_frames.py, ~0.5 KB a frame: small
 # enough to carry to a node); collect then does nothing. ADD_FRAMES="<export> ..." trains on both: this node's
@@ -47,6 +47,7 @@ FULL_ON=${FULL_ON:-best_sample}  # best_sample | best_val | last (see above)
 MAX_HOLD=${MAX_HOLD:-12}          # frames trained on of each still hold of the expert (its close: 12 at most since the
                                   # sixteenth session; older data held 15, frames alike labelled "stay"); empty = all
 PREFETCH=${PREFETCH:-0}           # batches made ahead by a thread while the model steps (speed.prefetch_batches)
+FUSED_OPTIMIZER=${FUSED_OPTIMIZER:-false}  # AdamW's fused implementation (speed.fused_optimizer)
 case "$FULL_ON" in best_sample|best_val|last) ;; *) echo "FULL_ON=$FULL_ON: choose best_sample, best_val or last" >&2; exit 2 ;; esac
 TASKS=${TASKS:-}                  # e.g. "[0,1]" for a smoke run; empty = every task
 VIDEO_FRAMES=${VIDEO_FRAMES:-}    # a video export to train from; empty = the frame store that collect writes
@@ -83,6 +84,7 @@ train_one() {  # $1 = preset
     --model.tokenizer_path "$TOKENIZER" --data.source "$SOURCE" --data.frames_dir "$FRAMES_DIR" \
     --optim.batch_size "$BATCH" ${LR:+--optim.learning_rate "$LR"} --logging.val_batches "$VAL_BATCHES" \
     ${MAX_HOLD:+--data.max_hold "$MAX_HOLD"} --speed.prefetch_batches "$PREFETCH" \
+    --speed.fused_optimizer "$FUSED_OPTIMIZER" \
     --optim.max_steps "$STEPS" --optim.save_steps $((STEPS / SAVES)) --optim.warmup_steps $((STEPS / 10)) \
     --run.root_dir "$PROOF/runs" --run.id "$1" --run.save_latest_only false "${resume[@]}" > "$PROOF/train_$1.log" 2>&1
 }

@@ -295,6 +295,17 @@ def test_activation_checkpointing_gives_the_same_step(finetune_dataset, tmp_path
                                    atol=1e-5 * expected.abs().max().item())  # fmt: skip
 
 
+def test_fused_optimizer_takes_the_same_steps(finetune_dataset, tmp_path):
+    optim = {"max_steps": 3, "save_steps": 3, "learning_rate": 3e-3}
+    plain = _state(train(_config(finetune_dataset, tmp_path / "a", optim=optim)))
+    fused = _state(train(_config(finetune_dataset, tmp_path / "b", optim=optim, speed={"fused_optimizer": True})))
+    assert fused["optimizer"]["param_groups"][0]["fused"] and not plain["optimizer"]["param_groups"][0]["fused"]
+    for name, weight in plain["trainable"].items():
+        torch.testing.assert_close(fused["trainable"][name], weight, rtol=1e-5, atol=1e-7, msg=name)
+    moments = [state["exp_avg"] for state in fused["optimizer"]["state"].values()]
+    assert len(moments) > 10 and all(m.abs().max() > 0 for m in moments)  # every weight was stepped
+
+
 @pytest.mark.parametrize("prefetch", [0, 2])
 def test_kill_and_resume_follow_the_uninterrupted_trajectory(finetune_dataset, tmp_path, monkeypatch, prefetch):
     """`prefetch`: the killed and the resumed run make batches ahead (speed.prefetch_batches), the straight one

@@ -30,6 +30,8 @@ class SpeedConfig:
     # rope, SwiGLU and residual chain fused into few kernels; compiles once at the first step (last-bit rounding)
     prefetch_batches: int = 0  # batches a background thread makes ahead while the model steps (vla.prefetch; the
     # same batches in the same order, exact resume); 0: made between the steps
+    fused_optimizer: bool = False  # AdamW's fused implementation (vla.optim.make_optimizer): one kernel per device
+    # and dtype for the whole update instead of a kernel per operation (last-bit rounding)
 
     def check(self, quantization: str | None) -> None:
         if self.prefetch_batches < 0:

@@ -169,7 +169,7 @@ def _train(cfg: TrainConfig, env: Distributed) -> Path:
         held_out = HeldOut(cfg.data, model, dataset.dataset_statistics, batch_size=cfg.optim.batch_size,
                            max_batches=cfg.logging.val_batches, env=env, device=device)  # fmt: skip
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    optimizer = make_optimizer(cfg.optim, trainable.values())
+    optimizer = make_optimizer(cfg.optim, trainable.values(), fused=cfg.speed.fused_optimizer)
     if state is not None:
         _restore(state, trainable, optimizer, dataset, env)
     # Every check has passed and everything is built: only now is the run directory written.
