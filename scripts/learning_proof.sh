@@ -12,10 +12,12 @@
 # On an offline GPU node first `source <bundle>/activate.sh` (scripts/pack_sim.py; docs/OFFLINE.md). Settings come
 # from the environment: SUITE, PROOF (default outputs/proof), EPISODES (per task), NOISE, SEED, STEPS, BATCH, LR,
 # VAL_BATCHES, MAX_HOLD, PREFETCH, FUSED_OPTIMIZER, WORKERS, TOKENIZER, SAMPLE_TRIALS, FULL_TRIALS and FULL_ON, the
-# checkpoint that gets the full protocol and is shipped: best_sample (default: the highest success rate on the sample states), best_val
-# (the lowest held-out loss: picked too early in docs/RESULTS.md's thirteenth session) or last. VIDEO_FRAMES=<dir> trains from
-# demonstrations collected elsewhere instead (an export of scripts/export_video_frames.py, ~0.5 KB a frame: small
-# enough to carry to a node); collect then does nothing. ADD_FRAMES="<export> ..." trains on both: this node's
+# checkpoint that gets the full protocol and is shipped: last (default: the end of the annealed schedule, as OpenVLA
+# evaluates), best_sample (the highest success rate on the sample states: in docs/RESULTS.md's fifteenth session a
+# 50-episode sample of 30 % became 17.2 % on the full protocol, luck selected) or best_val (the lowest held-out loss:
+# picked too early in the thirteenth session). VIDEO_FRAMES=<dir> trains from demonstrations collected elsewhere
+# instead (an export of scripts/export_video_frames.py, ~0.5 KB a frame: small enough to carry to a node); collect
+# then does nothing. ADD_FRAMES="<export> ..." trains on both: this node's
 # collection (exported to H.264 after collect) joined with the exports collected elsewhere, in $PROOF/video.
 # In a lease of short calls, run it through scripts/node_job.sh (docs/OFFLINE.md §5).
 # A CPU rehearsal of every stage in ~5 min: PROOF=/tmp/rehearse EPISODES=1 TASKS="[0]"
@@ -43,7 +45,7 @@ BATCH=${BATCH:-128}
 LR=${LR:-}                        # peak learning rate; empty = the config's (5e-4, tuned for batch 128)
 VAL_BATCHES=${VAL_BATCHES:-100}   # held-out loss / accuracy / L1 at each save over up to this many batches of the val
                                   # split (100 x 128 frames: all of it for these suites); 0 = off
-FULL_ON=${FULL_ON:-best_sample}  # best_sample | best_val | last (see above)
+FULL_ON=${FULL_ON:-last}         # last | best_sample | best_val (see above)
 MAX_HOLD=${MAX_HOLD:-12}          # frames trained on of each still hold of the expert (its close: 12 at most since the
                                   # sixteenth session; older data held 15, frames alike labelled "stay"); empty = all
 PREFETCH=${PREFETCH:-0}           # batches made ahead by a thread while the model steps (speed.prefetch_batches)
