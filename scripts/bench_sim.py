@@ -5,6 +5,7 @@ with its ratio to the raw rate of that run.
     python scripts/bench_sim.py --workers 1,4,8,16 --seconds 20            # on the GPU machine
     python scripts/bench_sim.py --workers 1,2 --seconds 3 --cameras none   # a CPU smoke run
     python scripts/bench_sim.py --workers 16 --cameras both --resets soft,hard  # soft vs LIBERO's hard resets
+    python scripts/bench_sim.py --workers 16 --cameras both --channels socket,pipes  # how workers answer
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from vla.gl_check import RenderConfig
 from vla.libero_env import CAMERAS, SUITE_MAX_STEPS
 from vla.policies import ExpertPolicy
 from vla.runtime import configure_logging
+from vla.worker_pipes import PIPE_BYTES
 
 CAMERA_SETS = {"both": CAMERAS, "agentview": ("agentview",), "none": ()}
+CHANNELS = {"socket": None, "pipes": PIPE_BYTES}  # EnvPool's answer_pipe_bytes (vla.worker_pipes)
 
 
 def raw_rate(pool: EnvPool, seconds: float, seed: int = 0) -> float:
@@ -59,19 +62,22 @@ def harness_rate(pool: EnvPool, suite: str, seconds: float) -> tuple[float, floa
 
 def main(args: argparse.Namespace) -> list[dict]:
     rows = []
-    print(f"{'workers':>7} {'cameras':>9} {'reset':>5} {'raw steps/s':>11} {'harness':>8} {'ratio':>6} {'busy':>5}")
-    for workers, name, reset in itertools.product(args.workers, args.cameras, args.resets):
+    print(f"{'workers':>7} {'cameras':>9} {'reset':>5} {'channel':>7} {'raw steps/s':>11} {'harness':>8} {'ratio':>6} "
+          f"{'busy':>5}")  # fmt: skip
+    for workers, name, reset, channel in itertools.product(args.workers, args.cameras, args.resets, args.channels):
         render = RenderConfig(gl=args.gl, egl_devices=args.egl_devices)
         hard = reset == "hard"
-        with open_pool(args.task_suite, workers, CAMERA_SETS[name], render, args.libero_assets, hard) as pool:
+        with open_pool(args.task_suite, workers, CAMERA_SETS[name], render, args.libero_assets, hard,
+                       answer_pipe_bytes=CHANNELS[channel]) as pool:  # fmt: skip
             raw = raw_rate(pool, args.seconds)
             harness, busy = harness_rate(pool, args.task_suite, args.seconds) if args.harness else (None, None)
         ratio = f"{harness / raw:6.2f}" if harness else f"{'-':>6}"
         print(
-            f"{workers:>7} {name:>9} {reset:>5} {raw:>11.1f} {harness or 0:>8.1f} {ratio} "
+            f"{workers:>7} {name:>9} {reset:>5} {channel:>7} {raw:>11.1f} {harness or 0:>8.1f} {ratio} "
             f"{busy if busy is not None else '-':>5}"
         )
-        rows.append({"workers": workers, "cameras": name, "reset": reset, "raw": raw, "harness": harness, "busy": busy})
+        rows.append({"workers": workers, "cameras": name, "reset": reset, "channel": channel, "raw": raw,
+                     "harness": harness, "busy": busy})  # fmt: skip
     return rows
 
 
@@ -82,6 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cameras", type=lambda s: s.split(","), default=list(CAMERA_SETS), help="both,agentview,none")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per rate (after the resets)")
     parser.add_argument("--resets", type=lambda s: s.split(","), default=["soft"], help="soft,hard (LIBERO's default)")
+    parser.add_argument("--channels", type=lambda s: s.split(","), default=["socket"], help="socket,pipes")
     parser.add_argument("--task_suite", default="libero_spatial")
     parser.add_argument("--harness", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
     parser.add_argument("--gl", choices=("egl", "osmesa"), default=None)
@@ -93,6 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown camera sets {bad}: choose from {list(CAMERA_SETS)}")
     if set(args.resets) - {"soft", "hard"}:
         parser.error(f"unknown resets {args.resets}: choose from soft,hard")
+    if set(args.channels) - set(CHANNELS):
+        parser.error(f"unknown channels {args.channels}: choose from {','.join(CHANNELS)}")
     return args
 
 

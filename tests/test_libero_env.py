@@ -280,3 +280,28 @@ def test_a_pools_obs_transform_runs_in_its_workers(libero_assets_dir):
     np.testing.assert_array_equal(prepared.obs[POLICY_FRAME], libero_image(render, center_crop=False, backend="numpy"))
     np.testing.assert_array_equal(prepared.obs[POLICY_IMAGE], libero_image(render, center_crop=True, backend="numpy"))
     np.testing.assert_array_equal(prepared.obs["robot0_eef_pos"], raw.obs["robot0_eef_pos"])
+
+
+@pytest.mark.libero
+def test_workers_answering_over_big_pipes_give_the_same_episode(libero_assets_dir):
+    """`answer_pipe_bytes` (vla.worker_pipes) changes how an observation travels, not what it holds: the same reset
+    and actions give bit-equal two-camera observations over the socket pair and over the pipes, and a worker that dies
+    is restarted over the pipes too."""
+    from vla.env_pool import EnvPool
+    from vla.worker_pipes import PIPE_BYTES, PipeChannel
+
+    actions = np.random.default_rng(1).uniform(-1, 1, (5, 7))
+    traces = []
+    for answer_pipe_bytes in (None, PIPE_BYTES):
+        with EnvPool("libero_spatial", 1, assets_dir=libero_assets_dir, answer_pipe_bytes=answer_pipe_bytes) as pool:
+            assert isinstance(pool._workers[0][1], PipeChannel) == (answer_pipe_bytes is not None)
+            trace = [pool.reset({0: ResetRequest(2, seed=3)})[0]] + [pool.step({0: a})[0] for a in actions]
+            assert all(r.error is None for r in trace) and trace[0].obs["agentview_image"].shape == (256, 256, 3)
+            traces.append(trace)
+            if answer_pipe_bytes:
+                pool._workers[0][0].kill()
+                assert "died" in pool.step({0: actions[0]})[0].error
+                assert pool.reset({0: ResetRequest(2, seed=3)})[0].error is None
+    for a, b in zip(*traces, strict=True):
+        for key in ("robot0_eef_pos", "agentview_image", "robot0_eye_in_hand_image"):
+            np.testing.assert_array_equal(a.obs[key], b.obs[key], err_msg=key)

@@ -30,6 +30,7 @@ from vla.libero_env import (
     make_env,
     setup_libero,
 )
+from vla.worker_pipes import PipeChannel, channel_pair
 
 ObsTransform = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -132,7 +133,7 @@ class _WorkerEnv:
 
 
 def _worker_main(
-    conn: Connection,
+    conn: Connection | PipeChannel,
     suite: str,
     assets_dir: str,
     image_size: int,
@@ -170,7 +171,9 @@ class EnvPool:
     default (`vla.libero_env.make_env`); the soft reset is 11x faster and places fixtures from the seed alone. A
     worker's exception comes back as `StepResult.error`; a worker that dies is restarted and its request answered
     with an error. `obs_transform`: a picklable callable each worker applies to every observation before sending it
-    (e.g. `vla.libero_io.WorkerImages`: the policy's image preparation, spread over the simulator processes)."""
+    (e.g. `vla.libero_io.WorkerImages`: the policy's image preparation, spread over the simulator processes).
+    `answer_pipe_bytes`: None, each worker answers over `multiprocessing`'s duplex Pipe (a socket pair, ~208 KB of
+    send buffer); N, over a pipe of N bytes (`vla.worker_pipes`: a two-camera observation is written at once)."""
 
     def __init__(
         self,
@@ -183,6 +186,7 @@ class EnvPool:
         gl_envs: Sequence[dict[str, str]] | None = None,
         hard_reset: bool = False,
         obs_transform: ObsTransform | None = None,
+        answer_pipe_bytes: int | None = None,
     ):
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
@@ -194,9 +198,12 @@ class EnvPool:
         self._args = (suite, str(self.assets_dir), image_size, self.cameras, hard_reset, obs_transform)
         self._gl_envs = [dict(e) for e in gl_envs] if gl_envs is not None else [{} for _ in range(num_workers)]
         self._ctx = mp.get_context("spawn")  # a forked child would inherit the parent's TensorFlow, if loaded
+        self._answer_pipe_bytes = answer_pipe_bytes
         self._in_flight: set[int] = set()
         self._failed: dict[int, StepResult] = {}  # answers to requests that could not be sent
-        self._workers: list[tuple[mp.process.BaseProcess, Connection]] = [self._start(i) for i in range(num_workers)]
+        self._workers: list[tuple[mp.process.BaseProcess, Connection | PipeChannel]] = [
+            self._start(i) for i in range(num_workers)
+        ]
         # While the pool runs, this host process's BLAS keeps to one thread: the simulators occupy the cores, and the
         # host's numpy work (frame encoding, policy image preparation) is small matmuls from parallel threads, where
         # OpenBLAS's own threads spin against the simulators (collection on a 16-core node ran at 69 policy steps/s,
@@ -267,8 +274,11 @@ class EnvPool:
         """Step each given worker with its LIBERO action (7,), in parallel."""
         return self.submit(actions)
 
-    def _start(self, index: int) -> tuple[mp.process.BaseProcess, Connection]:
-        parent, child = self._ctx.Pipe()
+    def _start(self, index: int) -> tuple[mp.process.BaseProcess, Connection | PipeChannel]:
+        if self._answer_pipe_bytes:
+            parent, child = channel_pair(self._ctx, self._answer_pipe_bytes)
+        else:
+            parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(
             target=_worker_main, args=(child, *self._args, self._gl_envs[index]), name=f"libero-env-{index}",
             daemon=True,
@@ -318,6 +328,7 @@ def open_pool(
     assets: str | Path | None,
     hard_reset: bool = False,
     obs_transform: ObsTransform | None = None,
+    answer_pipe_bytes: int | None = None,
 ) -> EnvPool:
     """An EnvPool whose workers render `cameras` with the GL set-up of `render`, checked here first (when any camera
     is rendered) so a missing GL library is one clear error before any worker starts."""
@@ -326,4 +337,4 @@ def open_pool(
         for env in {tuple(sorted(e.items())): e for e in gl_envs}.values():
             check_gl(env)
     return EnvPool(suite, num_workers, assets_dir=assets, cameras=cameras, gl_envs=gl_envs, hard_reset=hard_reset,
-                   obs_transform=obs_transform)  # fmt: skip
+                   obs_transform=obs_transform, answer_pipe_bytes=answer_pipe_bytes)  # fmt: skip
