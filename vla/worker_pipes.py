@@ -2,8 +2,7 @@
 
 `multiprocessing`'s duplex `Pipe` is a Unix socket pair whose send buffer holds ~208 KB. A larger answer (a
 collection's two 256² renders, ~394 KB) is written in parts: the host's `recv` then waits until the worker is
-scheduled again to write the rest, which on a node of 16 busy simulators costs milliseconds a step
-(`scripts/bench_pool_ipc.py`, docs/PERFORMANCE.md). `channel_pair` gives two one-way pipes instead, the worker's
+scheduled again to write the rest (`scripts/bench_pool_ipc.py`: 1.5-2.3x the time in `recv`, docs/PERFORMANCE.md). `channel_pair` gives two one-way pipes instead, the worker's
 grown to `PIPE_BYTES` (Linux `F_SETPIPE_SZ`, allowed up to /proc/sys/fs/pipe-max-size, 1 MiB by default), so a worker
 writes its whole answer at once and goes on; where the kernel refuses, the socket pair as before.
 
