@@ -28,9 +28,9 @@ class DemoPool:
     instances: list["DemoPool"] = []
 
     def __init__(self, suite, num_workers, *, assets_dir=None, cameras=(), gl_envs=None, hard_reset=False,
-                 obs_transform=None):  # fmt: skip
-        assert obs_transform is None  # the demonstrations store the raw renders
+                 obs_transform=None, answer_pipe_bytes=None):  # fmt: skip
         self.num_workers, self.cameras, self.tasks, self.hard_reset = num_workers, cameras, TASKS, hard_reset
+        self.obs_transform = obs_transform or (lambda obs: obs)  # applied "in the worker", as EnvPool does
         self.requests: list[tuple[int, object]] = []
         self.state, self.pending = {}, {}
         DemoPool.instances.append(self)
@@ -39,10 +39,13 @@ class DemoPool:
         return TASKS[task_id]
 
     def _obs(self, w):
+        """Renders of value t (the step count) with a marker (255) in the raw top-left pixel."""
         t = self.state[w][1]
-        return {"agentview_image": np.full((8, 8, 3), t, np.uint8), "robot0_eye_in_hand_image": np.zeros((8, 8, 3),
-                np.uint8), "robot0_eef_pos": np.full(3, t, float), "robot0_eef_quat": np.array([0, 0, 0, 1.0]),
-                "robot0_gripper_qpos": np.zeros(2), "robot0_joint_pos": np.zeros(7)}  # fmt: skip
+        agentview, wrist = np.full((8, 8, 3), t, np.uint8), np.zeros((8, 8, 3), np.uint8)
+        agentview[0, 0] = wrist[0, 0] = 255
+        return self.obs_transform({"agentview_image": agentview, "robot0_eye_in_hand_image": wrist,
+                "robot0_eef_pos": np.full(3, t, float), "robot0_eef_quat": np.array([0, 0, 0, 1.0]),
+                "robot0_gripper_qpos": np.zeros(2), "robot0_joint_pos": np.zeros(7)})  # fmt: skip
 
     def send(self, w, request):
         self.requests.append((w, request))
@@ -151,6 +154,8 @@ def test_each_frame_is_paired_with_the_clean_action_computed_from_it(tmp_path, f
     demos.collect(_cfg(tmp_path, action_noise=0.2, num_workers=1), EchoExpert())
     executed = np.stack([a for _, a in fake_collection[-1].requests if not isinstance(a, ResetRequest)])
     for episode in FakeWriter.instances[-1].episodes:
+        for key in ("image", "wrist_image"):  # rotated 180°, as OpenVLA's data: the raw top-left marker bottom-right
+            assert np.all(episode[key][:, -1, -1] == 255) and not np.any(episode[key][:, 0, 0] == 255)
         steps = episode["image"][:, 0, 0, 0].astype(np.float32)  # the fake render's value is the step count t
         np.testing.assert_array_equal(steps, np.arange(SUCCESS_STEP))  # the reset's observation first, none after
         np.testing.assert_array_equal(episode["state"][:, 0], steps)

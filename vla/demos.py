@@ -19,7 +19,7 @@ from vla.env_scheduler import Episode, Job, Scheduler
 from vla.expert import ScriptedExpert, UnsupportedTaskError
 from vla.frame_store import FrameStoreWriter
 from vla.gl_check import RenderConfig
-from vla.libero_env import CAMERAS, SUITE_MAX_STEPS, TaskInfo, check_suite, libero_state, noop_mask, upright
+from vla.libero_env import CAMERAS, SUITE_MAX_STEPS, TaskInfo, check_suite, libero_state, noop_mask, upright_cameras
 from vla.normalization import write_json_atomic
 from vla.policies import ExpertPolicy, Policy
 
@@ -81,22 +81,27 @@ class CollectConfig:
 
 
 class _DemoRecorder:
-    """The scheduler's action hook: records each step's observation with the expert's clean action, and returns the
-    action to execute (with noise when `action_noise` > 0; each episode's noise is seeded by its env seed)."""
+    """The scheduler's action hook: records each step's observation (its images already upright: the pool's
+    `upright_cameras`) with the expert's clean action, and returns the action to execute (with noise when
+    `action_noise` > 0; each episode's noise is seeded by its env seed)."""
 
     def __init__(self, action_noise: float, noise_dims: str = "xyz"):
         self.action_noise, self.dims = action_noise, NOISE_DIMS[noise_dims]
 
     def __call__(self, ep: Episode, action: np.ndarray) -> np.ndarray:
-        obs, frames = ep.obs, ep.data.setdefault("frames", {k: [] for k in FRAME_KEYS})
-        frame = {"image": upright(obs["agentview_image"]), "wrist_image": upright(obs["robot0_eye_in_hand_image"]),
-                 "state": libero_state(obs), "joint_state": obs["robot0_joint_pos"].astype(np.float32),
+        if "frames" not in ep.data:
+            ep.data["frames"] = {k: [] for k in FRAME_KEYS}
+        obs, frames = ep.obs, ep.data["frames"]
+        frame = {"image": obs["image"], "wrist_image": obs["wrist_image"], "state": libero_state(obs),
+                 "joint_state": obs["robot0_joint_pos"].astype(np.float32),
                  "action": np.asarray(action, dtype=np.float32)}  # fmt: skip
         for key, value in frame.items():
             frames[key].append(value)
         if self.action_noise == 0:
             return action
-        rng = ep.data.setdefault("rng", np.random.default_rng(ep.job.request.seed))
+        if "rng" not in ep.data:
+            ep.data["rng"] = np.random.default_rng(ep.job.request.seed)
+        rng = ep.data["rng"]
         noisy = np.array(action, dtype=np.float64)
         noisy[: self.dims] = np.clip(noisy[: self.dims] + rng.normal(0, self.action_noise, self.dims), -1, 1)
         return noisy
@@ -131,7 +136,7 @@ def rollouts(scheduler: Scheduler, jobs: list[Job], suite: str, stats: dict[int,
                 continue
             keep = noop_mask(np.stack(frames["action"]))
             stats[task.task_id]["kept_steps"].append(int(keep.sum()))
-            yield {k: np.stack(v)[keep] for k, v in frames.items()} | {
+            yield {k: np.stack([x for x, kept in zip(v, keep, strict=True) if kept]) for k, v in frames.items()} | {
                 "language_instruction": task.language,
                 "file_path": f"scripted_expert/{suite}/task{task.task_id}_seed{ep.job.key}",
             }
@@ -165,7 +170,8 @@ def collect(cfg: CollectConfig, policy: Policy | None = None) -> dict[str, Any]:
     fmt, started = cfg.resolved_format(), time.perf_counter()
     policy = policy if policy is not None else ExpertPolicy()
     render = RenderConfig(gl=cfg.gl, egl_devices=cfg.egl_devices)
-    with open_pool(cfg.task_suite, cfg.num_workers, CAMERAS, render, cfg.libero_assets, cfg.hard_reset) as pool:
+    with open_pool(cfg.task_suite, cfg.num_workers, CAMERAS, render, cfg.libero_assets, cfg.hard_reset,
+                   obs_transform=upright_cameras) as pool:  # fmt: skip
         tasks = [pool.task_info(t) for t in cfg.tasks] if cfg.tasks is not None else pool.tasks
         unsupported = {}
         for task in tasks:

@@ -170,6 +170,18 @@ def upright(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image[::-1, ::-1])
 
 
+RECORDED_CAMERAS = {"agentview_image": "image", "robot0_eye_in_hand_image": "wrist_image"}  # render -> RLDS key
+
+
+def upright_cameras(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """An `EnvPool` obs_transform for demo collection: the two renders rotated 180° under their RLDS names (`image`,
+    `wrist_image`), the raw ones dropped. Each simulator worker makes the copies, not the host (0.8 ms of its time a
+    step on the CPU machine, docs/PERFORMANCE.md)."""
+    out = {key: value for key, value in obs.items() if key not in RECORDED_CAMERAS}
+    out.update({name: upright(obs[key]) for key, name in RECORDED_CAMERAS.items()})
+    return out
+
+
 def quat_to_axis_angle(quat: np.ndarray) -> np.ndarray:
     """(x, y, z, w) quaternion -> axis-angle (3,), angle in [0, 2π] (robosuite's `quat2axisangle`, which the
     regenerated LIBERO data used for `state`)."""
