@@ -28,7 +28,7 @@ class FakePool:
     per_receive: int | None = None
 
     def __init__(self, suite, num_workers, *, assets_dir=None, cameras=(), gl_envs=None, hard_reset=False,
-                 obs_transform=None):  # fmt: skip
+                 obs_transform=None, answer_pipe_bytes=None):  # fmt: skip
         self.num_workers, self.cameras, self.gl_envs, self.hard_reset = num_workers, cameras, gl_envs, hard_reset
         self.obs_transform = obs_transform
         self.resets: list[dict[int, ResetRequest]] = []
