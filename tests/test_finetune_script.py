@@ -73,6 +73,7 @@ def test_from_scratch_config_trains_the_small_preset_and_reads_a_video_export_wh
     )
     assert cfg.data.image_aug and cfg.optim.lr_schedule == "cosine" and cfg.optim.warmup_steps > 0
     assert cfg.run.save_merged and cfg.data.source == "rlds"  # the RLDS dataset by default
+    assert cfg.speed.fused_optimizer  # faster on an H100 (docs/PERFORMANCE.md), the same updates (test_training)
     frames = script.parse(["--config", path, "--data.source", "video_frames", "--data.frames_dir", "frames"]).data
     assert (frames.source, frames.frames_dir) == ("video_frames", Path("frames"))
 
