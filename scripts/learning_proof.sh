@@ -8,6 +8,7 @@
 #                                               # (FULL_ON), and its held-out metrics with swapped instructions
 #   bash scripts/learning_proof.sh expert       # the scripted expert on the full protocol (the data's ceiling)
 #   bash scripts/learning_proof.sh ship         # the full protocol's checkpoint as int8 (~20 MB, git-sized)
+#   bash scripts/learning_proof.sh train ship eval   # in a lease: the int8 copy exists before the full protocol runs
 #
 # On an offline GPU node first `source <bundle>/activate.sh` (scripts/pack_sim.py; docs/OFFLINE.md). Settings come
 # from the environment: SUITE, PROOF (default outputs/proof), EPISODES (per task), NOISE, SEED, STEPS, BATCH, LR,
@@ -193,6 +194,16 @@ expert() {
   $PY scripts/eval.py --task_suite "$SUITE" --policy expert --num_trials_per_task 50 --num_envs "$WORKERS" \
     --out_dir "$PROOF/eval/expert" --resume "$resume"
 }
+
+# ship takes the full protocol's checkpoint. With FULL_ON=last that is known once training ends, so `train ship eval`
+# brings the weights home before the full protocol; with best_* the evaluations choose it: refuse ship before them
+if [ "$FULL_ON" != last ] && [ ! -f "$PROOF/eval/${PRESETS%% *}-full/summary.json" ]; then
+  for stage in "$@"; do
+    [ "$stage" = eval ] && break
+    [ "$stage" != ship ] || { echo "ship before eval with FULL_ON=$FULL_ON: the evaluations choose that checkpoint;" \
+      "run the stages as 'eval ship' (or FULL_ON=last, then 'train ship eval')" >&2; exit 2; }
+  done
+fi
 
 for stage in "$@"; do
   case "$stage" in

@@ -2,6 +2,10 @@
 policies. The real-simulator runs are the `libero`-marked tests at the end."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -512,3 +516,17 @@ def test_best_step_ranks_a_runs_sample_evaluations_or_its_held_out_loss(tmp_path
     assert run.best_step("val_loss") == 4
     with pytest.raises(ValueError, match="'success' or 'val_loss'"):
         run.best_step("accuracy")
+
+
+@pytest.mark.parametrize("stages", [["ship"], ["train", "ship", "eval"]])
+def test_learning_proof_refuses_ship_before_the_evaluations_that_choose_its_checkpoint(tmp_path, stages):
+    """With FULL_ON=best_* the evaluations pick the shipped checkpoint, so `ship` before `eval` is refused before any
+    stage runs; with FULL_ON=last (`train ship eval`, weights home before the full protocol) ship goes ahead."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "learning_proof.sh"
+    env = {**os.environ, "PROOF": str(tmp_path / "proof"), "PYTHON": sys.executable}
+    refused = subprocess.run(["bash", script, *stages], env={**env, "FULL_ON": "best_sample"}, capture_output=True,
+                             text=True)  # fmt: skip
+    assert refused.returncode == 2 and "ship before eval with FULL_ON=best_sample" in refused.stderr
+    assert not (tmp_path / "proof").exists()  # nothing ran
+    shipped = subprocess.run(["bash", script, "ship"], env={**env, "FULL_ON": "last"}, capture_output=True, text=True)
+    assert shipped.returncode == 1 and "ship: no checkpoint of small256" in shipped.stderr
