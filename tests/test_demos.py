@@ -39,13 +39,16 @@ class DemoPool:
         return TASKS[task_id]
 
     def _obs(self, w):
-        """Renders of value t (the step count) with a marker (255) in the raw top-left pixel."""
+        """Renders of value t (the step count) with a marker (255) in the raw top-left pixel, of the pool's cameras
+        only (as robosuite: `<camera>_image`)."""
         t = self.state[w][1]
-        agentview, wrist = np.full((8, 8, 3), t, np.uint8), np.zeros((8, 8, 3), np.uint8)
-        agentview[0, 0] = wrist[0, 0] = 255
-        return self.obs_transform({"agentview_image": agentview, "robot0_eye_in_hand_image": wrist,
-                "robot0_eef_pos": np.full(3, t, float), "robot0_eef_quat": np.array([0, 0, 0, 1.0]),
-                "robot0_gripper_qpos": np.zeros(2), "robot0_joint_pos": np.zeros(7)})  # fmt: skip
+        renders = {"agentview": np.full((8, 8, 3), t, np.uint8), "robot0_eye_in_hand": np.zeros((8, 8, 3), np.uint8)}
+        obs = {f"{camera}_image": renders[camera] for camera in self.cameras}
+        for image in obs.values():
+            image[0, 0] = 255
+        return self.obs_transform({**obs, "robot0_eef_pos": np.full(3, t, float),
+                "robot0_eef_quat": np.array([0, 0, 0, 1.0]), "robot0_gripper_qpos": np.zeros(2),
+                "robot0_joint_pos": np.zeros(7)})  # fmt: skip
 
     def send(self, w, request):
         self.requests.append((w, request))
@@ -127,11 +130,12 @@ def test_noisy_collection_records_clean_actions_of_successes_from_random_placeme
     resets = [r for _, r in pool.requests if isinstance(r, ResetRequest)]
     assert all(r.init_state is None for r in resets)  # LIBERO's random placement
     assert sorted(r.seed for r in resets) == [100_000 + 1_000 * t + e for t in (0, 1) for e in range(3)]
-    assert pool.cameras == ("agentview", "robot0_eye_in_hand")  # both cameras go into the dataset
+    assert pool.cameras == ("agentview",)  # the frame store keeps the agentview image alone: the wrist is not rendered
     assert writer.closed and writer.dataset_name == "libero_spatial_no_noops"
     assert len(writer.episodes) == 3 and all(e["language_instruction"] == "do thing 0" for e in writer.episodes)
     for episode in writer.episodes:
         assert episode["action"].shape == (SUCCESS_STEP, 7) and episode["image"].shape == (SUCCESS_STEP, 8, 8, 3)
+        assert "wrist_image" not in episode
         np.testing.assert_array_equal(episode["action"], np.tile(CLEAN.astype(np.float32), (SUCCESS_STEP, 1)))
     executed = np.stack([a for _, a in pool.requests if not isinstance(a, ResetRequest)])
     assert np.all(executed[:, 3:] == CLEAN[3:])  # by default rotations and the gripper command are not noised
@@ -154,8 +158,8 @@ def test_each_frame_is_paired_with_the_clean_action_computed_from_it(tmp_path, f
     demos.collect(_cfg(tmp_path, action_noise=0.2, num_workers=1), EchoExpert())
     executed = np.stack([a for _, a in fake_collection[-1].requests if not isinstance(a, ResetRequest)])
     for episode in FakeWriter.instances[-1].episodes:
-        for key in ("image", "wrist_image"):  # rotated 180°, as OpenVLA's data: the raw top-left marker bottom-right
-            assert np.all(episode[key][:, -1, -1] == 255) and not np.any(episode[key][:, 0, 0] == 255)
+        # rotated 180°, as OpenVLA's data: the raw top-left marker bottom-right
+        assert np.all(episode["image"][:, -1, -1] == 255) and not np.any(episode["image"][:, 0, 0] == 255)
         steps = episode["image"][:, 0, 0, 0].astype(np.float32)  # the fake render's value is the step count t
         np.testing.assert_array_equal(steps, np.arange(SUCCESS_STEP))  # the reset's observation first, none after
         np.testing.assert_array_equal(episode["state"][:, 0], steps)
@@ -164,6 +168,25 @@ def test_each_frame_is_paired_with_the_clean_action_computed_from_it(tmp_path, f
             episode["action"][:, 1:], np.tile(CLEAN[1:].astype(np.float32), (SUCCESS_STEP, 1))
         )
     assert np.abs(executed[:SUCCESS_STEP, 0] - np.arange(SUCCESS_STEP) / 10).min() > 1e-4  # noise was executed
+
+
+def test_rlds_collection_renders_and_records_both_cameras(tmp_path, fake_collection, monkeypatch):
+    # the modified_libero_rlds layout has image and wrist_image: RLDS collection renders both, each rotated 180°
+    written = {}
+
+    def write_episodes(episodes, out, name, fmt):
+        written[fmt] = list(episodes)
+        return out / name
+
+    monkeypatch.setattr(demos, "write_episodes", write_episodes)
+    demos.collect(_cfg(tmp_path, format="rlds", num_workers=1), ConstantExpert())
+    assert fake_collection[-1].cameras == ("agentview", "robot0_eye_in_hand")
+    assert len(written["rlds"]) == 3
+    for episode in written["rlds"]:
+        for key in ("image", "wrist_image"):
+            assert episode[key].shape == (SUCCESS_STEP, 8, 8, 3)
+            assert np.all(episode[key][:, -1, -1] == 255) and not np.any(episode[key][:, 0, 0] == 255)
+        np.testing.assert_array_equal(episode["image"][:, 0, 0, 0], np.arange(SUCCESS_STEP))
 
 
 def test_noise_dims_xyzrpy_noises_the_rotations_too(tmp_path, fake_collection):

@@ -25,9 +25,12 @@ from vla.policies import ExpertPolicy, Policy
 
 log = logging.getLogger(__name__)
 SUMMARY_FILE = "collect_summary.json"
-FRAME_KEYS = ("image", "wrist_image", "state", "joint_state", "action")
 FORMATS = ("rlds", "frames")
 NOISE_DIMS = {"xyz": 3, "xyzrpy": 6}  # the action dims noised (the gripper command, dim 6, never is)
+# The cameras each format records: RLDS keeps the modified_libero_rlds layout (image and wrist_image); the frame store
+# keeps OpenVLA's one image, so its collection renders agentview alone (rendering is most of a CPU step: 5.1 raw
+# steps/s with both cameras, 8.2 with agentview, 58 with none on the 2-core machine, docs/PERFORMANCE.md)
+FORMAT_CAMERAS = {"rlds": CAMERAS, "frames": ("agentview",)}
 
 
 @dataclass
@@ -89,12 +92,12 @@ class _DemoRecorder:
         self.action_noise, self.dims = action_noise, NOISE_DIMS[noise_dims]
 
     def __call__(self, ep: Episode, action: np.ndarray) -> np.ndarray:
-        if "frames" not in ep.data:
-            ep.data["frames"] = {k: [] for k in FRAME_KEYS}
-        obs, frames = ep.obs, ep.data["frames"]
-        frame = {"image": obs["image"], "wrist_image": obs["wrist_image"], "state": libero_state(obs),
+        obs = ep.obs
+        frame = {"image": obs["image"], "wrist_image": obs.get("wrist_image"), "state": libero_state(obs),
                  "joint_state": obs["robot0_joint_pos"].astype(np.float32),
                  "action": np.asarray(action, dtype=np.float32)}  # fmt: skip
+        frame = {key: value for key, value in frame.items() if value is not None}  # no wrist camera: none recorded
+        frames = ep.data.setdefault("frames", {key: [] for key in frame})
         for key, value in frame.items():
             frames[key].append(value)
         if self.action_noise == 0:
@@ -125,7 +128,7 @@ def rollouts(scheduler: Scheduler, jobs: list[Job], suite: str, stats: dict[int,
     with tqdm(total=len(jobs), desc=f"{suite} demos", unit="ep") as bar:
         for outcome in scheduler.run(jobs):
             ep, task = outcome.episode, outcome.episode.job.task
-            frames = ep.data.get("frames", {k: [] for k in FRAME_KEYS})
+            frames = ep.data.get("frames", {"action": []})  # none when it ended before a step
             stats[task.task_id][outcome.status] += 1
             stats[task.task_id]["steps"].append(len(frames["action"]))
             bar.update()
@@ -170,7 +173,7 @@ def collect(cfg: CollectConfig, policy: Policy | None = None) -> dict[str, Any]:
     fmt, started = cfg.resolved_format(), time.perf_counter()
     policy = policy if policy is not None else ExpertPolicy()
     render = RenderConfig(gl=cfg.gl, egl_devices=cfg.egl_devices)
-    with open_pool(cfg.task_suite, cfg.num_workers, CAMERAS, render, cfg.libero_assets, cfg.hard_reset,
+    with open_pool(cfg.task_suite, cfg.num_workers, FORMAT_CAMERAS[fmt], render, cfg.libero_assets, cfg.hard_reset,
                    obs_transform=upright_cameras) as pool:  # fmt: skip
         tasks = [pool.task_info(t) for t in cfg.tasks] if cfg.tasks is not None else pool.tasks
         unsupported = {}

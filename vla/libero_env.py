@@ -174,11 +174,11 @@ RECORDED_CAMERAS = {"agentview_image": "image", "robot0_eye_in_hand_image": "wri
 
 
 def upright_cameras(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """An `EnvPool` obs_transform for demo collection: the two renders rotated 180° under their RLDS names (`image`,
-    `wrist_image`), the raw ones dropped. Each simulator worker makes the copies, not the host (0.8 ms of its time a
-    step on the CPU machine, docs/PERFORMANCE.md)."""
+    """An `EnvPool` obs_transform for demo collection: the renders (both cameras, or agentview alone) rotated 180°
+    under their RLDS names (`image`, `wrist_image`), the raw ones dropped. Each simulator worker makes the copies, not
+    the host (0.8 ms of its time a step on the CPU machine, docs/PERFORMANCE.md)."""
     out = {key: value for key, value in obs.items() if key not in RECORDED_CAMERAS}
-    out.update({name: upright(obs[key]) for key, name in RECORDED_CAMERAS.items()})
+    out.update({name: upright(obs[key]) for key, name in RECORDED_CAMERAS.items() if key in obs})
     return out
 
 
