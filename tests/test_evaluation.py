@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scripts_loader import load_script
 
 import vla.env_pool as env_pool
 import vla.evaluation as evaluation
 from vla.env_pool import ResetRequest, StepResult
-from vla.evaluation import EvalConfig, evaluate, format_table, read_episodes, wilson_interval
+from vla.eval_cli import parse
+from vla.evaluation import EvalConfig, evaluate, format_table, read_episodes, report, wilson_interval
 from vla.libero_env import TaskInfo
 from vla.policies import ExpertPolicy, RandomPolicy, VLAPolicy
 
@@ -274,6 +276,25 @@ def test_a_crash_loses_no_finished_episode_and_resume_completes(tmp_path, fake_l
         _cfg(tmp_path, tasks=[SUCCEEDS], num_trials_per_task=3, num_envs=1, resume=True), RecordingPolicy()
     )
     assert summary["overall"]["successes"] == 3 and summary["complete"]
+
+
+def test_report_only_tables_a_cut_off_run_from_its_files_alone(tmp_path, fake_libero, capsys):
+    """An evaluation cut off mid-run (a lease's time limit) is reported from its folder: the finished episodes per
+    task, tasks not reached at 0/0, `complete` false; nothing is loaded, run or written. eval.py --report_only."""
+    cfg = _cfg(tmp_path / "run", tasks=[SUCCEEDS, NEVER], num_trials_per_task=2, num_envs=1)
+    with pytest.raises(KeyboardInterrupt):  # dies in the second task's first episode
+        evaluate(cfg, RecordingPolicy(interrupt_after=2 * SUCCESS_STEP + 1))
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")}
+    n_pools = len(fake_libero)
+    summary = load_script("eval").main(parse(["--out_dir", str(tmp_path / "run"), "--report_only", "true"]))
+    assert [(t["task_id"], t["successes"], t["trials"]) for t in summary["tasks"]] == [(SUCCEEDS, 2, 2), (NEVER, 0, 0)]
+    assert summary["overall"]["successes"] == 2 and not summary["complete"]
+    assert "do thing 0" in capsys.readouterr().out  # the table
+    assert len(fake_libero) == n_pools and {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")} == files
+    with pytest.raises(FileNotFoundError, match="eval_config.json"):
+        report(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="report_only needs --out_dir"):
+        load_script("eval").main(parse(["--report_only", "true"]))
 
 
 def test_retry_errors_reruns_only_errored_episodes(tmp_path, fake_libero):

@@ -88,6 +88,9 @@ class EvalConfig:
     resume: bool = False  # continue the run in out_dir, skipping episodes already in its episodes.jsonl
     retry_errors: bool = False  # with resume: run again the episodes recorded as `error`
     save_videos: bool = False  # one mp4 per episode under out_dir/videos (30 fps)
+    # print the results so far of the evaluation in out_dir (cut off, crashed or still running) from its own files and
+    # exit: no model, no simulator, nothing written; its eval_config.json says what it evaluates (other flags unused)
+    report_only: bool = False
     libero_assets: str | None = None  # LIBERO assets folder; None: $VLA_LIBERO_ASSETS, else LIBERO's own
     wandb: bool = False  # log to Weights & Biases
     wandb_project: str = "vla-libero-eval"  # W&B project
@@ -234,6 +237,28 @@ def _prepare_run_dir(cfg: EvalConfig, run_dir: Path) -> None:
         if changed:
             raise ValueError(f"resume with settings that differ from the run in {run_dir}: {changed} (old, new)")
     write_json_atomic(saved_path, current)
+
+
+def report(out_dir: str | Path) -> dict[str, Any]:
+    """The results so far of the evaluation in `out_dir` (cut off by a time limit, crashed, or still running), from
+    its own `eval_config.json` and `episodes.jsonl`: loads no model, starts no simulator, writes nothing. The summary's
+    `complete` says whether every configured episode has a verdict; its tasks without records show 0/0."""
+    run_dir = Path(out_dir)
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: --out_dir must be the folder of an evaluation (eval.py "
+                                "writes its eval_config.json as it starts)")  # fmt: skip
+    saved = json.loads(config_path.read_text())
+    cfg = EvalConfig(**{f.name: saved[f.name] for f in dataclasses.fields(EvalConfig) if f.name in saved})
+    all_tasks = list_tasks(cfg.task_suite)
+    tasks = [all_tasks[i] for i in cfg.tasks] if cfg.tasks is not None else all_tasks
+    episodes = run_dir / EPISODES_FILE
+    records = read_episodes(episodes) if episodes.exists() else []  # none yet: no episode has finished
+    summary = summarize(
+        records, tasks, task_suite=cfg.task_suite, policy=cfg.policy, checkpoint=cfg.checkpoint,
+        num_trials_per_task=cfg.num_trials_per_task, max_steps=cfg.episode_steps,
+    )  # fmt: skip
+    return summary | {"run_dir": str(run_dir)}
 
 
 def _plan(cfg: EvalConfig, records: list[dict[str, Any]]) -> tuple[list[TaskInfo], list[Job]]:
