@@ -250,21 +250,27 @@ def report(out_dir: str | Path) -> dict[str, Any]:
                                 "writes its eval_config.json as it starts)")  # fmt: skip
     saved = json.loads(config_path.read_text())
     cfg = EvalConfig(**{f.name: saved[f.name] for f in dataclasses.fields(EvalConfig) if f.name in saved})
-    all_tasks = list_tasks(cfg.task_suite)
-    tasks = [all_tasks[i] for i in cfg.tasks] if cfg.tasks is not None else all_tasks
     episodes = run_dir / EPISODES_FILE
     records = read_episodes(episodes) if episodes.exists() else []  # none yet: no episode has finished
-    summary = summarize(
+    return _summarize(cfg, records, _selected_tasks(cfg)) | {"run_dir": str(run_dir)}
+
+
+def _selected_tasks(cfg: EvalConfig) -> list[TaskInfo]:
+    """The tasks `cfg` evaluates: its `tasks` ids, else the whole suite."""
+    all_tasks = list_tasks(cfg.task_suite)
+    return [all_tasks[i] for i in cfg.tasks] if cfg.tasks is not None else all_tasks
+
+
+def _summarize(cfg: EvalConfig, records: list[dict[str, Any]], tasks: list[TaskInfo]) -> dict[str, Any]:
+    return summarize(
         records, tasks, task_suite=cfg.task_suite, policy=cfg.policy, checkpoint=cfg.checkpoint,
         num_trials_per_task=cfg.num_trials_per_task, max_steps=cfg.episode_steps,
     )  # fmt: skip
-    return summary | {"run_dir": str(run_dir)}
 
 
 def _plan(cfg: EvalConfig, records: list[dict[str, Any]]) -> tuple[list[TaskInfo], list[Job]]:
     """The selected tasks, and a Job for each (task, episode) still to run: its fixed initial state, `env_seed`."""
-    all_tasks = list_tasks(cfg.task_suite)
-    tasks = [all_tasks[i] for i in cfg.tasks] if cfg.tasks is not None else all_tasks
+    tasks = _selected_tasks(cfg)
     finished = {(r["task_id"], r["episode"]) for r in records if not (cfg.retry_errors and r["status"] == "error")}
     pending = [(t, i) for t in tasks for i in range(cfg.num_trials_per_task) if (t.task_id, i) not in finished]
     init_states = {t.task_id: load_init_states(cfg.task_suite, t.task_id) for t in {t for t, _ in pending}}
@@ -330,10 +336,7 @@ def evaluate(cfg: EvalConfig, policy: Policy) -> dict[str, Any]:
                     if run is not None:
                         run.log({"episodes": len(new), **{f"episodes/{k}": v for k, v in counts.items()}})
             timing = scheduler.timing
-        summary = summarize(
-            records, tasks, task_suite=cfg.task_suite, policy=cfg.policy, checkpoint=cfg.checkpoint,
-            num_trials_per_task=cfg.num_trials_per_task, max_steps=cfg.episode_steps,
-        )  # fmt: skip
+        summary = _summarize(cfg, records, tasks)
         summary["run_dir"] = str(run_dir)
         summary["checkpoint_step"] = recorder.step
         summary["this_session"] = {  # this invocation's throughput: policy steps over wall time, resets included
