@@ -1,11 +1,11 @@
 """Duplex channels between the host and a spawned simulator worker with room for a whole observation.
 
-`multiprocessing`'s duplex `Pipe` is a Unix socket pair whose send buffer holds ~208 KB. A larger answer (a
-collection's two 256² renders, ~394 KB) is written in parts: the host's `recv` then waits until the worker is
-scheduled again to write the rest (`scripts/bench_pool_ipc.py`: 1.5-2.3x the time in `recv`, docs/PERFORMANCE.md).
-`channel_pair` gives two one-way pipes instead, the worker's grown to `PIPE_BYTES` (Linux `F_SETPIPE_SZ`, allowed up
-to /proc/sys/fs/pipe-max-size, 1 MiB by default), so a worker writes its whole answer at once and goes on; where the
-kernel refuses, the socket pair as before.
+`multiprocessing`'s duplex `Pipe` is a Unix socket pair whose send buffer holds ~208 KB. A larger answer (an RLDS
+collection's two 256² renders, ~394 KB; a frame-store collection renders one) is written in parts: the host's
+`recv` then waits until the worker is scheduled again to write the rest (`scripts/bench_pool_ipc.py`: 1.5-2.3x the
+time in `recv`, docs/PERFORMANCE.md). `channel_pair` gives two one-way pipes instead, the worker's grown to
+`PIPE_BYTES` (Linux `F_SETPIPE_SZ`, allowed up to /proc/sys/fs/pipe-max-size, 1 MiB by default), so a worker writes
+its whole answer at once and goes on; where the kernel refuses, the socket pair as before.
 
 Whether that speeds a whole run depends on the machine: on the 2-core CPU machine a collection's steps/s did not
 change (its workers are the bottleneck) while the host's writes of the next action took longer (the worker, no
