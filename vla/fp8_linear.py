@@ -12,12 +12,13 @@ own name. Checkpoints save the unquantized weights from the files they were load
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 
 import torch
 from torch import nn
+
+from vla.forward_patch import patch_forward
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +124,6 @@ def enable_fp8(language_model: nn.Module) -> int:
         weight, scale = quantize_rows(layer.weight.data)
         layer.weight = nn.Parameter(weight.view(torch.uint8), requires_grad=False)
         setattr(layer, _PATCH, scale)
-        layer.forward = functools.partial(fp8_linear, layer)
+        patch_forward(layer, fp8_linear)  # by class: compiled decoder layers share one graph (vla.forward_patch)
         converted += 1
     return converted

@@ -4,10 +4,10 @@ syncs, CUDA-graph safe), differentiable in the input for LoRA training; the mode
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
+
+from vla.forward_patch import patch_forward, unpatch_forward
 
 GEMV_MAX_ROWS = 64  # up to this many input rows read the int8 weights directly (decode steps); more rows dequantize
 # the weight into a bf16 temporary and use cuBLAS (prefill, training), where the matmul outweighs the extra bytes
@@ -73,14 +73,14 @@ def int8_weight_only_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def enable_int8_weight_only(model: nn.Module) -> int:
-    """Route every bitsandbytes `Linear8bitLt` in `model` through `int8_weight_only_linear` (an instance-level forward,
-    so module classes, names and state dicts stay as they are). Returns the number of layers patched."""
+    """Route every bitsandbytes `Linear8bitLt` in `model` through `int8_weight_only_linear` (`vla.forward_patch`:
+    names, state dicts and isinstance checks stay as they are). Returns the number of layers patched."""
     layers = _int8_layers(model)
     for layer in layers:
         if getattr(layer, _PATCH, None) is None:
             _, scale = int8_weights(layer)
             setattr(layer, _PATCH, scale)
-            layer.forward = functools.partial(int8_weight_only_linear, layer)
+            patch_forward(layer, int8_weight_only_linear)
     return len(layers)
 
 
@@ -89,7 +89,7 @@ def disable_int8_weight_only(model: nn.Module) -> int:
     restored = 0
     for layer in _int8_layers(model):
         if getattr(layer, _PATCH, None) is not None:
-            del layer.forward
+            unpatch_forward(layer)
             setattr(layer, _PATCH, None)
             restored += 1
     return restored

@@ -4,12 +4,13 @@ matmuls for LLM.int8 layers (`vla.int8_linear`)."""
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from vla.forward_patch import original_forward, patch_forward, unpatch_forward
 
 logger = logging.getLogger(__name__)
 
@@ -114,16 +115,16 @@ def fuse_lora(model: nn.Module, enable: bool = True) -> int:
         if not (isinstance(layer, LoraLayer) and isinstance(layer.get_base_layer(), nn.Linear)):
             continue
         if enable:
-            layer.forward = functools.partial(_fused_lora_forward, layer)
-        elif "forward" in vars(layer):
-            del layer.forward
+            patch_forward(layer, _fused_lora_forward)
+        else:
+            unpatch_forward(layer)
         count += 1
     return count
 
 
 def _fused_lora_forward(layer: nn.Module, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     if not torch.is_autocast_enabled(x.device.type) or layer.disable_adapters or layer.merged or args or kwargs:
-        return type(layer).forward(layer, x, *args, **kwargs)
+        return original_forward(layer, x, *args, **kwargs)
     result = layer.base_layer(x)
     for name in layer.active_adapters:
         if name not in layer.lora_A or name in layer.lora_variant:
