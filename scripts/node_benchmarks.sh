@@ -12,6 +12,8 @@
 #                                            # decoding (batch 1 / 8 / 16, token agreement), LoRA training; full size
 #   bash scripts/node_benchmarks.sh compile  # speed.compile_llm_layers: LoRA training with each Llama layer compiled, bf16
 #                                            # and fp8, against the same case uncompiled
+#   bash scripts/node_benchmarks.sh small    # the learning proof's step: `small` from scratch, batch 128, synthetic
+#                                            # frames, eager vs speed.compile_vision vs both compile switches
 #   bash scripts/node_benchmarks.sh precision  # float32 masters vs bfloat16 weights, `small` from random weights, the
 #                                            # same batches (VIDEO_FRAMES=<a video export>, as learning_proof.sh)
 #
@@ -81,6 +83,24 @@ compile() {  # the profile's lever for >= 40 samples/s: the elementwise chain of
     --case bf16,32,1,fast,fuse --case bf16,32,1,fast,fuse,compile --case fp8,32,1,fast,fuse,compile
 }
 
+small() {  # kernel launches bound this step (docs/PERFORMANCE.md, tenth session): what regional compilation buys it.
+  # Median samples/s over the logs after step 200 (compilation happens in the first steps)
+  local name flags
+  for name in eager vision both; do
+    case $name in eager) flags=() ;; vision) flags=(--speed.compile_vision true) ;;
+      both) flags=(--speed.compile_vision true --speed.compile_llm_layers true) ;; esac
+    step "small_$name" 150 $PY scripts/finetune.py --config configs/small_libero_spatial.yaml --model.preset small \
+      --model.tokenizer_path "$TOKENIZER" --data.source synthetic --optim.batch_size 128 --optim.max_steps 1000 \
+      --optim.save_steps 100000 --optim.warmup_steps 10 --logging.log_steps 50 --logging.val_batches 0 \
+      --speed.fused_optimizer true "${flags[@]}" --run.root_dir "$DIR/runs" --run.id "$name" --run.save_merged false
+    $PY - "$DIR/runs/$name/metrics.jsonl" "$name" <<'PY' | tee -a "$DIR/times.txt"
+import json, statistics, sys
+rates = [r["samples_per_s"] for r in map(json.loads, open(sys.argv[1])) if r["step"] > 200 and "samples_per_s" in r]
+print(f"{sys.argv[2]}: median {statistics.median(rates):.0f} samples/s over {len(rates)} logs" if rates else "no rates")
+PY
+  done
+}
+
 precision() {  # the A/B behind model.weights_dtype: the same recipe as the learning proof, only the weights' precision
   step master_weights 500 $PY scripts/bench_master_weights.py --frames_dir "${VIDEO_FRAMES:?set VIDEO_FRAMES}" \
     --tokenizer "$TOKENIZER" --preset small --steps 2500 --batch_size 128 --log_steps 250
@@ -103,9 +123,10 @@ for stage in "$@"; do
     gather) gather ;;
     perf) perf ;;
     precision) precision ;;
+    small) small ;;
     fp8) fp8 ;;
     compile) compile ;;
-    *) echo "unknown stage $stage: sim | vla | serve | gather | perf | precision | fp8 | compile" >&2; exit 2 ;;
+    *) echo "unknown stage $stage: sim | vla | serve | gather | perf | precision | fp8 | compile | small" >&2; exit 2 ;;
   esac
   grep -h "timing:" "$DIR"/*.log 2>/dev/null | tail -n 4
 done

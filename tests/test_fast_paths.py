@@ -313,6 +313,31 @@ def test_compiled_llm_layers_keep_loss_gradients_and_names(official_checkpoint):
         torch.testing.assert_close(grads_compiled[name], grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_compiled_vision_blocks_keep_loss_gradients_and_names(official_checkpoint):
+    """speed.compile_vision, for from-scratch training of small presets (all weights trainable, as the learning proof
+    trains): the same loss and gradients, the same state-dict names, one graph per tower shared by its blocks."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    counters.clear()
+    vla = VLA.from_pretrained(official_checkpoint[0], dtype=torch.float32).train()
+    batch = training_batch(vla, seed=6)
+    loss, grads = loss_and_grads(vla, batch)
+    names = list(vla.state_dict())
+    applied = apply_training_speedups(vla, checkpoint_vision=True, compile_vision=True)
+    blocks = [*vla.vision_backbone.featurizer.blocks, *vla.vision_backbone.fused_featurizer.blocks]
+    assert applied[-1] == f"torch.compile of {len(blocks)} vision-tower blocks"
+    assert all(block._compiled_call_impl is not None for block in blocks)
+    assert list(vla.state_dict()) == names
+    loss_compiled, grads_compiled = loss_and_grads(vla, batch)  # through checkpointed compiled blocks
+    torch.testing.assert_close(loss_compiled, loss, rtol=1e-5, atol=1e-6)
+    assert grads_compiled.keys() == grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_compiled[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+    assert 1 <= counters["stats"]["unique_graphs"] <= 2  # the towers' two widths, not one graph per block
+
+
 @pytest.mark.parametrize("quantization", [None, "fp8"])
 def test_compiled_llm_layers_share_one_graph_with_every_patched_linear(official_checkpoint, quantization):
     """Regional compilation pays off only if every decoder layer reuses the first layer's graph: a per-layer guard

@@ -29,6 +29,8 @@ class SpeedConfig:
     expandable_segments: bool = False  # CUDA allocator grows memory segments in place: lower peak reserved memory
     compile_llm_layers: bool = False  # torch.compile each Llama decoder layer (regional compilation): its RMSNorm,
     # rope, SwiGLU and residual chain fused into few kernels; compiles once at the first step (last-bit rounding)
+    compile_vision: bool = False  # torch.compile each vision-tower block (regional): for small models, whose steps are
+    # bound by kernel launches (the learning proof's `small` preset), the blocks' elementwise ops fused (last-bit rounding)
     prefetch_batches: int = 0  # batches a background thread makes ahead while the model steps (vla.prefetch; the
     # same batches in the same order, exact resume); 0: made between the steps
     fused_optimizer: bool = False  # AdamW's fused implementation (vla.optim.make_optimizer): one kernel per device
@@ -52,7 +54,7 @@ class SpeedConfig:
             model, checkpoint_llm_layers=llm_layers, checkpoint_vision=self.checkpoint_vision,
             lora_bf16_inputs=self.lora_bf16_inputs and device.type == "cuda", lora_fused=self.lora_fused,
             int8_weight_only=self.int8_weight_only, expandable_segments=self.expandable_segments,
-            compile_llm_layers=self.compile_llm_layers,
+            compile_llm_layers=self.compile_llm_layers, compile_vision=self.compile_vision,
         )  # fmt: skip
 
 
@@ -82,10 +84,23 @@ def compile_layers(model: nn.Module) -> int:
     return len(layers)
 
 
+def compile_tower_blocks(model: nn.Module) -> int:
+    """Regional compilation of both vision towers: `torch.compile` each timm block in place (names and state dicts
+    unchanged; checkpointed blocks recompute through it). One graph per tower width. Returns the blocks compiled."""
+    blocks = [block for tower in _towers(model) for block in tower.blocks]
+    for block in blocks:
+        block.compile()
+    return len(blocks)
+
+
+def _towers(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    return model.vision_backbone.featurizer, model.vision_backbone.fused_featurizer
+
+
 def checkpoint_towers(model: nn.Module, enable: bool = True) -> None:
     """Recompute the vision towers' blocks in backward (timm's non-reentrant checkpointing): their activations
     (~0.5 GiB per sample at full size) are not kept."""
-    for tower in (model.vision_backbone.featurizer, model.vision_backbone.fused_featurizer):
+    for tower in _towers(model):
         tower.set_grad_checkpointing(enable)
 
 
@@ -146,6 +161,7 @@ def apply_training_speedups(
     int8_weight_only: bool = False,
     expandable_segments: bool = False,
     compile_llm_layers: bool = False,
+    compile_vision: bool = False,
 ) -> list[str]:
     """Apply the switches of `SpeedConfig`, after the model is built. checkpoint_llm_layers: None =
     leave Llama checkpointing as it is, N = checkpoint exactly the first N layers. Returns a description of each
@@ -175,6 +191,8 @@ def apply_training_speedups(
         applied.append("expandable CUDA memory segments")
     if compile_llm_layers:  # last: the compiled code traces the layers as the switches above left them
         applied.append(f"torch.compile of {compile_layers(model)} Llama decoder layers")
+    if compile_vision:
+        applied.append(f"torch.compile of {compile_tower_blocks(model)} vision-tower blocks")
     for line in applied:
         logger.info("speed-up: %s", line)
     return applied
