@@ -12,7 +12,8 @@
 #
 # On an offline GPU node first `source <bundle>/activate.sh` (scripts/pack_sim.py; docs/OFFLINE.md). Settings come
 # from the environment: SUITE, PROOF (default outputs/proof), EPISODES (per task), NOISE, SEED, STEPS, BATCH, LR,
-# VAL_BATCHES, MAX_HOLD, PREFETCH, FUSED_OPTIMIZER, WORKERS, TOKENIZER, SAMPLE_TRIALS, FULL_TRIALS and FULL_ON, the
+# VAL_BATCHES, MAX_HOLD, PREFETCH, FUSED_OPTIMIZER, TRAIN_FLAGS (more finetune.py flags, e.g. "--speed.compile_vision
+# true"), EVAL_FLAGS (more eval.py flags), WORKERS, TOKENIZER, SAMPLE_TRIALS, FULL_TRIALS and FULL_ON, the
 # checkpoint that gets the full protocol and is shipped: last (default: the end of the annealed schedule, as OpenVLA
 # evaluates), best_sample (the highest success rate on the sample states: in docs/RESULTS.md's fifteenth session a
 # 50-episode sample of 30 % became 17.2 % on the full protocol, luck selected) or best_val (the lowest held-out loss:
@@ -87,7 +88,7 @@ train_one() {  # $1 = preset
     --model.tokenizer_path "$TOKENIZER" --data.source "$SOURCE" --data.frames_dir "$FRAMES_DIR" \
     --optim.batch_size "$BATCH" ${LR:+--optim.learning_rate "$LR"} --logging.val_batches "$VAL_BATCHES" \
     ${MAX_HOLD:+--data.max_hold "$MAX_HOLD"} --speed.prefetch_batches "$PREFETCH" \
-    --speed.fused_optimizer "$FUSED_OPTIMIZER" \
+    --speed.fused_optimizer "$FUSED_OPTIMIZER" ${TRAIN_FLAGS:-} \
     --optim.max_steps "$STEPS" --optim.save_steps $((STEPS / SAVES)) --optim.warmup_steps $((STEPS / 10)) \
     --run.root_dir "$PROOF/runs" --run.id "$1" --run.save_latest_only false "${resume[@]}" > "$PROOF/train_$1.log" 2>&1
 }

@@ -551,3 +551,22 @@ def test_learning_proof_refuses_ship_before_the_evaluations_that_choose_its_chec
     assert not (tmp_path / "proof").exists()  # nothing ran
     shipped = subprocess.run(["bash", script, "ship"], env={**env, "FULL_ON": "last"}, capture_output=True, text=True)
     assert shipped.returncode == 1 and "ship: no checkpoint of small256" in shipped.stderr
+
+
+def test_learning_proof_passes_train_flags_to_finetune(tmp_path):
+    """TRAIN_FLAGS reach finetune.py after the script's own flags (so they can switch on `speed.compile_vision` or
+    override a default without editing the script); without it the command is unchanged."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "learning_proof.sh"
+    proof = tmp_path / "proof"
+    proof.mkdir()
+    env = {**os.environ, "PROOF": str(proof), "PYTHON": "echo"}  # the command line lands in train_small.log
+    run = ["bash", "-c", f"source {script} && train_one small"]
+    subprocess.run(run, env=env, check=True)
+    plain = (proof / "train_small.log").read_text().split()
+    flags = "--speed.compile_vision true --optim.batch_size 64"
+    subprocess.run(run, env={**env, "TRAIN_FLAGS": flags}, check=True)
+    flagged = (proof / "train_small.log").read_text().split()
+    assert "--speed.compile_vision" not in plain and plain[0] == "scripts/finetune.py"
+    start = flagged.index("--speed.compile_vision")
+    assert flagged[start : start + 4] == flags.split() and flagged.index("--optim.batch_size") < start
+    assert [w for i, w in enumerate(flagged) if not start <= i < start + 4] == plain
