@@ -97,7 +97,9 @@ class _DemoRecorder:
                  "joint_state": obs["robot0_joint_pos"].astype(np.float32),
                  "action": np.asarray(action, dtype=np.float32)}  # fmt: skip
         frame = {key: value for key, value in frame.items() if value is not None}  # no wrist camera: none recorded
-        frames = ep.data.setdefault("frames", {key: [] for key in frame})
+        if "frames" not in ep.data:
+            ep.data["frames"] = {key: [] for key in frame}
+        frames = ep.data["frames"]
         for key, value in frame.items():
             frames[key].append(value)
         if self.action_noise == 0:

@@ -25,22 +25,19 @@ def _patched_class(cls: type[nn.Module], forward: Callable) -> type[nn.Module]:
 
 def patch_forward(module: nn.Module, forward: Callable) -> None:
     """Run `forward(module, *args, **kwargs)` as `module`'s forward from now on (replacing an earlier patch)."""
-    module.__class__ = _patched_class(original_class(module), forward)
+    module.__class__ = _patched_class(_original_class(module), forward)
 
 
-def unpatch_forward(module: nn.Module) -> bool:
-    """Undo `patch_forward`; False where `module` was not patched."""
-    original = original_class(module)
-    patched = type(module) is not original
-    module.__class__ = original
-    return patched
+def unpatch_forward(module: nn.Module) -> None:
+    """Undo `patch_forward` (nothing changes where `module` is not patched)."""
+    module.__class__ = _original_class(module)
 
 
-def original_class(module: nn.Module) -> type[nn.Module]:
+def _original_class(module: nn.Module) -> type[nn.Module]:
     """The class `module` had before `patch_forward` (its own class where it is not patched)."""
     return vars(type(module)).get(_ORIGINAL, type(module))
 
 
 def original_forward(module: nn.Module, *args, **kwargs):
     """The forward `module` would run unpatched (for a patched forward's fallback)."""
-    return original_class(module).forward(module, *args, **kwargs)
+    return _original_class(module).forward(module, *args, **kwargs)
