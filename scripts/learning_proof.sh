@@ -13,7 +13,8 @@
 # On an offline GPU node first `source <bundle>/activate.sh` (scripts/pack_sim.py; docs/OFFLINE.md). Settings come
 # from the environment: SUITE, PROOF (default outputs/proof), EPISODES (per task), NOISE, SEED, STEPS, BATCH, LR,
 # VAL_BATCHES, MAX_HOLD, PREFETCH, FUSED_OPTIMIZER, TRAIN_FLAGS (more finetune.py flags, e.g. "--speed.compile_vision
-# true"), EVAL_FLAGS (more eval.py flags), WORKERS, TOKENIZER, SAMPLE_TRIALS, FULL_TRIALS and FULL_ON, the
+# true"), COLLECT_FLAGS (more collect_demos.py flags, e.g. "--miss_height 0.06 --max_steps 320": rehearsed misses),
+# EVAL_FLAGS (more eval.py flags), WORKERS, TOKENIZER, SAMPLE_TRIALS, FULL_TRIALS and FULL_ON, the
 # checkpoint that gets the full protocol and is shipped: last (default: the end of the annealed schedule, as OpenVLA
 # evaluates), best_sample (the highest success rate on the sample states: in docs/RESULTS.md's fifteenth session a
 # 50-episode sample of 30 % became 17.2 % on the full protocol, luck selected) or best_val (the lowest held-out loss:
@@ -68,7 +69,8 @@ collect() {
   else
     rm -rf "$PROOF/data"  # an unfinished store (no index.json) is started again
     $PY scripts/collect_demos.py --task_suite "$SUITE" --episodes_per_task "$EPISODES" --action_noise "$NOISE" \
-      --noise_dims "$NOISE_DIMS" --format frames --num_workers "$WORKERS" --seed "$SEED" --out "$PROOF/data" ${TASKS:+--tasks "${TASKS//[\[\]]/}"}
+      --noise_dims "$NOISE_DIMS" --format frames --num_workers "$WORKERS" --seed "$SEED" --out "$PROOF/data" ${TASKS:+--tasks "${TASKS//[\[\]]/}"} \
+      ${COLLECT_FLAGS:-}
   fi
   [ -z "$ADD_FRAMES" ] || join_frames
 }

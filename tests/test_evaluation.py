@@ -570,3 +570,15 @@ def test_learning_proof_passes_train_flags_to_finetune(tmp_path):
     start = flagged.index("--speed.compile_vision")
     assert flagged[start : start + 4] == flags.split() and flagged.index("--optim.batch_size") < start
     assert [w for i, w in enumerate(flagged) if not start <= i < start + 4] == plain
+
+
+def test_learning_proof_passes_collect_flags_to_collect_demos(tmp_path):
+    """COLLECT_FLAGS reach collect_demos.py after the script's own flags (e.g. rehearsed misses for one task)."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "learning_proof.sh"
+    env = {**os.environ, "PROOF": str(tmp_path / "proof"), "PYTHON": "echo", "TASKS": "[4]"}
+    run = ["bash", "-c", f"source {script} && collect"]
+    plain = subprocess.run(run, env=env, check=True, capture_output=True, text=True).stdout.split()
+    flags = "--miss_height 0.06 --max_steps 320"
+    flagged = subprocess.run(run, env={**env, "COLLECT_FLAGS": flags}, check=True, capture_output=True, text=True)
+    assert plain[0] == "scripts/collect_demos.py" and plain[-2:] == ["--tasks", "4"]
+    assert flagged.stdout.split() == plain + flags.split()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 
 from vla.env_pool import ResetRequest, open_pool
 from vla.env_scheduler import Episode, Job, Scheduler
-from vla.expert import ScriptedExpert, UnsupportedTaskError
+from vla.expert import ExpertConfig, ScriptedExpert, UnsupportedTaskError
 from vla.frame_store import FrameStoreWriter
 from vla.gl_check import RenderConfig
 from vla.libero_env import CAMERAS, SUITE_MAX_STEPS, TaskInfo, check_suite, libero_state, noop_mask, upright_cameras
@@ -53,6 +54,8 @@ class CollectConfig:
     gl: str | None = None  # MuJoCo GL back-end of the workers: egl | osmesa; None: $MUJOCO_GL, else egl
     egl_devices: list[int] | None = None  # EGL device ids the workers render on (round-robin); None: visible GPUs
     hard_reset: bool = False  # random placements are always hard resets (env_pool._WorkerEnv.reset); see EvalConfig
+    miss_height: float = 0.0  # > 0: picks from a drawer first miss, closing this far (m) above the object, and
+    miss_steps: int = 30  # carry the empty grip up to this many steps before recovering; only the recovery is recorded
 
     @property
     def dataset_name(self) -> str:
@@ -70,6 +73,8 @@ class CollectConfig:
             raise ValueError(
                 f"episodes_per_task and num_workers must be >= 1, got {self.episodes_per_task}, {self.num_workers}"
             )
+        if not self.miss_height >= 0 or self.miss_steps < 1:
+            raise ValueError(f"miss_height must be >= 0 and miss_steps >= 1, got {self.miss_height}, {self.miss_steps}")
         if not self.action_noise >= 0:
             raise ValueError(f"action_noise is a standard deviation: must be >= 0, got {self.action_noise}")
         if self.noise_dims not in NOISE_DIMS:
@@ -86,12 +91,26 @@ class CollectConfig:
 class _DemoRecorder:
     """The scheduler's action hook: records each step's observation (its images already upright: the pool's
     `upright_cameras`) with the expert's clean action, and returns the action to execute (with noise when
-    `action_noise` > 0; each episode's noise is seeded by its env seed)."""
+    `action_noise` > 0; each episode's noise is seeded by its env seed). `skip(slot)`: True for an action to execute
+    but not record (a rehearsed miss, `vla.expert_rehearsal`)."""
 
-    def __init__(self, action_noise: float, noise_dims: str = "xyz"):
-        self.action_noise, self.dims = action_noise, NOISE_DIMS[noise_dims]
+    def __init__(self, action_noise: float, noise_dims: str = "xyz", skip: Callable[[int], bool] | None = None):
+        self.action_noise, self.dims, self.skip = action_noise, NOISE_DIMS[noise_dims], skip
 
     def __call__(self, ep: Episode, action: np.ndarray) -> np.ndarray:
+        if self.skip is None or not self.skip(ep.slot):
+            self._record(ep, action)
+        if self.action_noise == 0:
+            return action
+        if "rng" not in ep.data:
+            ep.data["rng"] = np.random.default_rng(ep.job.request.seed)
+        rng = ep.data["rng"]
+        noisy = np.array(action, dtype=np.float64)
+        noisy[: self.dims] = np.clip(noisy[: self.dims] + rng.normal(0, self.action_noise, self.dims), -1, 1)
+        return noisy
+
+    @staticmethod
+    def _record(ep: Episode, action: np.ndarray) -> None:
         obs = ep.obs
         frame = {"image": obs["image"], "wrist_image": obs.get("wrist_image"), "state": libero_state(obs),
                  "joint_state": obs["robot0_joint_pos"].astype(np.float32),
@@ -102,14 +121,6 @@ class _DemoRecorder:
         frames = ep.data["frames"]
         for key, value in frame.items():
             frames[key].append(value)
-        if self.action_noise == 0:
-            return action
-        if "rng" not in ep.data:
-            ep.data["rng"] = np.random.default_rng(ep.job.request.seed)
-        rng = ep.data["rng"]
-        noisy = np.array(action, dtype=np.float64)
-        noisy[: self.dims] = np.clip(noisy[: self.dims] + rng.normal(0, self.action_noise, self.dims), -1, 1)
-        return noisy
 
 
 def demo_jobs(cfg: CollectConfig, tasks: list[TaskInfo]) -> list[Job]:
@@ -173,7 +184,8 @@ def collect(cfg: CollectConfig, policy: Policy | None = None) -> dict[str, Any]:
     "tasks", the dataset path, format, wall time, timing, unsupported tasks). `policy`: the scripted expert."""
     cfg.validate()
     fmt, started = cfg.resolved_format(), time.perf_counter()
-    policy = policy if policy is not None else ExpertPolicy()
+    if policy is None:
+        policy = ExpertPolicy(config=ExpertConfig(miss_height=cfg.miss_height, miss_steps=cfg.miss_steps))
     render = RenderConfig(gl=cfg.gl, egl_devices=cfg.egl_devices)
     with open_pool(cfg.task_suite, cfg.num_workers, FORMAT_CAMERAS[fmt], render, cfg.libero_assets, cfg.hard_reset,
                    obs_transform=upright_cameras) as pool:  # fmt: skip
@@ -188,7 +200,8 @@ def collect(cfg: CollectConfig, policy: Policy | None = None) -> dict[str, Any]:
         tasks = [t for t in tasks if t.task_id not in unsupported]
         stats = {t.task_id: {"success": 0, "failure": 0, "error": 0, "steps": [], "kept_steps": []} for t in tasks}
         max_steps = cfg.max_steps or SUITE_MAX_STEPS[cfg.task_suite]
-        scheduler = Scheduler(pool, policy, max_steps, on_action=_DemoRecorder(cfg.action_noise, cfg.noise_dims))
+        recorder = _DemoRecorder(cfg.action_noise, cfg.noise_dims, getattr(policy, "rehearsing", None))
+        scheduler = Scheduler(pool, policy, max_steps, on_action=recorder)
         episodes = rollouts(scheduler, demo_jobs(cfg, tasks), cfg.task_suite, stats)
         dataset = write_episodes(episodes, Path(cfg.out), cfg.dataset_name, fmt)
     log.info(scheduler.timing.line())

@@ -27,6 +27,7 @@ from vla.expert_skills import (
     category,
     is_drawer_region,
     level_first,
+    parse_goal,
     rotation_error,
     steady_yaw,
 )
@@ -64,21 +65,8 @@ class ExpertConfig:
     drift_steps: int = 30  # ... during its first this many steps (an arm that cannot close the gap goes on)
     drawer_far_side: bool = True  # False: in a drawer, grasp the side facing the robot first (no room check)
     level_approach: float = 0.05  # approach: no lower than the eef is while further than this (xy) from the goal
-
-
-def parse_goal(bddl: str, section: str = ":goal") -> list[tuple[str, ...]]:
-    """The goal predicates of a BDDL problem, lower-cased: `(:goal (And (On bowl_1 plate_1)))` ->
-    [("on", "bowl_1", "plate_1")]; `section=":init"`: the initial predicates instead."""
-    start = bddl.find(f"({section}")
-    if start < 0:
-        raise UnsupportedTaskError(f"BDDL problem has no ({section} ...) section")
-    depth, end = 0, start
-    for end in range(start, len(bddl)):
-        depth += {"(": 1, ")": -1}.get(bddl[end], 0)
-        if depth == 0:
-            break
-    inner = re.findall(r"\(([^()]+)\)", bddl[start + len(section) + 1 : end])
-    return [tuple(part.lower() for part in atom.split()) for atom in inner]
+    miss_height: float = 0.0  # > 0: a pick from a drawer first closes this far (m) above its grasp point, a miss ...
+    miss_steps: int = 30  # ... whose empty grip it lifts and carries this many steps, then grasps again (RehearsedMiss)
 
 
 HAND_HALF_WIDTH = 0.1  # the Panda hand reaches this far either side of the fingers, along their closing axis
@@ -363,9 +351,10 @@ def plan_task(goal: list[tuple[str, ...]], *, config: ExpertConfig | None = None
             drawer = next((p[-1] for p in init if p[0] == "in" and p[1] == obj and is_drawer_region(p[-1])), None)
             sharing = [p[1] for p in goal if p[0] == "on" and p[-1] == target] if kind == "on" else [obj]
             offset = ((sharing.index(obj) - (len(sharing) - 1) / 2) * SHARED_SPACING, 0.0)
-            skills.append(
-                ScriptedExpert(obj, target, config=config, drawer=drawer, into_drawer=into, place_offset=offset)
-            )
+            pick = ScriptedExpert
+            if drawer is not None and config is not None and config.miss_height > 0:
+                from vla.expert_rehearsal import RehearsedMiss as pick  # a demonstration of recovering from a miss
+            skills.append(pick(obj, target, config=config, drawer=drawer, into_drawer=into, place_offset=offset))
         else:
             raise UnsupportedTaskError(f"goal predicate {pred} needs a skill the expert does not have")
     if len(skills) == 1 and isinstance(skills[0], ScriptedExpert):

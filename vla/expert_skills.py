@@ -224,3 +224,18 @@ class KnobSkill(Skill):
         else:
             goal = eef
         return self._action(eef, quat, goal, gripper)
+
+
+def parse_goal(bddl: str, section: str = ":goal") -> list[tuple[str, ...]]:
+    """The goal predicates of a BDDL problem, lower-cased: `(:goal (And (On bowl_1 plate_1)))` ->
+    [("on", "bowl_1", "plate_1")]; `section=":init"`: the initial predicates instead."""
+    start = bddl.find(f"({section}")
+    if start < 0:
+        raise UnsupportedTaskError(f"BDDL problem has no ({section} ...) section")
+    depth, end = 0, start
+    for end in range(start, len(bddl)):
+        depth += {"(": 1, ")": -1}.get(bddl[end], 0)
+        if depth == 0:
+            break
+    inner = re.findall(r"\(([^()]+)\)", bddl[start + len(section) + 1 : end])
+    return [tuple(part.lower() for part in atom.split()) for atom in inner]

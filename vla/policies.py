@@ -102,6 +102,12 @@ class ExpertPolicy:
     def act(self, observations: dict[int, Observation], instructions: dict[int, str]) -> dict[int, np.ndarray]:
         return {slot: np.asarray(self.experts[slot].act(obs), dtype=np.float64) for slot, obs in observations.items()}
 
+    def rehearsing(self, slot: int) -> bool:
+        """Whether the action just returned for `slot` belongs to a rehearsed miss (`vla.expert_rehearsal`)."""
+        from vla.expert_rehearsal import rehearsing
+
+        return slot in self.experts and rehearsing(self.experts[slot])
+
 
 class RandomPolicy:
     """Uniform random deltas in [-1, 1]^6 and a random gripper command (-1 or +1): the ~0 % baseline."""

@@ -1,0 +1,97 @@
+"""Rehearsed misses (vla.expert_rehearsal): a drawer pick whose first grasp closes on air, carries the empty grip,
+then recovers; the demonstration recorder keeps only the recovery."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from test_expert import _obs
+
+from vla.demos import CollectConfig, _DemoRecorder
+from vla.expert import ExpertConfig, ScriptedExpert, plan_task
+from vla.expert_rehearsal import RehearsedMiss, rehearsing
+from vla.policies import ExpertPolicy
+
+DRAWER = "wooden_cabinet_1_top_region"
+INIT = [("in", "akita_black_bowl_1", DRAWER), ("on", "plate_1", "main_table_plate_region")]
+GOAL = [("on", "akita_black_bowl_1", "plate_1")]
+
+
+def _drawer_obs(eef, bowl, plate=(0.1, -0.25, 0.9)):
+    return {**_obs(eef, bowl, plate), f"{DRAWER}_pos": np.array([0.1, 0.0, 1.09])}
+
+
+def _run(expert, bowl=(0.1, 0.0, 1.06), steps=400):
+    """An ideal arm (5 cm x action a step) that carries the bowl only when the gripper closed within 1 cm of the
+    grasp point: each step's (phase, rehearsing, eef), and where the bowl ended."""
+    eef, bowl, held, trace = np.array([-0.2, 0.0, 1.2]), np.array(bowl), None, []
+    for _ in range(steps):
+        action = expert.act(_drawer_obs(eef, bowl))
+        trace.append((expert.phase, rehearsing(expert), eef.copy()))
+        if expert.phase == "close" and held is None and np.linalg.norm(eef - bowl - expert.grasp_offset) < 0.01:
+            held = eef - bowl
+        if action[6] < 0:
+            held = None  # opened
+        eef = eef + 0.05 * 0.5 * action[:3]
+        if held is not None:
+            bowl = eef - held
+        if expert.phase == "retreat":
+            break
+    return trace, bowl
+
+
+def test_plan_task_rehearses_a_miss_only_for_an_object_in_a_drawer_when_asked():
+    config = ExpertConfig(miss_height=0.05)
+    assert type(plan_task(GOAL, init=INIT)) is ScriptedExpert  # off by default
+    assert type(plan_task(GOAL, init=INIT, config=config)) is RehearsedMiss
+    assert type(plan_task(GOAL, init=INIT[1:], config=config)) is ScriptedExpert  # the bowl on the table
+
+
+def test_a_rehearsed_miss_closes_on_air_carries_the_empty_grip_then_recovers_and_places():
+    config = ExpertConfig(miss_height=0.05, miss_steps=20)
+    expert = plan_task(GOAL, init=INIT, config=config)
+    trace, bowl = _run(expert)
+    phases = [p for i, (p, _, _) in enumerate(trace) if i == 0 or trace[i - 1][0] != p]
+    assert phases[:4] == ["approach", "descend", "close", "lift"]
+    assert phases[-6:] == ["close", "lift", "carry", "lower", "open", "retreat"]  # the second, honest grasp
+    assert "regrasp" in phases
+    miss = [eef for phase, flag, eef in trace if phase == "close" and flag]
+    assert miss and min(e[2] for e in miss) >= 1.06 + expert.grasp_offset[2] + 0.6 * 0.05 - 0.01  # on air
+    flags = [flag for _, flag, _ in trace]
+    first_honest = flags.index(False)
+    assert all(flags[:first_honest]) and not any(flags[first_honest:])  # one rehearsal, then only the recovery
+    assert trace[first_honest][0] == "regrasp"
+    empty_carry = sum(phase in ("lift", "carry", "lower") and flag for phase, flag, _ in trace)
+    assert 1 <= empty_carry <= config.miss_steps
+    np.testing.assert_allclose(bowl[:2], [0.1, -0.25], atol=0.015)  # placed on the plate after all
+    # the same episode (the same first position) rehearses the same miss
+    again, _ = _run(plan_task(GOAL, init=INIT, config=config))
+    assert [(p, f) for p, f, _ in again] == [(p, f) for p, f, _ in trace]
+    expert.reset()
+    assert rehearsing(expert) and expert.cfg.drop_distance == np.inf and expert.honest_cfg.drop_distance == 0.04
+
+
+def test_the_recorder_executes_rehearsed_actions_without_recording_them():
+    skipped = {"now": True}
+    recorder = _DemoRecorder(0.1, skip=lambda slot: skipped["now"])
+    obs = {"image": np.zeros((4, 4, 3), np.uint8), "robot0_joint_pos": np.zeros(7), "robot0_eef_pos": np.zeros(3),
+           "robot0_eef_quat": np.array([1.0, 0, 0, 0]), "robot0_gripper_qpos": np.zeros(2)}  # fmt: skip
+    ep = SimpleNamespace(obs=obs, data={}, slot=0, job=SimpleNamespace(request=SimpleNamespace(seed=3)))
+    action = np.array([0.5, 0, 0, 0, 0, 0, -1.0])
+    executed = recorder(ep, action)
+    assert "frames" not in ep.data and not np.allclose(executed[:3], action[:3])  # noised, not recorded
+    skipped["now"] = False
+    recorder(ep, action)
+    assert len(ep.data["frames"]["action"]) == 1 and np.array_equal(ep.data["frames"]["action"][0], action)
+
+
+def test_the_expert_policy_reports_its_slots_rehearsals(tmp_path):
+    policy = ExpertPolicy(config=ExpertConfig(miss_height=0.05))
+    assert not policy.rehearsing(0)  # no expert yet
+    policy.experts[0] = plan_task(GOAL, init=INIT, config=policy.expert_kwargs["config"])
+    policy.experts[1] = plan_task(GOAL, init=INIT)
+    assert policy.rehearsing(0) and not policy.rehearsing(1)
+    with pytest.raises(ValueError, match="miss_height"):
+        CollectConfig(miss_height=-0.01, out=str(tmp_path / "x")).validate()

@@ -1,0 +1,61 @@
+"""Demonstrations of recovering from a missed grasp, for picks out of a drawer.
+
+A VLA trained on the scripted expert's successes never sees a failed grasp, so it cannot recover from one: on
+libero_spatial's bowl-in-the-drawer task every model so far closed its gripper in the drawer, came out empty, carried
+nothing to the plate and hovered there (docs/RESULTS.md, "Why task 4 fails"). `RehearsedMiss` is the expert's
+drawer pick with a rehearsed miss in front: its first grasp closes `miss_height` above the grasp point, on air; it
+lifts and carries the empty grip for up to `miss_steps` steps, as the models do; then it notices, opens, goes back
+and grasps as usual. `rehearsing` is True for the actions of the miss, which the demonstration recorder leaves out
+(`vla.demos`): a frame-by-frame policy learns from the rest what to do in those states (open, go back down), never the
+miss itself. `CollectConfig.miss_height` turns it on (`ExpertConfig.miss_height`, `miss_steps`)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from vla.expert import ScriptedExpert
+
+__all__ = ["RehearsedMiss", "rehearsing"]
+
+
+class RehearsedMiss(ScriptedExpert):
+    """`ScriptedExpert` for an object that starts in a drawer, whose first grasp of each episode is a rehearsed miss.
+    Per episode, drawn from the object's first position (so a demonstration depends only on its env seed): the
+    height of the miss in [0.6, 1] x miss_height, the steps the empty grip is carried in [1, miss_steps]."""
+
+    def reset(self) -> None:
+        super().reset()
+        self.rehearsing, self.carried, self.carry_steps, self.miss_height = True, 0, None, 0.0
+        self.honest_cfg = getattr(self, "honest_cfg", self.cfg)
+        # the miss is noticed by its step count, not by the grip leaving the object (lifting the empty grip 4 cm)
+        self.cfg = replace(self.honest_cfg, drop_distance=np.inf)
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        if self.rehearsing:
+            obj, eef = np.asarray(obs[f"{self.obj}_pos"], float), np.asarray(obs["robot0_eef_pos"], float)
+            if self.carry_steps is None:
+                rng = np.random.default_rng(int(np.abs(obj[:2] * 1e6).sum()) % 2**32)
+                self.carry_steps = int(rng.integers(1, self.honest_cfg.miss_steps + 1))
+                self.miss_height = self.honest_cfg.miss_height * rng.uniform(0.6, 1.0)
+            if self.phase == "descend" and eef[2] <= obj[2] + self.grasp_offset[2] + self.miss_height:
+                self._next("close")  # on air
+            if self.phase in ("lift", "carry", "lower"):
+                self.carried += 1
+                if self.carried > self.carry_steps:
+                    self._end_rehearsal()
+                    self._retry()  # open, back off upwards, grasp again: the action returned below is recorded
+        action = super().act(obs)
+        if self.rehearsing and self.phase == "regrasp":  # a blocked descent retried before the miss
+            self._end_rehearsal()
+        return action
+
+    def _end_rehearsal(self) -> None:
+        self.rehearsing, self.cfg = False, self.honest_cfg
+
+
+def rehearsing(expert) -> bool:
+    """Whether the action `expert` (a skill or a `SequenceExpert`) just returned belongs to a rehearsed miss."""
+    skill = expert.skills[expert.index] if hasattr(expert, "skills") else expert
+    return bool(getattr(skill, "rehearsing", False))
