@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from test_expert import _obs
+from test_expert import BDDL, _obs
 
 from vla.demos import CollectConfig, _DemoRecorder
 from vla.expert import ExpertConfig, ScriptedExpert, plan_task
@@ -42,16 +42,22 @@ def _run(expert, bowl=(0.1, 0.0, 1.06), steps=400):
     return trace, bowl
 
 
-def test_plan_task_rehearses_a_miss_only_for_an_object_in_a_drawer_when_asked():
-    config = ExpertConfig(miss_height=0.05)
+def test_plan_task_rehearses_a_miss_only_for_an_object_in_a_drawer_when_asked(tmp_path):
     assert type(plan_task(GOAL, init=INIT)) is ScriptedExpert  # off by default
-    assert type(plan_task(GOAL, init=INIT, config=config)) is RehearsedMiss
-    assert type(plan_task(GOAL, init=INIT[1:], config=config)) is ScriptedExpert  # the bowl on the table
+    assert type(plan_task(GOAL, init=INIT, drawer_pick=RehearsedMiss)) is RehearsedMiss
+    assert type(plan_task(GOAL, init=INIT[1:], drawer_pick=RehearsedMiss)) is ScriptedExpert  # the bowl on the table
+    bddl = tmp_path / "task.bddl"
+    bddl.write_text(BDDL.replace("(On akita_black_bowl_1 main_table_region)", f"(In akita_black_bowl_1 {DRAWER})"))
+    assert (
+        type(RehearsedMiss.from_bddl(bddl)) is RehearsedMiss and type(ScriptedExpert.from_bddl(bddl)) is ScriptedExpert
+    )
+    with pytest.raises(ValueError, match="miss_height > 0"):
+        RehearsedMiss.from_bddl(bddl, config=ExpertConfig(miss_height=0.0))
 
 
 def test_a_rehearsed_miss_closes_on_air_carries_the_empty_grip_then_recovers_and_places():
     config = ExpertConfig(miss_height=0.05, miss_steps=20)
-    expert = plan_task(GOAL, init=INIT, config=config)
+    expert = plan_task(GOAL, init=INIT, config=config, drawer_pick=RehearsedMiss)
     trace, bowl = _run(expert)
     phases = [p for i, (p, _, _) in enumerate(trace) if i == 0 or trace[i - 1][0] != p]
     assert phases[:4] == ["approach", "descend", "close", "lift"]
@@ -67,7 +73,7 @@ def test_a_rehearsed_miss_closes_on_air_carries_the_empty_grip_then_recovers_and
     assert 1 <= empty_carry <= config.miss_steps
     np.testing.assert_allclose(bowl[:2], [0.1, -0.25], atol=0.015)  # placed on the plate after all
     # the same episode (the same first position) rehearses the same miss
-    again, _ = _run(plan_task(GOAL, init=INIT, config=config))
+    again, _ = _run(plan_task(GOAL, init=INIT, config=config, drawer_pick=RehearsedMiss))
     assert [(p, f) for p, f, _ in again] == [(p, f) for p, f, _ in trace]
     expert.reset()
     assert rehearsing(expert) and expert.cfg.drop_distance == np.inf and expert.honest_cfg.drop_distance == 0.04
@@ -88,10 +94,14 @@ def test_the_recorder_executes_rehearsed_actions_without_recording_them():
 
 
 def test_the_expert_policy_reports_its_slots_rehearsals(tmp_path):
-    policy = ExpertPolicy(config=ExpertConfig(miss_height=0.05))
+    policy = ExpertPolicy(RehearsedMiss, config=ExpertConfig(miss_height=0.05))
     assert not policy.rehearsing(0)  # no expert yet
-    policy.experts[0] = plan_task(GOAL, init=INIT, config=policy.expert_kwargs["config"])
+    policy.experts[0] = plan_task(GOAL, init=INIT, drawer_pick=RehearsedMiss)
     policy.experts[1] = plan_task(GOAL, init=INIT)
     assert policy.rehearsing(0) and not policy.rehearsing(1)
+    bddl = tmp_path / "task.bddl"
+    bddl.write_text(BDDL.replace("(On akita_black_bowl_1 main_table_region)", f"(In akita_black_bowl_1 {DRAWER})"))
+    policy.reset(2, SimpleNamespace(bddl_file=bddl))  # what the scheduler calls at each episode's start
+    assert type(policy.experts[2]) is RehearsedMiss and policy.experts[2].cfg.drop_distance == np.inf
     with pytest.raises(ValueError, match="miss_height"):
         CollectConfig(miss_height=-0.01, out=str(tmp_path / "x")).validate()

@@ -18,6 +18,7 @@ import numpy as np
 from vla.env_pool import ResetRequest, open_pool
 from vla.env_scheduler import Episode, Job, Scheduler
 from vla.expert import ExpertConfig, ScriptedExpert, UnsupportedTaskError
+from vla.expert_rehearsal import RehearsedMiss
 from vla.frame_store import FrameStoreWriter
 from vla.gl_check import RenderConfig
 from vla.libero_env import CAMERAS, SUITE_MAX_STEPS, TaskInfo, check_suite, libero_state, noop_mask, upright_cameras
@@ -184,8 +185,11 @@ def collect(cfg: CollectConfig, policy: Policy | None = None) -> dict[str, Any]:
     "tasks", the dataset path, format, wall time, timing, unsupported tasks). `policy`: the scripted expert."""
     cfg.validate()
     fmt, started = cfg.resolved_format(), time.perf_counter()
-    if policy is None:
-        policy = ExpertPolicy(config=ExpertConfig(miss_height=cfg.miss_height, miss_steps=cfg.miss_steps))
+    if policy is None and cfg.miss_height > 0:  # picks out of drawers rehearse a miss first
+        policy = ExpertPolicy(
+            RehearsedMiss, config=ExpertConfig(miss_height=cfg.miss_height, miss_steps=cfg.miss_steps)
+        )
+    policy = policy if policy is not None else ExpertPolicy()
     render = RenderConfig(gl=cfg.gl, egl_devices=cfg.egl_devices)
     with open_pool(cfg.task_suite, cfg.num_workers, FORMAT_CAMERAS[fmt], render, cfg.libero_assets, cfg.hard_reset,
                    obs_transform=upright_cameras) as pool:  # fmt: skip

@@ -65,8 +65,8 @@ class ExpertConfig:
     drift_steps: int = 30  # ... during its first this many steps (an arm that cannot close the gap goes on)
     drawer_far_side: bool = True  # False: in a drawer, grasp the side facing the robot first (no room check)
     level_approach: float = 0.05  # approach: no lower than the eef is while further than this (xy) from the goal
-    miss_height: float = 0.0  # > 0: a pick from a drawer first closes this far (m) above its grasp point, a miss ...
-    miss_steps: int = 30  # ... whose empty grip it lifts and carries this many steps, then grasps again (RehearsedMiss)
+    miss_height: float = 0.05  # RehearsedMiss: the first grasp closes this far (m) above the grasp point, a miss ...
+    miss_steps: int = 30  # ... whose empty grip it lifts and carries up to this many steps, then grasps again
 
 
 HAND_HALF_WIDTH = 0.1  # the Panda hand reaches this far either side of the fingers, along their closing axis
@@ -106,11 +106,12 @@ class ScriptedExpert:
     @classmethod
     def from_bddl(cls, bddl_file: str | Path, *, config: ExpertConfig | None = None):
         """The expert for a task's BDDL file (`plan_task`): this class for a single pick-and-place, a
-        `SequenceExpert` of skills otherwise; raises `UnsupportedTaskError` naming what it cannot do."""
+        `SequenceExpert` of skills otherwise; raises `UnsupportedTaskError` naming what it cannot do. Called on a
+        subclass (`RehearsedMiss`), that class picks the objects that start in a drawer."""
         try:
             text = Path(bddl_file).read_text()
             init = parse_goal(text, ":init") if "(:init" in text else []
-            return plan_task(parse_goal(text), config=config, init=init)
+            return plan_task(parse_goal(text), config=config, init=init, drawer_pick=cls)
         except UnsupportedTaskError as err:
             raise UnsupportedTaskError(f"{bddl_file}: {err}") from None
 
@@ -317,12 +318,13 @@ SHARED_SPACING = 0.1  # metres between objects put `On` one target (side by side
 PUSHED = {"plate"}  # flat and wide: onto a table region a rim pinch carries it (`vla.expert_push`)
 
 
-def plan_task(goal: list[tuple[str, ...]], *, config: ExpertConfig | None = None, init: list[tuple[str, ...]] = ()):
+def plan_task(goal: list[tuple[str, ...]], *, config: ExpertConfig | None = None, init: list[tuple[str, ...]] = (),
+              drawer_pick: type[ScriptedExpert] | None = None):  # fmt: skip
     """The skills that reach `goal` (parsed BDDL predicates), in order: turn knobs on (unless `init` has them on), open
     wooden/white cabinet drawers (`DrawerSkill`, also for an object put `In` one unless `init` has it open), then
     pick-and-place each object (`init` tells which start in a drawer; a plate onto a table region: pinched by its rim,
     `rim=True`), then close drawers (`DrawerCloseSkill`); one alone is a `ScriptedExpert`. `UnsupportedTaskError` names
-    why not for other goals."""
+    why not for other goals. `drawer_pick`: the class that picks an object out of a drawer (`RehearsedMiss`)."""
     skills: list = []
     for pred in sorted(goal, key=lambda p: ORDER.get(p[0], 9)):
         kind, args = pred[0], pred[1:]
@@ -351,9 +353,7 @@ def plan_task(goal: list[tuple[str, ...]], *, config: ExpertConfig | None = None
             drawer = next((p[-1] for p in init if p[0] == "in" and p[1] == obj and is_drawer_region(p[-1])), None)
             sharing = [p[1] for p in goal if p[0] == "on" and p[-1] == target] if kind == "on" else [obj]
             offset = ((sharing.index(obj) - (len(sharing) - 1) / 2) * SHARED_SPACING, 0.0)
-            pick = ScriptedExpert
-            if drawer is not None and config is not None and config.miss_height > 0:
-                from vla.expert_rehearsal import RehearsedMiss as pick  # a demonstration of recovering from a miss
+            pick = drawer_pick if drawer is not None and drawer_pick is not None else ScriptedExpert
             skills.append(pick(obj, target, config=config, drawer=drawer, into_drawer=into, place_offset=offset))
         else:
             raise UnsupportedTaskError(f"goal predicate {pred} needs a skill the expert does not have")

@@ -7,7 +7,8 @@ drawer pick with a rehearsed miss in front: its first grasp closes `miss_height`
 lifts and carries the empty grip for up to `miss_steps` steps, as the models do; then it notices, opens, goes back
 and grasps as usual. `rehearsing` is True for the actions of the miss, which the demonstration recorder leaves out
 (`vla.demos`): a frame-by-frame policy learns from the rest what to do in those states (open, go back down), never the
-miss itself. `CollectConfig.miss_height` turns it on (`ExpertConfig.miss_height`, `miss_steps`)."""
+miss itself. `RehearsedMiss.from_bddl(bddl, config=...)` plans a task with it (`ExpertConfig.miss_height`,
+`miss_steps`); `CollectConfig.miss_height` > 0 collects with it."""
 
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ class RehearsedMiss(ScriptedExpert):
     """`ScriptedExpert` for an object that starts in a drawer, whose first grasp of each episode is a rehearsed miss.
     Per episode, drawn from the object's first position (so a demonstration depends only on its env seed): the
     height of the miss in [0.6, 1] x miss_height, the steps the empty grip is carried in [1, miss_steps]."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not (self.honest_cfg.miss_height > 0 and self.honest_cfg.miss_steps >= 1):
+            raise ValueError(f"a rehearsed miss needs miss_height > 0 and miss_steps >= 1, got {self.honest_cfg}")
 
     def reset(self) -> None:
         super().reset()

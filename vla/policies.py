@@ -89,15 +89,15 @@ class ExpertPolicy:
 
     cameras: tuple[str, ...] = ()  # privileged state only
 
-    def __init__(self, **expert_kwargs: Any):
-        self.expert_kwargs = expert_kwargs
+    def __init__(self, expert_class: type | None = None, **expert_kwargs: Any):
+        self.expert_class, self.expert_kwargs = expert_class, expert_kwargs  # None: ScriptedExpert
         self.experts: dict[int, Any] = {}
         self.last_frames: dict[int, np.ndarray] = {}
 
     def reset(self, slot: int, task: TaskInfo) -> None:
         from vla.expert import ScriptedExpert
 
-        self.experts[slot] = ScriptedExpert.from_bddl(task.bddl_file, **self.expert_kwargs)
+        self.experts[slot] = (self.expert_class or ScriptedExpert).from_bddl(task.bddl_file, **self.expert_kwargs)
 
     def act(self, observations: dict[int, Observation], instructions: dict[int, str]) -> dict[int, np.ndarray]:
         return {slot: np.asarray(self.experts[slot].act(obs), dtype=np.float64) for slot, obs in observations.items()}
