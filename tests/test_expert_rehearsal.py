@@ -23,14 +23,14 @@ def _drawer_obs(eef, bowl, plate=(0.1, -0.25, 0.9)):
     return {**_obs(eef, bowl, plate), f"{DRAWER}_pos": np.array([0.1, 0.0, 1.09])}
 
 
-def _run(expert, bowl=(0.1, 0.0, 1.06), steps=400):
-    """An ideal arm (5 cm x action a step) that carries the bowl only when the gripper closed within 1 cm of the
-    grasp point: each step's (phase, rehearsing, eef), and where the bowl ended."""
+def _run(expert, bowl=(0.1, 0.0, 1.06), steps=400, catch=0.01):
+    """An ideal arm (5 cm x action a step) that carries the bowl only when the gripper closed within `catch` (m) of
+    the grasp point: each step's (phase, rehearsing, eef), and where the bowl ended."""
     eef, bowl, held, trace = np.array([-0.2, 0.0, 1.2]), np.array(bowl), None, []
     for _ in range(steps):
         action = expert.act(_drawer_obs(eef, bowl))
         trace.append((expert.phase, rehearsing(expert), eef.copy()))
-        if expert.phase == "close" and held is None and np.linalg.norm(eef - bowl - expert.grasp_offset) < 0.01:
+        if expert.phase == "close" and held is None and np.linalg.norm(eef - bowl - expert.grasp_offset) < catch:
             held = eef - bowl
         if action[6] < 0:
             held = None  # opened
@@ -77,6 +77,21 @@ def test_a_rehearsed_miss_closes_on_air_carries_the_empty_grip_then_recovers_and
     assert [(p, f) for p, f, _ in again] == [(p, f) for p, f, _ in trace]
     expert.reset()
     assert rehearsing(expert) and expert.cfg.drop_distance == np.inf and expert.honest_cfg.drop_distance == 0.04
+
+
+def test_a_miss_that_catches_the_object_after_all_goes_on_as_an_honest_pick():
+    """Fingers that close 3-6 cm above a bowl's rim may still catch it: then opening the grip to "recover" would
+    teach dropping a held bowl, so the pick goes on (and is recorded) from the moment the bowl rises with the grip."""
+    config = ExpertConfig(miss_height=0.05, miss_steps=40)
+    expert = plan_task(GOAL, init=INIT, config=config, drawer_pick=RehearsedMiss)
+    trace, bowl = _run(expert, catch=0.1)  # every close holds the bowl
+    phases = [p for i, (p, _, _) in enumerate(trace) if i == 0 or trace[i - 1][0] != p]
+    assert phases == ["approach", "descend", "close", "lift", "carry", "lower", "open", "retreat"]  # no regrasp
+    flags = [flag for _, flag, _ in trace]
+    first_honest = flags.index(False)
+    assert all(flags[:first_honest]) and not any(flags[first_honest:]) and trace[first_honest][0] == "lift"
+    assert expert.cfg.drop_distance == 0.04  # the drop check is back for the rest of the pick
+    np.testing.assert_allclose(bowl[:2], [0.1, -0.25], atol=0.015)
 
 
 def test_the_recorder_executes_rehearsed_actions_without_recording_them():

@@ -5,7 +5,8 @@ libero_spatial's bowl-in-the-drawer task every model so far closed its gripper i
 nothing to the plate and hovered there (docs/RESULTS.md, "Why task 4 fails"). `RehearsedMiss` is the expert's
 drawer pick with a rehearsed miss in front: its first grasp closes `miss_height` above the grasp point, on air; it
 lifts and carries the empty grip for up to `miss_steps` steps, as the models do; then it notices, opens, goes back
-and grasps as usual. `rehearsing` is True for the actions of the miss, which the demonstration recorder leaves out
+and grasps as usual. Should the fingers catch the object after all (it rises with the grip), the pick goes on as an
+honest one (recorded from there): a recovery that opens a full grip would teach dropping the object. `rehearsing` is True for the actions of the miss, which the demonstration recorder leaves out
 (`vla.demos`): a frame-by-frame policy learns from the rest what to do in those states (open, go back down), never the
 miss itself. `RehearsedMiss.from_bddl(bddl, config=...)` plans a task with it (`ExpertConfig.miss_height`,
 `miss_steps`); `CollectConfig.miss_height` > 0 collects with it."""
@@ -20,6 +21,8 @@ from vla.expert import ScriptedExpert
 
 __all__ = ["RehearsedMiss", "rehearsing"]
 
+CAUGHT_RISE = 0.015  # m the object rose since the miss's close: it is held, not missed
+
 
 class RehearsedMiss(ScriptedExpert):
     """`ScriptedExpert` for an object that starts in a drawer, whose first grasp of each episode is a rehearsed miss.
@@ -33,7 +36,7 @@ class RehearsedMiss(ScriptedExpert):
 
     def reset(self) -> None:
         super().reset()
-        self.rehearsing, self.carried, self.carry_steps, self.miss_height = True, 0, None, 0.0
+        self.rehearsing, self.carried, self.carry_steps, self.miss_height, self.missed_z = True, 0, None, 0.0, np.inf
         self.honest_cfg = getattr(self, "honest_cfg", self.cfg)
         # the miss is noticed by its step count, not by the grip leaving the object (lifting the empty grip 4 cm)
         self.cfg = replace(self.honest_cfg, drop_distance=np.inf)
@@ -47,9 +50,12 @@ class RehearsedMiss(ScriptedExpert):
                 self.miss_height = self.honest_cfg.miss_height * rng.uniform(0.6, 1.0)
             if self.phase == "descend" and eef[2] <= obj[2] + self.grasp_offset[2] + self.miss_height:
                 self._next("close")  # on air
+                self.missed_z = obj[2]
             if self.phase in ("lift", "carry", "lower"):
                 self.carried += 1
-                if self.carried > self.carry_steps:
+                if obj[2] - self.missed_z > CAUGHT_RISE:  # the fingers caught the object after all: an honest pick
+                    self._end_rehearsal()  # from here on (its drop check back on), recorded
+                elif self.carried > self.carry_steps:
                     self._end_rehearsal()
                     self._retry()  # open, back off upwards, grasp again: the action returned below is recorded
         action = super().act(obs)
