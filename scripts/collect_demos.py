@@ -9,7 +9,7 @@ recorded (vla.expert_rehearsal).
     python scripts/collect_demos.py --task_suite libero_spatial --episodes_per_task 50 --out data/demos --num_workers 2
     python scripts/collect_demos.py --task_suite libero_spatial --episodes_per_task 2 --out /tmp/demos --tasks 0,1
     python scripts/collect_demos.py --episodes_per_task 50 --out data/noisy --action_noise 0.1 --format frames
-    python scripts/collect_demos.py --tasks 4 --episodes_per_task 50 --out data/miss --miss_height 0.05 --format frames
+    python scripts/collect_demos.py --tasks 4 --episodes_per_task 50 --out data/miss --miss_height 0.12 --max_steps 320
 """
 
 from __future__ import annotations
@@ -54,18 +54,10 @@ def parse_args(argv: list[str] | None = None) -> CollectConfig:
     int_list = lambda s: [int(t) for t in s.split(",")]  # noqa: E731
     parser.add_argument("--egl_devices", type=int_list, default=d.egl_devices, help="e.g. 0,1 (default: visible GPUs)")
     parser.add_argument("--hard_reset", type=truthy, default=d.hard_reset, help="rebuild the sim at every reset")
-    parser.add_argument(
-        "--miss_height",
-        type=float,
-        default=d.miss_height,
-        help="> 0: picks from a drawer first close this far (m) above the object, e.g. 0.05",
-    )
-    parser.add_argument(
-        "--miss_steps",
-        type=int,
-        default=d.miss_steps,
-        help="... carry the empty grip up to this many steps, then recover (only that is recorded)",
-    )
+    miss = "> 0: picks from a drawer first close this far (m) above the grasp point (0.12: 7-12 cm, a sure miss)"
+    parser.add_argument("--miss_height", type=float, default=d.miss_height, help=miss)
+    carry = "the rehearsed miss carries its empty grip up to this many steps, then recovers (only that is recorded)"
+    parser.add_argument("--miss_steps", type=int, default=d.miss_steps, help=carry)
     return CollectConfig(**vars(parser.parse_args(argv)))
 
 

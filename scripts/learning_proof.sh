@@ -13,7 +13,7 @@
 # On an offline GPU node first `source <bundle>/activate.sh` (scripts/pack_sim.py; docs/OFFLINE.md). Settings come
 # from the environment: SUITE, PROOF (default outputs/proof), EPISODES (per task), NOISE, SEED, STEPS, BATCH, LR,
 # VAL_BATCHES, MAX_HOLD, PREFETCH, FUSED_OPTIMIZER, TRAIN_FLAGS (more finetune.py flags, e.g. "--speed.compile_vision
-# true"), COLLECT_FLAGS (more collect_demos.py flags, e.g. "--miss_height 0.06 --max_steps 320": rehearsed misses),
+# true"), COLLECT_FLAGS (more collect_demos.py flags, e.g. "--miss_height 0.12 --max_steps 320": rehearsed misses),
 # EVAL_FLAGS (more eval.py flags), WORKERS, TOKENIZER, SAMPLE_TRIALS, FULL_TRIALS and FULL_ON, the
 # checkpoint that gets the full protocol and is shipped: last (default: the end of the annealed schedule, as OpenVLA
 # evaluates), best_sample (the highest success rate on the sample states: in docs/RESULTS.md's fifteenth session a

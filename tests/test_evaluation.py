@@ -578,7 +578,7 @@ def test_learning_proof_passes_collect_flags_to_collect_demos(tmp_path):
     env = {**os.environ, "PROOF": str(tmp_path / "proof"), "PYTHON": "echo", "TASKS": "[4]"}
     run = ["bash", "-c", f"source {script} && collect"]
     plain = subprocess.run(run, env=env, check=True, capture_output=True, text=True).stdout.split()
-    flags = "--miss_height 0.06 --max_steps 320"
+    flags = "--miss_height 0.12 --max_steps 320"
     flagged = subprocess.run(run, env={**env, "COLLECT_FLAGS": flags}, check=True, capture_output=True, text=True)
     assert plain[0] == "scripts/collect_demos.py" and plain[-2:] == ["--tasks", "4"]
     assert flagged.stdout.split() == plain + flags.split()

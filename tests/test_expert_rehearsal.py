@@ -80,8 +80,9 @@ def test_a_rehearsed_miss_closes_on_air_carries_the_empty_grip_then_recovers_and
 
 
 def test_a_miss_that_catches_the_object_after_all_goes_on_as_an_honest_pick():
-    """Fingers that close 3-6 cm above a bowl's rim may still catch it: then opening the grip to "recover" would
-    teach dropping a held bowl, so the pick goes on (and is recorded) from the moment the bowl rises with the grip."""
+    """Fingers that close a few cm above the grasp point may still catch the bowl (in LIBERO at 3.6-6 cm: 7 of 10
+    episodes): opening that grip to "recover" would teach dropping a held bowl, so the pick goes on (and is recorded)
+    from the moment the bowl rises with the grip."""
     config = ExpertConfig(miss_height=0.05, miss_steps=40)
     expert = plan_task(GOAL, init=INIT, config=config, drawer_pick=RehearsedMiss)
     trace, bowl = _run(expert, catch=0.1)  # every close holds the bowl

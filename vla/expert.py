@@ -65,7 +65,7 @@ class ExpertConfig:
     drift_steps: int = 30  # ... during its first this many steps (an arm that cannot close the gap goes on)
     drawer_far_side: bool = True  # False: in a drawer, grasp the side facing the robot first (no room check)
     level_approach: float = 0.05  # approach: no lower than the eef is while further than this (xy) from the goal
-    miss_height: float = 0.05  # RehearsedMiss: the first grasp closes this far (m) above the grasp point, a miss ...
+    miss_height: float = 0.12  # RehearsedMiss: the first grasp closes this far (m) above the grasp point, a miss ...
     miss_steps: int = 30  # ... whose empty grip it lifts and carries up to this many steps, then grasps again
 
 
