@@ -55,8 +55,8 @@ class CollectConfig:
     gl: str | None = None  # MuJoCo GL back-end of the workers: egl | osmesa; None: $MUJOCO_GL, else egl
     egl_devices: list[int] | None = None  # EGL device ids the workers render on (round-robin); None: visible GPUs
     hard_reset: bool = False  # random placements are always hard resets (env_pool._WorkerEnv.reset); see EvalConfig
-    miss_height: float = 0.0  # > 0: picks from a drawer first miss, closing this far (m) above the object, and
-    miss_steps: int = 30  # carry the empty grip up to this many steps before recovering; only the recovery is recorded
+    miss_height: float = 0.0  # > 0: picks out of a drawer first miss, closing this far (m) above the grasp point, ...
+    miss_steps: int = 30  # ... and carry the empty grip up to this many steps, then recover; only that is recorded
 
     @property
     def dataset_name(self) -> str:
@@ -189,7 +189,8 @@ def collect(cfg: CollectConfig, policy: Policy | None = None) -> dict[str, Any]:
         policy = ExpertPolicy(
             RehearsedMiss, config=ExpertConfig(miss_height=cfg.miss_height, miss_steps=cfg.miss_steps)
         )
-    policy = policy if policy is not None else ExpertPolicy()
+    elif policy is None:
+        policy = ExpertPolicy()
     render = RenderConfig(gl=cfg.gl, egl_devices=cfg.egl_devices)
     with open_pool(cfg.task_suite, cfg.num_workers, FORMAT_CAMERAS[fmt], render, cfg.libero_assets, cfg.hard_reset,
                    obs_transform=upright_cameras) as pool:  # fmt: skip

@@ -5,11 +5,12 @@ libero_spatial's bowl-in-the-drawer task every model so far closed its gripper i
 nothing to the plate and hovered there (docs/RESULTS.md, "Why task 4 fails"). `RehearsedMiss` is the expert's
 drawer pick with a rehearsed miss in front: its first grasp closes `miss_height` above the grasp point, on air; it
 lifts and carries the empty grip for up to `miss_steps` steps, as the models do; then it notices, opens, goes back
-and grasps as usual. Should the fingers catch the object after all (it rises with the grip), the pick goes on as an
-honest one (recorded from there): a recovery that opens a full grip would teach dropping the object. `rehearsing` is True for the actions of the miss, which the demonstration recorder leaves out
+and grasps as usual. `rehearsing` is True for the actions of the miss, which the demonstration recorder leaves out
 (`vla.demos`): a frame-by-frame policy learns from the rest what to do in those states (open, go back down), never the
-miss itself. `RehearsedMiss.from_bddl(bddl, config=...)` plans a task with it (`ExpertConfig.miss_height`,
-`miss_steps`); `CollectConfig.miss_height` > 0 collects with it."""
+miss itself. Should the fingers catch the object after all (it rises with the grip), the pick goes on as an honest
+one, recorded from there: a recovery that opens a full grip would teach dropping the object.
+`RehearsedMiss.from_bddl(bddl, config=...)` plans a task with it (`ExpertConfig.miss_height`, `miss_steps`);
+`CollectConfig.miss_height` > 0 collects with it."""
 
 from __future__ import annotations
 

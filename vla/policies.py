@@ -85,7 +85,8 @@ class VLAPolicy:
 
 
 class ExpertPolicy:
-    """`vla.expert.ScriptedExpert` (privileged object poses) per slot, built from the task's BDDL goal at reset."""
+    """`vla.expert.ScriptedExpert` (privileged object poses) per slot, built from the task's BDDL goal at reset;
+    `expert_class`: a subclass that plans it instead (`RehearsedMiss`), `expert_kwargs` go to its `from_bddl`."""
 
     cameras: tuple[str, ...] = ()  # privileged state only
 
