@@ -121,3 +121,25 @@ def test_the_expert_policy_reports_its_slots_rehearsals(tmp_path):
     assert type(policy.experts[2]) is RehearsedMiss and policy.experts[2].cfg.drop_distance == np.inf
     with pytest.raises(ValueError, match="miss_height"):
         CollectConfig(miss_height=-0.01, out=str(tmp_path / "x")).validate()
+
+
+@pytest.mark.libero
+@pytest.mark.slow
+def test_collect_records_only_the_recovery_of_a_rehearsed_miss_in_libero(tmp_path, libero_assets_dir):
+    """libero_spatial task 4 (the bowl in the top drawer) collected with a rehearsed miss, as the frame store the
+    learning proof trains on: the episode succeeds, its first recorded action opens the empty grip (the recovery
+    starts), and the miss's steps ran but were not recorded."""
+    from vla.demos import collect
+    from vla.frame_store import read_store_episodes, read_store_index
+
+    cfg = CollectConfig(task_suite="libero_spatial", tasks=[4], episodes_per_task=1, seed=320, num_workers=1,
+                        out=str(tmp_path), format="frames", miss_height=0.12, max_steps=320,
+                        libero_assets=libero_assets_dir)  # fmt: skip
+    summary = collect(cfg)
+    row = summary["tasks"][0]
+    assert row["successes"] == row["attempts"] == 1
+    store = tmp_path / "libero_spatial_no_noops"
+    ((_, images, actions, _),) = list(read_store_episodes(store, read_store_index(store)))
+    assert len(actions) == row["mean_kept_steps"] == len(images)
+    assert actions[0, 6] == -1.0 and actions[0, 2] >= 0  # open, not down: the grip backs off the miss
+    assert summary["timing"]["steps"] >= row["mean_steps"] + 20  # the miss ran (approach, descent, close, carry)
