@@ -2,9 +2,9 @@
 store with --format frames), recorded as OpenVLA's regenerated data: 256² images rotated 180°, state, joint state,
 actions, no-op steps dropped, failed episodes dropped. Initial states come from LIBERO's random placement, never the
 fixed eval states. --action_noise S executes the expert's action plus N(0, S²) noise on the xyz deltas (--noise_dims
-xyzrpy: the rotation deltas too) and records the clean action (DART-style recovery data). --miss_height H: a pick
-out of a drawer first misses (closes H above the object), carries the empty grip, then recovers; only the recovery is
-recorded (vla.expert_rehearsal).
+xyzrpy: the rotation deltas too) and records the clean action (DART-style recovery data). --miss_height H: every pick
+first misses (closes H above the grasp point), carries the empty grip, then recovers; only the recovery is recorded
+(vla.expert_rehearsal).
 
     python scripts/collect_demos.py --task_suite libero_spatial --episodes_per_task 50 --out data/demos --num_workers 2
     python scripts/collect_demos.py --task_suite libero_spatial --episodes_per_task 2 --out /tmp/demos --tasks 0,1
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> CollectConfig:
     int_list = lambda s: [int(t) for t in s.split(",")]  # noqa: E731
     parser.add_argument("--egl_devices", type=int_list, default=d.egl_devices, help="e.g. 0,1 (default: visible GPUs)")
     parser.add_argument("--hard_reset", type=truthy, default=d.hard_reset, help="rebuild the sim at every reset")
-    miss = "> 0: picks from a drawer first close this far (m) above the grasp point (0.12: 7-12 cm, a sure miss)"
+    miss = "> 0: every pick first closes this far (m) above the grasp point (0.12: 7-12 cm, a sure miss)"
     parser.add_argument("--miss_height", type=float, default=d.miss_height, help=miss)
     carry = "the rehearsed miss carries its empty grip up to this many steps, then recovers (only that is recorded)"
     parser.add_argument("--miss_steps", type=int, default=d.miss_steps, help=carry)

@@ -1,5 +1,5 @@
-"""Rehearsed misses (vla.expert_rehearsal): a drawer pick whose first grasp closes on air, carries the empty grip,
-then recovers; the demonstration recorder keeps only the recovery."""
+"""Rehearsed misses (vla.expert_rehearsal): a pick whose first grasp closes on air, carries the empty grip, then
+recovers; the demonstration recorder keeps only the recovery."""
 
 from __future__ import annotations
 
@@ -42,10 +42,12 @@ def _run(expert, bowl=(0.1, 0.0, 1.06), steps=400, catch=0.01):
     return trace, bowl
 
 
-def test_plan_task_rehearses_a_miss_only_for_an_object_in_a_drawer_when_asked(tmp_path):
+def test_plan_task_rehearses_misses_when_asked(tmp_path):
     assert type(plan_task(GOAL, init=INIT)) is ScriptedExpert  # off by default
-    assert type(plan_task(GOAL, init=INIT, drawer_pick=RehearsedMiss)) is RehearsedMiss
-    assert type(plan_task(GOAL, init=INIT[1:], drawer_pick=RehearsedMiss)) is ScriptedExpert  # the bowl on the table
+    assert type(plan_task(GOAL, init=INIT, pick=RehearsedMiss)) is RehearsedMiss  # the bowl in the drawer
+    assert type(plan_task(GOAL, init=INIT[1:], pick=RehearsedMiss)) is RehearsedMiss  # ... and on the table
+    rim = plan_task([("on", "plate_1", "main_table_plate_region")], pick=RehearsedMiss)
+    assert type(rim) is ScriptedExpert and rim.rim  # a rim pinch is no grasp from above: never rehearsed
     bddl = tmp_path / "task.bddl"
     bddl.write_text(BDDL.replace("(On akita_black_bowl_1 main_table_region)", f"(In akita_black_bowl_1 {DRAWER})"))
     assert (
@@ -55,16 +57,17 @@ def test_plan_task_rehearses_a_miss_only_for_an_object_in_a_drawer_when_asked(tm
         RehearsedMiss.from_bddl(bddl, config=ExpertConfig(miss_height=0.0))
 
 
-def test_a_rehearsed_miss_closes_on_air_carries_the_empty_grip_then_recovers_and_places():
+@pytest.mark.parametrize("init, bowl_z", [(INIT, 1.06), (INIT[1:], 0.9)], ids=["in the drawer", "on the table"])
+def test_a_rehearsed_miss_closes_on_air_carries_the_empty_grip_then_recovers_and_places(init, bowl_z):
     config = ExpertConfig(miss_height=0.05, miss_steps=20)
-    expert = plan_task(GOAL, init=INIT, config=config, drawer_pick=RehearsedMiss)
-    trace, bowl = _run(expert)
+    expert = plan_task(GOAL, init=init, config=config, pick=RehearsedMiss)
+    trace, bowl = _run(expert, bowl=(0.1, 0.0, bowl_z))
     phases = [p for i, (p, _, _) in enumerate(trace) if i == 0 or trace[i - 1][0] != p]
     assert phases[:4] == ["approach", "descend", "close", "lift"]
     assert phases[-6:] == ["close", "lift", "carry", "lower", "open", "retreat"]  # the second, honest grasp
     assert "regrasp" in phases
     miss = [eef for phase, flag, eef in trace if phase == "close" and flag]
-    assert miss and min(e[2] for e in miss) >= 1.06 + expert.grasp_offset[2] + 0.6 * 0.05 - 0.01  # on air
+    assert miss and min(e[2] for e in miss) >= bowl_z + expert.grasp_offset[2] + 0.6 * 0.05 - 0.01  # on air
     flags = [flag for _, flag, _ in trace]
     first_honest = flags.index(False)
     assert all(flags[:first_honest]) and not any(flags[first_honest:])  # one rehearsal, then only the recovery
@@ -73,7 +76,7 @@ def test_a_rehearsed_miss_closes_on_air_carries_the_empty_grip_then_recovers_and
     assert 1 <= empty_carry <= config.miss_steps
     np.testing.assert_allclose(bowl[:2], [0.1, -0.25], atol=0.015)  # placed on the plate after all
     # the same episode (the same first position) rehearses the same miss
-    again, _ = _run(plan_task(GOAL, init=INIT, config=config, drawer_pick=RehearsedMiss))
+    again, _ = _run(plan_task(GOAL, init=init, config=config, pick=RehearsedMiss), bowl=(0.1, 0.0, bowl_z))
     assert [(p, f) for p, f, _ in again] == [(p, f) for p, f, _ in trace]
     expert.reset()
     assert rehearsing(expert) and expert.cfg.drop_distance == np.inf and expert.honest_cfg.drop_distance == 0.04
@@ -84,7 +87,7 @@ def test_a_miss_that_catches_the_object_after_all_goes_on_as_an_honest_pick():
     episodes): opening that grip to "recover" would teach dropping a held bowl, so the pick goes on (and is recorded)
     from the moment the bowl rises with the grip."""
     config = ExpertConfig(miss_height=0.05, miss_steps=40)
-    expert = plan_task(GOAL, init=INIT, config=config, drawer_pick=RehearsedMiss)
+    expert = plan_task(GOAL, init=INIT, config=config, pick=RehearsedMiss)
     trace, bowl = _run(expert, catch=0.1)  # every close holds the bowl
     phases = [p for i, (p, _, _) in enumerate(trace) if i == 0 or trace[i - 1][0] != p]
     assert phases == ["approach", "descend", "close", "lift", "carry", "lower", "open", "retreat"]  # no regrasp
@@ -112,7 +115,7 @@ def test_the_recorder_executes_rehearsed_actions_without_recording_them():
 def test_the_expert_policy_reports_its_slots_rehearsals(tmp_path):
     policy = ExpertPolicy(RehearsedMiss, config=ExpertConfig(miss_height=0.05))
     assert not policy.rehearsing(0)  # no expert yet
-    policy.experts[0] = plan_task(GOAL, init=INIT, drawer_pick=RehearsedMiss)
+    policy.experts[0] = plan_task(GOAL, init=INIT, pick=RehearsedMiss)
     policy.experts[1] = plan_task(GOAL, init=INIT)
     assert policy.rehearsing(0) and not policy.rehearsing(1)
     bddl = tmp_path / "task.bddl"

@@ -55,7 +55,7 @@ class CollectConfig:
     gl: str | None = None  # MuJoCo GL back-end of the workers: egl | osmesa; None: $MUJOCO_GL, else egl
     egl_devices: list[int] | None = None  # EGL device ids the workers render on (round-robin); None: visible GPUs
     hard_reset: bool = False  # random placements are always hard resets (env_pool._WorkerEnv.reset); see EvalConfig
-    miss_height: float = 0.0  # > 0: picks out of a drawer first miss, closing this far (m) above the grasp point, ...
+    miss_height: float = 0.0  # > 0: every pick first misses, closing this far (m) above the grasp point, ...
     miss_steps: int = 30  # ... and carry the empty grip up to this many steps, then recover; only that is recorded
 
     @property
@@ -185,7 +185,7 @@ def collect(cfg: CollectConfig, policy: Policy | None = None) -> dict[str, Any]:
     "tasks", the dataset path, format, wall time, timing, unsupported tasks). `policy`: the scripted expert."""
     cfg.validate()
     fmt, started = cfg.resolved_format(), time.perf_counter()
-    if policy is None and cfg.miss_height > 0:  # picks out of drawers rehearse a miss first
+    if policy is None and cfg.miss_height > 0:  # every pick rehearses a miss first
         policy = ExpertPolicy(
             RehearsedMiss, config=ExpertConfig(miss_height=cfg.miss_height, miss_steps=cfg.miss_steps)
         )

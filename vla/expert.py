@@ -107,11 +107,11 @@ class ScriptedExpert:
     def from_bddl(cls, bddl_file: str | Path, *, config: ExpertConfig | None = None):
         """The expert for a task's BDDL file (`plan_task`): this class for a single pick-and-place, a
         `SequenceExpert` of skills otherwise; raises `UnsupportedTaskError` naming what it cannot do. Called on a
-        subclass (`RehearsedMiss`), that class picks the objects that start in a drawer."""
+        subclass (`RehearsedMiss`), that class does the picks."""
         try:
             text = Path(bddl_file).read_text()
             init = parse_goal(text, ":init") if "(:init" in text else []
-            return plan_task(parse_goal(text), config=config, init=init, drawer_pick=cls)
+            return plan_task(parse_goal(text), config=config, init=init, pick=cls)
         except UnsupportedTaskError as err:
             raise UnsupportedTaskError(f"{bddl_file}: {err}") from None
 
@@ -319,12 +319,13 @@ PUSHED = {"plate"}  # flat and wide: onto a table region a rim pinch carries it 
 
 
 def plan_task(goal: list[tuple[str, ...]], *, config: ExpertConfig | None = None, init: list[tuple[str, ...]] = (),
-              drawer_pick: type[ScriptedExpert] | None = None):  # fmt: skip
+              pick: type[ScriptedExpert] | None = None):  # fmt: skip
     """The skills that reach `goal` (parsed BDDL predicates), in order: turn knobs on (unless `init` has them on), open
     wooden/white cabinet drawers (`DrawerSkill`, also for an object put `In` one unless `init` has it open), then
     pick-and-place each object (`init` tells which start in a drawer; a plate onto a table region: pinched by its rim,
     `rim=True`), then close drawers (`DrawerCloseSkill`); one alone is a `ScriptedExpert`. `UnsupportedTaskError` names
-    why not for other goals. `drawer_pick`: the class that picks an object out of a drawer (`RehearsedMiss`)."""
+    why not for other goals. `pick`: the class of the pick-and-place skills (default `ScriptedExpert`; `RehearsedMiss`);
+    a plate pinched by its rim is always a `ScriptedExpert`."""
     skills: list = []
     for pred in sorted(goal, key=lambda p: ORDER.get(p[0], 9)):
         kind, args = pred[0], pred[1:]
@@ -353,8 +354,11 @@ def plan_task(goal: list[tuple[str, ...]], *, config: ExpertConfig | None = None
             drawer = next((p[-1] for p in init if p[0] == "in" and p[1] == obj and is_drawer_region(p[-1])), None)
             sharing = [p[1] for p in goal if p[0] == "on" and p[-1] == target] if kind == "on" else [obj]
             offset = ((sharing.index(obj) - (len(sharing) - 1) / 2) * SHARED_SPACING, 0.0)
-            pick = drawer_pick if drawer is not None and drawer_pick is not None else ScriptedExpert
-            skills.append(pick(obj, target, config=config, drawer=drawer, into_drawer=into, place_offset=offset))
+            skills.append(
+                (pick or ScriptedExpert)(
+                    obj, target, config=config, drawer=drawer, into_drawer=into, place_offset=offset
+                )
+            )
         else:
             raise UnsupportedTaskError(f"goal predicate {pred} needs a skill the expert does not have")
     if len(skills) == 1 and isinstance(skills[0], ScriptedExpert):

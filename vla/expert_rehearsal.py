@@ -1,16 +1,16 @@
-"""Demonstrations of recovering from a missed grasp, for picks out of a drawer.
+"""Demonstrations of recovering from a missed grasp.
 
 A VLA trained on the scripted expert's successes never sees a failed grasp, so it cannot recover from one: on
 libero_spatial's bowl-in-the-drawer task every model so far closed its gripper in the drawer, came out empty, carried
-nothing to the plate and hovered there (docs/RESULTS.md, "Why task 4 fails"). `RehearsedMiss` is the expert's
-drawer pick with a rehearsed miss in front: its first grasp closes `miss_height` above the grasp point, on air; it
-lifts and carries the empty grip for up to `miss_steps` steps, as the models do; then it notices, opens, goes back
-and grasps as usual. `rehearsing` is True for the actions of the miss, which the demonstration recorder leaves out
-(`vla.demos`): a frame-by-frame policy learns from the rest what to do in those states (open, go back down), never the
-miss itself. Should the fingers catch the object after all (it rises with the grip), the pick goes on as an honest
-one, recorded from there: a recovery that opens a full grip would teach dropping the object.
-`RehearsedMiss.from_bddl(bddl, config=...)` plans a task with it (`ExpertConfig.miss_height`, `miss_steps`);
-`CollectConfig.miss_height` > 0 collects with it."""
+nothing to the plate and hovered there (docs/RESULTS.md, "Why task 4 fails"), and the bowl on the cookie box (task 3)
+fails the same way in part. `RehearsedMiss` is the expert's pick with a rehearsed miss in front: its first grasp
+closes `miss_height` above the grasp point, on air; it lifts and carries the empty grip for up to `miss_steps` steps,
+as the models do; then it notices, opens, goes back and grasps as usual. `rehearsing` is True for the actions of the
+miss, which the demonstration recorder leaves out (`vla.demos`): a frame-by-frame policy learns from the rest what to
+do in those states (open, go back down), never the miss itself. Should the fingers catch the object after all (it
+rises with the grip), the pick goes on as an honest one, recorded from there: a recovery that opens a full grip would
+teach dropping the object. `RehearsedMiss.from_bddl(bddl, config=...)` plans a task with it (`ExpertConfig.miss_height`,
+`miss_steps`); `CollectConfig.miss_height` > 0 collects with it (`--tasks` picks the tasks)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ CAUGHT_RISE = 0.015  # m the object rose since the miss's close: it is held, not
 
 
 class RehearsedMiss(ScriptedExpert):
-    """`ScriptedExpert` for an object that starts in a drawer, whose first grasp of each episode is a rehearsed miss.
+    """`ScriptedExpert` whose first grasp of each episode is a rehearsed miss (an object on the table or in a drawer).
     Per episode, drawn from the object's first position (so a demonstration depends only on its env seed): the
     height of the miss in [0.6, 1] x miss_height, the steps the empty grip is carried in [1, miss_steps]."""
 
