@@ -11,7 +11,7 @@ from test_expert import BDDL, _obs
 
 from vla.demos import CollectConfig, _DemoRecorder
 from vla.expert import ExpertConfig, ScriptedExpert, plan_task
-from vla.expert_rehearsal import RehearsedMiss, rehearsing
+from vla.expert_rehearsal import RehearsedMiss
 from vla.policies import ExpertPolicy
 
 DRAWER = "wooden_cabinet_1_top_region"
@@ -29,7 +29,7 @@ def _run(expert, bowl=(0.1, 0.0, 1.06), steps=400, catch=0.01):
     eef, bowl, held, trace = np.array([-0.2, 0.0, 1.2]), np.array(bowl), None, []
     for _ in range(steps):
         action = expert.act(_drawer_obs(eef, bowl))
-        trace.append((expert.phase, rehearsing(expert), eef.copy()))
+        trace.append((expert.phase, expert.rehearsing, eef.copy()))
         if expert.phase == "close" and held is None and np.linalg.norm(eef - bowl - expert.grasp_offset) < catch:
             held = eef - bowl
         if action[6] < 0:
@@ -79,7 +79,7 @@ def test_a_rehearsed_miss_closes_on_air_carries_the_empty_grip_then_recovers_and
     again, _ = _run(plan_task(GOAL, init=init, config=config, pick=RehearsedMiss), bowl=(0.1, 0.0, bowl_z))
     assert [(p, f) for p, f, _ in again] == [(p, f) for p, f, _ in trace]
     expert.reset()
-    assert rehearsing(expert) and expert.cfg.drop_distance == np.inf and expert.honest_cfg.drop_distance == 0.04
+    assert expert.rehearsing and expert.cfg.drop_distance == np.inf and expert.honest_cfg.drop_distance == 0.04
 
 
 def test_a_miss_that_catches_the_object_after_all_goes_on_as_an_honest_pick():
@@ -118,6 +118,10 @@ def test_the_expert_policy_reports_its_slots_rehearsals(tmp_path):
     policy.experts[0] = plan_task(GOAL, init=INIT, pick=RehearsedMiss)
     policy.experts[1] = plan_task(GOAL, init=INIT)
     assert policy.rehearsing(0) and not policy.rehearsing(1)
+    policy.experts[3] = plan_task([("turnon", "flat_stove_1"), *GOAL], init=INIT, pick=RehearsedMiss)  # a sequence
+    assert not policy.rehearsing(3)  # its knob skill first
+    policy.experts[3].index = 1
+    assert policy.rehearsing(3)  # then the pick, which rehearses a miss
     bddl = tmp_path / "task.bddl"
     bddl.write_text(BDDL.replace("(On akita_black_bowl_1 main_table_region)", f"(In akita_black_bowl_1 {DRAWER})"))
     policy.reset(2, SimpleNamespace(bddl_file=bddl))  # what the scheduler calls at each episode's start

@@ -259,9 +259,11 @@ def training_batch(vla, seed: int = 0) -> dict[str, torch.Tensor]:
     return collate(samples)
 
 
-def loss_and_grads(vla, batch, autocast: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def loss_and_grads(
+    vla, batch, autocast: bool = False, device: str = "cpu"
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     vla.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
         loss, _ = vla(batch)
     loss.backward()
     # the towers' last blocks and SigLIP's head hold adapters but never run: they get no gradient
@@ -339,13 +341,9 @@ def test_compiled_vision_blocks_keep_loss_gradients_and_names(official_checkpoin
 
 
 def flat_loss_and_grads(vla, batch, device: str, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The loss and every gradient, flattened into one float32 vector (sorted by name); bf16: under bf16 autocast."""
-    vla.zero_grad(set_to_none=True)
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-        loss, _ = vla(batch)
-    loss.backward()
-    grads = {n: p.grad.float().flatten() for n, p in vla.named_parameters() if p.grad is not None}
-    return loss.detach().float(), torch.cat([grads[n] for n in sorted(grads)])
+    """`loss_and_grads` with every gradient flattened into one float32 vector (sorted by name)."""
+    loss, grads = loss_and_grads(vla, batch, autocast=bf16, device=device)
+    return loss.float(), torch.cat([grads[n].float().flatten() for n in sorted(grads)])
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])

@@ -185,12 +185,9 @@ def collect(cfg: CollectConfig, policy: Policy | None = None) -> dict[str, Any]:
     "tasks", the dataset path, format, wall time, timing, unsupported tasks). `policy`: the scripted expert."""
     cfg.validate()
     fmt, started = cfg.resolved_format(), time.perf_counter()
-    if policy is None and cfg.miss_height > 0:  # every pick rehearses a miss first
-        policy = ExpertPolicy(
-            RehearsedMiss, config=ExpertConfig(miss_height=cfg.miss_height, miss_steps=cfg.miss_steps)
-        )
-    elif policy is None:
-        policy = ExpertPolicy()
+    if policy is None:  # the scripted expert; with miss_height > 0 every pick rehearses a miss first
+        miss = ExpertConfig(miss_height=cfg.miss_height, miss_steps=cfg.miss_steps)
+        policy = ExpertPolicy(RehearsedMiss, config=miss) if cfg.miss_height > 0 else ExpertPolicy()
     render = RenderConfig(gl=cfg.gl, egl_devices=cfg.egl_devices)
     with open_pool(cfg.task_suite, cfg.num_workers, FORMAT_CAMERAS[fmt], render, cfg.libero_assets, cfg.hard_reset,
                    obs_transform=upright_cameras) as pool:  # fmt: skip

@@ -379,6 +379,11 @@ class SequenceExpert:
     def phase(self) -> str:
         return f"{self.index}:{type(self.skills[self.index]).__name__}:{self.skills[self.index].phase}"
 
+    @property
+    def rehearsing(self) -> bool:
+        """Whether the current skill's last action belongs to a rehearsed miss (`vla.expert_rehearsal`)."""
+        return getattr(self.skills[self.index], "rehearsing", False)
+
     def reset(self) -> None:
         self.index = 0
         for skill in self.skills:

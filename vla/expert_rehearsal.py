@@ -20,7 +20,7 @@ import numpy as np
 
 from vla.expert import ScriptedExpert
 
-__all__ = ["RehearsedMiss", "rehearsing"]
+__all__ = ["RehearsedMiss"]
 
 CAUGHT_RISE = 0.015  # m the object rose since the miss's close: it is held, not missed
 
@@ -66,9 +66,3 @@ class RehearsedMiss(ScriptedExpert):
 
     def _end_rehearsal(self) -> None:
         self.rehearsing, self.cfg = False, self.honest_cfg
-
-
-def rehearsing(expert) -> bool:
-    """Whether the action `expert` (a skill or a `SequenceExpert`) just returned belongs to a rehearsed miss."""
-    skill = expert.skills[expert.index] if hasattr(expert, "skills") else expert
-    return bool(getattr(skill, "rehearsing", False))

@@ -105,9 +105,7 @@ class ExpertPolicy:
 
     def rehearsing(self, slot: int) -> bool:
         """Whether the action just returned for `slot` belongs to a rehearsed miss (`vla.expert_rehearsal`)."""
-        from vla.expert_rehearsal import rehearsing
-
-        return slot in self.experts and rehearsing(self.experts[slot])
+        return getattr(self.experts.get(slot), "rehearsing", False)
 
 
 class RandomPolicy:
