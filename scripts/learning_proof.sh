@@ -14,7 +14,8 @@
 # from the environment: SUITE, PROOF (default outputs/proof), EPISODES (per task), NOISE, SEED, STEPS, BATCH, LR,
 # VAL_BATCHES, MAX_HOLD, PREFETCH, FUSED_OPTIMIZER, TRAIN_FLAGS (more finetune.py flags, e.g. "--speed.compile_vision
 # true"), COLLECT_FLAGS (more collect_demos.py flags, e.g. "--miss_height 0.12 --max_steps 320": rehearsed misses),
-# EVAL_FLAGS (more eval.py flags), WORKERS, TOKENIZER, SAMPLE_TRIALS, FULL_TRIALS and FULL_ON, the
+# EVAL_FLAGS (more eval.py flags), FIRST_TASKS (e.g. "4,3": these tasks' full protocol first, the rest after, one
+# merged table), WORKERS, TOKENIZER, SAMPLE_TRIALS, FULL_TRIALS and FULL_ON, the
 # checkpoint that gets the full protocol and is shipped: last (default: the end of the annealed schedule, as OpenVLA
 # evaluates), best_sample (the highest success rate on the sample states: in docs/RESULTS.md's fifteenth session a
 # 50-episode sample of 30 % became 17.2 % on the full protocol, luck selected) or best_val (the lowest held-out loss:
@@ -55,6 +56,8 @@ PREFETCH=${PREFETCH:-0}           # batches made ahead by a thread while the mod
 FUSED_OPTIMIZER=${FUSED_OPTIMIZER:-true}   # AdamW's fused implementation (speed.fused_optimizer; +8-14 % a step, H100)
 case "$FULL_ON" in best_sample|best_val|last) ;; *) echo "FULL_ON=$FULL_ON: choose best_sample, best_val or last" >&2; exit 2 ;; esac
 TASKS=${TASKS:-}                  # e.g. "[0,1]" for a smoke run; empty = every task
+FIRST_TASKS=${FIRST_TASKS:-}      # e.g. "4,3": the full protocol runs these tasks first (see full_protocol)
+[ -z "$TASKS" ] || [ -z "$FIRST_TASKS" ] || { echo "set TASKS or FIRST_TASKS, not both" >&2; exit 2; }
 VIDEO_FRAMES=${VIDEO_FRAMES:-}    # a video export to train from; empty = the frame store that collect writes
 ADD_FRAMES=${ADD_FRAMES:-}        # video exports joined with this node's collection (see above)
 DATA="$PROOF/data/${SUITE}_no_noops"
@@ -166,9 +169,23 @@ evaluate() {  # the samples, then the first preset's FULL_ON checkpoint on FULL_
   evaluate_samples
   local first=${PRESETS%% *} last
   last=$(full_checkpoint "$first")
-  [ -z "$last" ] || [ -f "$PROOF/eval/$first-full/summary.json" ] \
-    || eval_checkpoint "$last" "$FULL_TRIALS" "$PROOF/eval/$first-full" --compile_decoding "${FULL_COMPILE:-false}"
+  [ -z "$last" ] || [ -f "$PROOF/eval/$first-full/summary.json" ] || full_protocol "$last" "$PROOF/eval/$first-full"
   [ -z "$last" ] || [ "$VAL_BATCHES" = 0 ] || language_probe "$last" "$PROOF/eval/$first-language.log"
+}
+
+full_protocol() {  # $1 = checkpoint, $2 = out dir: FULL_TRIALS fixed states of every task. With FIRST_TASKS (e.g.
+  # "4,3": the tasks a change targets) those tasks run first, in $2-first, then the others in $2-rest, merged into $2
+  # (scripts/merge_evals.py): the same episodes, but a lease cut short has the answer that matters most
+  local flags=(--compile_decoding "${FULL_COMPILE:-false}") rest
+  if [ -z "${FIRST_TASKS:-}" ]; then eval_checkpoint "$1" "$FULL_TRIALS" "$2" "${flags[@]}"; return; fi
+  rest=$($PY -c 'import sys; from vla.libero_env import list_tasks
+first = {int(t) for t in sys.argv[2].split(",")}
+print(",".join(str(t.task_id) for t in list_tasks(sys.argv[1]) if t.task_id not in first))' "$SUITE" "$FIRST_TASKS" \
+    | tail -n 1) || return 1  # the last line: LIBERO prints its task order on import
+  TASKS="[$FIRST_TASKS]" eval_checkpoint "$1" "$FULL_TRIALS" "$2-first" "${flags[@]}" || return 1
+  [ -z "$rest" ] || TASKS="[$rest]" eval_checkpoint "$1" "$FULL_TRIALS" "$2-rest" "${flags[@]}" || return 1
+  if [ -z "$rest" ]; then cp -r "$2-first" "$2"
+  else $PY scripts/merge_evals.py --inputs "$2-first" "$2-rest" --out "$2" --overwrite | tail -n 13; fi
 }
 
 language_probe() {  # $1 = checkpoint, $2 = log: its held-out metrics with true and with swapped instructions (does

@@ -1,6 +1,7 @@
 """The eval harness on a fake env pool (no simulator): scheduling, statuses, errors kept apart, JSONL, resume; and the
 policies. The real-simulator runs are the `libero`-marked tests at the end."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -297,6 +298,63 @@ def test_report_only_tables_a_cut_off_run_from_its_files_alone(tmp_path, fake_li
         load_script("eval").main(parse(["--report_only", "true"]))
 
 
+def test_evaluations_split_by_task_merge_into_the_single_run(tmp_path, fake_libero, monkeypatch, capsys):
+    """A protocol split between runs (tasks [2, 0] and [1, 3], as on two nodes) merges into one folder whose table is
+    the single run's, whose config selects the whole suite, and that --resume finds complete (nothing runs again)."""
+    import vla.eval_merge as eval_merge
+
+    monkeypatch.setattr(eval_merge, "list_tasks", lambda suite: TASKS)
+    whole = evaluate(_cfg(tmp_path / "whole", num_envs=1), RecordingPolicy())
+    for name, tasks in (("a", [ENV_ERROR, SUCCEEDS]), ("b", [NEVER, RESET_ERROR])):
+        evaluate(_cfg(tmp_path / name, tasks=tasks, num_envs=1), RecordingPolicy())
+    parts = [str(tmp_path / "a"), str(tmp_path / "b")]
+    merged = load_script("merge_evals").main(["--inputs", *parts, "--out", str(tmp_path / "merged")])
+    assert "merged 2 evaluations" in capsys.readouterr().out
+    assert merged["tasks"] == whole["tasks"] and merged["overall"] == whole["overall"] and merged["complete"]
+    config = json.loads((tmp_path / "merged" / "eval_config.json").read_text())
+    assert config["tasks"] is None and config["merged_from"] == parts
+    on_disk = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("merged", "whole")]
+    assert on_disk[0]["tasks"] == on_disk[1]["tasks"] and on_disk[0]["overall"] == on_disk[1]["overall"]
+    n_pools = len(fake_libero)
+    resumed = evaluate(_cfg(tmp_path / "merged", num_envs=1, resume=True), RecordingPolicy())
+    assert resumed["overall"] == whole["overall"] and len(fake_libero) == n_pools  # no episode left to run
+
+    # two tasks of four: the merged config names them
+    evaluate(_cfg(tmp_path / "c", tasks=[SUCCEEDS], num_envs=1), RecordingPolicy())
+    evaluate(_cfg(tmp_path / "d", tasks=[NEVER], num_envs=1), RecordingPolicy())
+    two = eval_merge.merge_evaluations([tmp_path / "c", tmp_path / "d"], tmp_path / "two")
+    assert [t["task_id"] for t in two["tasks"]] == [SUCCEEDS, NEVER] and two["episodes_expected"] == 4
+    assert json.loads((tmp_path / "two" / "eval_config.json").read_text())["tasks"] == [SUCCEEDS, NEVER]
+
+
+def test_merging_refuses_incomparable_or_overlapping_evaluations_before_writing(tmp_path, fake_libero, monkeypatch):
+    import vla.eval_merge as eval_merge
+
+    monkeypatch.setattr(eval_merge, "list_tasks", lambda suite: TASKS)
+    evaluate(_cfg(tmp_path / "a", tasks=[SUCCEEDS], num_envs=1), RecordingPolicy())
+    evaluate(_cfg(tmp_path / "b", tasks=[SUCCEEDS, NEVER], num_envs=1), RecordingPolicy())
+    evaluate(_cfg(tmp_path / "c", tasks=[NEVER], num_envs=1, max_steps=4), RecordingPolicy())
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"task 0 episode \d is in both"):
+        eval_merge.merge_evaluations([tmp_path / "a", tmp_path / "b"], out)
+    with pytest.raises(ValueError, match="max_steps"):
+        eval_merge.merge_evaluations([tmp_path / "a", tmp_path / "c"], out)
+    with pytest.raises(FileNotFoundError, match="eval_config.json"):
+        eval_merge.merge_evaluations([tmp_path / "a", tmp_path / "nothing"], out)
+    with pytest.raises(ValueError, match="at least two"):
+        eval_merge.merge_evaluations([tmp_path / "a"], out)
+    with pytest.raises(ValueError, match="one of the inputs"):
+        eval_merge.merge_evaluations([tmp_path / "a", tmp_path / "c"], tmp_path / "a")
+    assert not out.exists()  # nothing written by a refused merge
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    evaluate(_cfg(tmp_path / "d", tasks=[NEVER], num_envs=1), RecordingPolicy())
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        eval_merge.merge_evaluations([tmp_path / "a", tmp_path / "d"], out)
+    assert eval_merge.merge_evaluations([tmp_path / "a", tmp_path / "d"], out, overwrite=True)["complete"]
+    assert (out / "notes.txt").read_text() == "mine"  # --overwrite replaces the evaluation's files, nothing else
+
+
 def test_retry_errors_reruns_only_errored_episodes(tmp_path, fake_libero):
     evaluate(_cfg(tmp_path, tasks=[SUCCEEDS], num_envs=1), RecordingPolicy(raise_for={"do thing 0"}))
     assert _by_key(tmp_path)[SUCCEEDS, 0]["status"] == "error"
@@ -582,3 +640,37 @@ def test_learning_proof_passes_collect_flags_to_collect_demos(tmp_path):
     flagged = subprocess.run(run, env={**env, "COLLECT_FLAGS": flags}, check=True, capture_output=True, text=True)
     assert plain[0] == "scripts/collect_demos.py" and plain[-2:] == ["--tasks", "4"]
     assert flagged.stdout.split() == plain + flags.split()
+
+
+@pytest.mark.libero
+def test_learning_proof_runs_first_tasks_first_and_merges_the_full_protocol(tmp_path):
+    """FIRST_TASKS="4,3": the full protocol evaluates tasks 4 and 3 first (their own folder), then the suite's other
+    eight, and merges both into the one full-protocol folder that `ship`, the docs and --report_only read."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "learning_proof.sh"
+    out = tmp_path / "full"
+    for part, tasks in (("first", [4, 3]), ("rest", [0, 1, 2, 5, 6, 7, 8, 9])):  # what eval.py would have written
+        folder = tmp_path / f"full-{part}"
+        folder.mkdir()
+        cfg = EvalConfig(task_suite="libero_spatial", policy="random", num_trials_per_task=1, tasks=tasks)
+        (folder / "eval_config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+        (folder / "episodes.jsonl").write_text("".join(json.dumps(
+            {"task_id": t, "episode": 0, "status": "success" if t % 2 else "failure", "steps": 9, "wall_time_s": 1.0}
+        ) + "\n" for t in tasks))  # fmt: skip
+    stub = 'eval_checkpoint() { echo "$1 $2 $3 $TASKS" >> "$CALLS"; }'  # the evaluations above stand in for eval.py
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "FIRST_TASKS": "4,3",
+        "FULL_TRIALS": "1",
+        "CALLS": str(tmp_path / "c"),
+    }
+    run = ["bash", "-c", f"source {script} && {stub} && full_protocol CK {out}"]
+    printed = subprocess.run(run, env=env, check=True, capture_output=True, text=True).stdout
+    assert (tmp_path / "c").read_text().splitlines() == [
+        f"CK 1 {out}-first [4,3]",
+        f"CK 1 {out}-rest [0,1,2,5,6,7,8,9]",
+    ]
+    assert "overall     5/10" in printed  # the merged table: tasks 1, 3, 5, 7, 9 succeeded
+    assert report(out)["complete"] and json.loads((out / "eval_config.json").read_text())["tasks"] is None
+    both = subprocess.run(run, env={**env, "TASKS": "[0]"}, capture_output=True, text=True)
+    assert both.returncode == 2 and "set TASKS or FIRST_TASKS, not both" in both.stderr
