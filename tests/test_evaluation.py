@@ -320,10 +320,12 @@ def test_evaluations_split_by_task_merge_into_the_single_run(tmp_path, fake_libe
     assert resumed["overall"] == whole["overall"] and len(fake_libero) == n_pools  # no episode left to run
 
     # two tasks of four: the merged config names them
-    evaluate(_cfg(tmp_path / "c", tasks=[SUCCEEDS], num_envs=1), RecordingPolicy())
+    evaluate(_cfg(tmp_path / "c", tasks=[SUCCEEDS], num_envs=1, save_videos=True), RecordingPolicy())
     evaluate(_cfg(tmp_path / "d", tasks=[NEVER], num_envs=1), RecordingPolicy())
     two = eval_merge.merge_evaluations([tmp_path / "c", tmp_path / "d"], tmp_path / "two")
     assert [t["task_id"] for t in two["tasks"]] == [SUCCEEDS, NEVER] and two["episodes_expected"] == 4
+    videos = [r["video"] for r in read_episodes(tmp_path / "two" / "episodes.jsonl") if r["video"]]
+    assert len(videos) == 2 and all((tmp_path / "two" / v).resolve().is_file() for v in videos)  # the inputs' files
     assert json.loads((tmp_path / "two" / "eval_config.json").read_text())["tasks"] == [SUCCEEDS, NEVER]
 
 

@@ -3,12 +3,13 @@ different nodes, calls or cluster jobs, e.g. `--tasks "[4,3]"` and `--tasks "[0,
 that reads as if a single run had made it: its `eval_config.json` selects the union of their tasks (all of them:
 `tasks` null), its `episodes.jsonl` holds every input's records, its `summary.json` the combined table. The merged
 folder is an ordinary evaluation folder: `--report_only` prints it, and `--resume true` runs what none of the
-inputs ran. Inputs must agree on every setting that makes episodes comparable (`vla.evaluation.RESUME_KEYS`, and
+inputs ran; episode videos stay where they are (each record's path leads there). Inputs must agree on every setting that makes episodes comparable (`vla.evaluation.RESUME_KEYS`, and
 the trials per task), and no episode may be in two of them."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,10 @@ def merge_evaluations(inputs: list[str | Path], out_dir: str | Path, *, overwrit
     merged = {**first, "tasks": None if chosen == set(suite_ids) else sorted(chosen), "out_dir": str(out),
               "resume": False, "merged_from": [str(p) for p in inputs]}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
+    for path, mine in zip(inputs, records, strict=True):
+        for r in mine:  # a video's path is relative to its evaluation folder: make it the merged folder's
+            if r.get("video"):
+                r["video"] = os.path.relpath(Path(path) / r["video"], out)
     atomic_write_text(out / EPISODES_FILE, "".join(json.dumps(r) + "\n" for mine in records for r in mine))
     atomic_write_text(out / CONFIG_FILE, json.dumps(merged, indent=2) + "\n")
     summary = report(out) | {"merged_from": merged["merged_from"]}
