@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.stamp-* && touch $@
 
 test: setup
-	$(BIN)/python -m pytest -m "not gpu" -q
+	$(BIN)/python -m pytest -m "not gpu" -q --durations=15  # the slowest tests, to keep CI under 20 min
 
 lint: setup
 	$(BIN)/ruff check vla scripts tests
