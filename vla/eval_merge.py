@@ -3,8 +3,9 @@ different nodes, calls or cluster jobs, e.g. `--tasks "[4,3]"` and `--tasks "[0,
 that reads as if a single run had made it: its `eval_config.json` selects the union of their tasks (all of them:
 `tasks` null), its `episodes.jsonl` holds every input's records, its `summary.json` the combined table. The merged
 folder is an ordinary evaluation folder: `--report_only` prints it, and `--resume true` runs what none of the
-inputs ran; episode videos stay where they are (each record's path leads there). Inputs must agree on every setting that makes episodes comparable (`vla.evaluation.RESUME_KEYS`, and
-the trials per task), and no episode may be in two of them."""
+inputs ran; episode videos stay where they are (each record's path leads there). Inputs must agree on every setting
+that makes episodes comparable (`MERGE_KEYS`: `vla.evaluation.RESUME_KEYS`, the trials per task, the env seed and the
+reset kind), and no episode may be in two of them."""
 
 from __future__ import annotations
 
