@@ -4,6 +4,8 @@
 #
 #   bash scripts/node_benchmarks.sh sim      # bench_sim at 16 workers (soft vs hard resets), the expert's full protocol
 #   bash scripts/node_benchmarks.sh vla      # a small (fast and plain decoding) and the 7B VLA (random) through eval.py
+#   bash scripts/node_benchmarks.sh full7b   # issue 13's 7B row alone: the random 7B (bf16, fast + compiled decoding)
+#                                            # through eval.py, 2 states a task (the first 16 episodes run together)
 #   bash scripts/node_benchmarks.sh serve    # the full-size VLA behind serve.py: bench_serve at 1 / 8 / 32 clients
 #   bash scripts/node_benchmarks.sh gather   # the 7B through eval.py gathering batches (--gather_s 0.5), vs vla's greedy
 #   bash scripts/node_benchmarks.sh perf     # issue 18's table: training cases + decoding at full size, with profiles
@@ -55,6 +57,12 @@ vla() {  # random weights never succeed: every episode runs its 220 steps (the p
     --fast_decoding false --out_dir "$DIR/small_plain"
   checkpoint full /tmp/vla_full 100
   step full 200 $PY scripts/eval.py --checkpoint /tmp/vla_full --num_trials_per_task 1 --num_envs 16 --out_dir "$DIR/full"
+}
+
+full7b() {  # random weights never succeed: 20 episodes x 220 steps, 16 at once; the timing line gives the rate
+  checkpoint full /tmp/vla_full 100
+  step full7b 300 $PY scripts/eval.py --checkpoint /tmp/vla_full --num_trials_per_task 2 --num_envs 16 \
+    --out_dir "$DIR/full7b"
 }
 
 gather() {  # scripts/bench_scheduler.py predicts greedy (the vla stage) beats gathering by ~9 % for the 7B
@@ -129,6 +137,7 @@ for stage in "$@"; do
   case "$stage" in
     sim) sim ;;
     vla) vla ;;
+    full7b) full7b ;;
     serve) serve ;;
     gather) gather ;;
     perf) perf ;;
@@ -137,7 +146,7 @@ for stage in "$@"; do
     fp8) fp8 ;;
     compile) compile ;;
     fast24) fast24 ;;
-    *) echo "unknown stage $stage: sim | vla | serve | gather | perf | precision | fp8 | compile | fast24 | small" >&2
+    *) echo "unknown stage $stage: sim | vla | full7b | serve | gather | perf | precision | fp8 | compile | fast24 | small" >&2
       exit 2 ;;
   esac
   grep -h "timing:" "$DIR"/*.log 2>/dev/null | tail -n 4
