@@ -23,6 +23,9 @@
 # instead (an export of scripts/export_video_frames.py, ~0.5 KB a frame: small enough to carry to a node); collect
 # then does nothing. ADD_FRAMES="<export> ..." trains on both: this node's
 # collection (exported to H.264 after collect) joined with the exports collected elsewhere, in $PROOF/video.
+# INIT=<float checkpoint> continues from trained weights instead of random ones (and keeps their action statistics, so
+# the 256 bins mean what they meant): the bf16 copy `ship` writes beside the int8 one ($PROOF/ship/<preset>-bf16, ~55 MB),
+# brought home from an earlier lease, so that training spans leases (each lease's schedule warms up and anneals again).
 # In a lease of short calls, run it through scripts/node_job.sh (docs/OFFLINE.md §5).
 # A CPU rehearsal of every stage in ~5 min: PROOF=/tmp/rehearse EPISODES=1 TASKS="[0]"
 # WORKERS=1 STEPS=4 SAVES=2 BATCH=4 PRESETS="micro tiny" SAMPLE_TRIALS=1 FULL_TRIALS=1 EVAL_WHILE_TRAINING=1
@@ -60,6 +63,9 @@ FIRST_TASKS=${FIRST_TASKS:-}      # e.g. "4,3": the full protocol runs these tas
 [ -z "$TASKS" ] || [ -z "$FIRST_TASKS" ] || { echo "set TASKS or FIRST_TASKS, not both" >&2; exit 2; }
 VIDEO_FRAMES=${VIDEO_FRAMES:-}    # a video export to train from; empty = the frame store that collect writes
 ADD_FRAMES=${ADD_FRAMES:-}        # video exports joined with this node's collection (see above)
+INIT=${INIT:-}                    # a float checkpoint to continue from (see above); empty = random weights
+[ -z "$INIT" ] || [ -f "$INIT/config.json" ] || { echo "INIT=$INIT has no config.json: point it at the float copy" \
+  "that ship writes (\$PROOF/ship/<preset>-bf16), not the int8 one" >&2; exit 2; }
 DATA="$PROOF/data/${SUITE}_no_noops"
 [ -z "$VIDEO_FRAMES" ] || [ -z "$ADD_FRAMES" ] || { echo "set VIDEO_FRAMES or ADD_FRAMES, not both" >&2; exit 2; }
 [ -z "$ADD_FRAMES" ] || VIDEO_FRAMES="$PROOF/video"
@@ -90,7 +96,8 @@ train_one() {  # $1 = preset
   local run="$PROOF/runs/$1" resume=()
   [ -f "$run/trainer_state.safetensors" ] || [ -f "$run/trainer_state.pt" ] && resume=(--resume)
   $PY scripts/finetune.py --config configs/small_libero_spatial.yaml --model.preset "$1" \
-    --model.tokenizer_path "$TOKENIZER" --data.source "$SOURCE" --data.frames_dir "$FRAMES_DIR" \
+    --model.tokenizer_path "$TOKENIZER" ${INIT:+--model.vla_path "$INIT" --model.unnorm_key "${SUITE}_no_noops"} \
+    --data.source "$SOURCE" --data.frames_dir "$FRAMES_DIR" \
     --optim.batch_size "$BATCH" ${LR:+--optim.learning_rate "$LR"} --logging.val_batches "$VAL_BATCHES" \
     ${MAX_HOLD:+--data.max_hold "$MAX_HOLD"} --speed.prefetch_batches "$PREFETCH" \
     --speed.fused_optimizer "$FUSED_OPTIMIZER" ${TRAIN_FLAGS:-} \
@@ -199,12 +206,15 @@ language_probe() {  # $1 = checkpoint, $2 = log: its held-out metrics with true 
   fi
 }
 
-ship() {  # int8 weights, lm_head's action rows (vla/checkpoint_int8.py): the small preset's 55 MB -> 20 MB
-  local first=${PRESETS%% *} last
+ship() {  # int8 weights, lm_head's action rows (vla/checkpoint_int8.py): the small preset's 55 MB -> 20 MB; and a
+  # bf16 copy (every weight: what INIT continues from in a later lease)
+  local first=${PRESETS%% *} last dtype
   last=$(full_checkpoint "$first")
   [ -n "$last" ] || { echo "ship: no checkpoint of $first in $PROOF/runs yet: run the train stage" >&2; return 1; }
-  [ -f "$PROOF/ship/$first-int8/config.json" ] \
-    || $PY scripts/convert_checkpoint.py --checkpoint "$last" --out "$PROOF/ship/$first-int8" --overwrite --dtype int8
+  for dtype in int8 bfloat16; do
+    [ -f "$PROOF/ship/$first-${dtype/float/f}/config.json" ] || $PY scripts/convert_checkpoint.py --checkpoint "$last" \
+      --out "$PROOF/ship/$first-${dtype/float/f}" --overwrite --dtype "$dtype"
+  done
 }
 
 expert() {
