@@ -632,6 +632,34 @@ def test_learning_proof_passes_train_flags_to_finetune(tmp_path):
     assert [w for i, w in enumerate(flagged) if not start <= i < start + 4] == plain
 
 
+def test_learning_proof_continues_from_init_and_ships_the_copy_it_reads(tmp_path):
+    """INIT (training across leases): finetune.py starts from that checkpoint and keeps its action statistics (the
+    suite's key); a folder without config.json is refused before any stage; `ship` writes the int8 copy and the bf16
+    one that INIT reads."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "learning_proof.sh"
+    proof, init = tmp_path / "proof", tmp_path / "small-bf16"
+    (proof / "runs" / "small" / "merged--8000_chkpt").mkdir(parents=True)
+    init.mkdir()
+    env = {**os.environ, "PROOF": str(proof), "PYTHON": "echo", "PRESETS": "small", "STEPS": "8000"}
+    missing = subprocess.run(["bash", script, "train"], env={**env, "INIT": str(tmp_path / "nothing")},
+                             capture_output=True, text=True)  # fmt: skip
+    assert missing.returncode == 2 and "has no config.json" in missing.stderr
+    (init / "config.json").write_text("{}")
+    run = ["bash", "-c", f"source {script} && train_one small"]
+    subprocess.run(run, env={**env, "INIT": str(init)}, check=True)
+    words = (proof / "train_small.log").read_text().split()
+    assert words[words.index("--model.vla_path") + 1] == str(init)
+    assert words[words.index("--model.unnorm_key") + 1] == "libero_spatial_no_noops"
+    subprocess.run(run, env=env, check=True)
+    assert "--model.vla_path" not in (proof / "train_small.log").read_text()  # random weights without INIT
+    shipped = subprocess.run(["bash", script, "ship"], env=env, check=True, capture_output=True, text=True).stdout
+    calls = [line.split() for line in shipped.splitlines() if line.startswith("scripts/convert_checkpoint.py")]
+    assert [(c[c.index("--out") + 1], c[c.index("--dtype") + 1]) for c in calls] == [
+        (f"{proof}/ship/small-int8", "int8"),
+        (f"{proof}/ship/small-bf16", "bfloat16"),
+    ]
+
+
 def test_learning_proof_passes_collect_flags_to_collect_demos(tmp_path):
     """COLLECT_FLAGS reach collect_demos.py after the script's own flags (e.g. rehearsed misses for one task)."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "learning_proof.sh"
