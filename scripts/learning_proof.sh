@@ -211,7 +211,7 @@ ship() {  # int8 weights, lm_head's action rows (vla/checkpoint_int8.py): the sm
   local first=${PRESETS%% *} last dtype
   last=$(full_checkpoint "$first")
   [ -n "$last" ] || { echo "ship: no checkpoint of $first in $PROOF/runs yet: run the train stage" >&2; return 1; }
-  for dtype in int8 bfloat16; do
+  for dtype in int8 bfloat16; do  # folders <preset>-int8 and <preset>-bf16
     [ -f "$PROOF/ship/$first-${dtype/float/f}/config.json" ] || $PY scripts/convert_checkpoint.py --checkpoint "$last" \
       --out "$PROOF/ship/$first-${dtype/float/f}" --overwrite --dtype "$dtype"
   done
