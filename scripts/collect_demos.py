@@ -4,12 +4,13 @@ actions, no-op steps dropped, failed episodes dropped. Initial states come from 
 fixed eval states. --action_noise S executes the expert's action plus N(0, S²) noise on the xyz deltas (--noise_dims
 xyzrpy: the rotation deltas too) and records the clean action (DART-style recovery data). --miss_height H: every pick
 first misses (closes H above the grasp point), carries the empty grip, then recovers; only the recovery is recorded
-(vla.expert_rehearsal).
+(vla.expert_rehearsal); --miss_fraction F: only that share of the episodes does, the rest are honest picks.
 
     python scripts/collect_demos.py --task_suite libero_spatial --episodes_per_task 50 --out data/demos --num_workers 2
     python scripts/collect_demos.py --task_suite libero_spatial --episodes_per_task 2 --out /tmp/demos --tasks 0,1
     python scripts/collect_demos.py --episodes_per_task 50 --out data/noisy --action_noise 0.1 --format frames
     python scripts/collect_demos.py --tasks 4 --episodes_per_task 50 --out data/miss --miss_height 0.12 --max_steps 320
+    python scripts/collect_demos.py --episodes_per_task 80 --out data/mixed --miss_height 0.12 --miss_fraction 0.3
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> CollectConfig:
     parser.add_argument("--miss_height", type=float, default=d.miss_height, help=miss)
     carry = "the rehearsed miss carries its empty grip up to this many steps, then recovers (only that is recorded)"
     parser.add_argument("--miss_steps", type=int, default=d.miss_steps, help=carry)
+    share = "with --miss_height: the share of episodes that rehearse a miss (drawn per episode); the rest pick honestly"
+    parser.add_argument("--miss_fraction", type=float, default=d.miss_fraction, help=share)
     return CollectConfig(**vars(parser.parse_args(argv)))
 
 

@@ -23,9 +23,11 @@
 # instead (an export of scripts/export_video_frames.py, ~0.5 KB a frame: small enough to carry to a node); collect
 # then does nothing. ADD_FRAMES="<export> ..." trains on both: this node's
 # collection (exported to H.264 after collect) joined with the exports collected elsewhere, in $PROOF/video.
-# INIT=<float checkpoint> continues from trained weights instead of random ones (and keeps their action statistics, so
+# INIT=<checkpoint> continues from trained weights instead of random ones (and keeps their action statistics, so
 # the 256 bins mean what they meant): the bf16 copy `ship` writes beside the int8 one ($PROOF/ship/<preset>-bf16, ~55 MB),
 # brought home from an earlier lease, so that training spans leases (each lease's schedule warms up and anneals again).
+# An int8 copy (the shipped checkpoints/small-libero-spatial) is converted to bf16 first ($PROOF/init-bf16): its
+# weights rounded (<= 1/254 of a row's largest), lm_head's rows outside the action ids zeros, relearnt as training starts.
 # In a lease of short calls, run it through scripts/node_job.sh (docs/OFFLINE.md §5).
 # A CPU rehearsal of every stage in ~5 min: PROOF=/tmp/rehearse EPISODES=1 TASKS="[0]"
 # WORKERS=1 STEPS=4 SAVES=2 BATCH=4 PRESETS="micro tiny" SAMPLE_TRIALS=1 FULL_TRIALS=1 EVAL_WHILE_TRAINING=1
@@ -63,9 +65,9 @@ FIRST_TASKS=${FIRST_TASKS:-}      # e.g. "4,3": the full protocol runs these tas
 [ -z "$TASKS" ] || [ -z "$FIRST_TASKS" ] || { echo "set TASKS or FIRST_TASKS, not both" >&2; exit 2; }
 VIDEO_FRAMES=${VIDEO_FRAMES:-}    # a video export to train from; empty = the frame store that collect writes
 ADD_FRAMES=${ADD_FRAMES:-}        # video exports joined with this node's collection (see above)
-INIT=${INIT:-}                    # a float checkpoint to continue from (see above); empty = random weights
-[ -z "$INIT" ] || [ -f "$INIT/config.json" ] || { echo "INIT=$INIT has no config.json: point it at the float copy" \
-  "that ship writes (\$PROOF/ship/<preset>-bf16), not the int8 one" >&2; exit 2; }
+INIT=${INIT:-}                    # a checkpoint to continue from (see above); empty = random weights
+[ -z "$INIT" ] || [ -f "$INIT/config.json" ] || { echo "INIT=$INIT has no config.json: point it at a checkpoint" \
+  "that ship writes (\$PROOF/ship/<preset>-bf16 or -int8)" >&2; exit 2; }
 DATA="$PROOF/data/${SUITE}_no_noops"
 [ -z "$VIDEO_FRAMES" ] || [ -z "$ADD_FRAMES" ] || { echo "set VIDEO_FRAMES or ADD_FRAMES, not both" >&2; exit 2; }
 [ -z "$ADD_FRAMES" ] || VIDEO_FRAMES="$PROOF/video"
@@ -92,11 +94,18 @@ join_frames() {  # this node's collection as H.264, joined with ADD_FRAMES (each
   [ -f "$VIDEO_FRAMES/index.npz" ] || $PY scripts/export_video_frames.py --merge "$PROOF/video_node" $ADD_FRAMES --out "$VIDEO_FRAMES"
 }
 
-train_one() {  # $1 = preset
-  local run="$PROOF/runs/$1" resume=()
+float_init() {  # INIT as finetune.py reads it: an int8 copy converted to bf16 once ($PROOF/init-bf16)
+  if [ -z "$INIT" ] || ! grep -q '"vla_int8"' "$INIT/config.json"; then echo "$INIT"; return; fi
+  [ -f "$PROOF/init-bf16/config.json" ] || $PY scripts/convert_checkpoint.py --checkpoint "$INIT" \
+    --out "$PROOF/init-bf16" --overwrite --dtype bfloat16 >&2
+  echo "$PROOF/init-bf16"
+}
+
+train_one() {  # $1 = preset, $2 = the checkpoint to continue from (float_init; empty = random weights)
+  local run="$PROOF/runs/$1" init=${2:-} resume=()
   [ -f "$run/trainer_state.safetensors" ] || [ -f "$run/trainer_state.pt" ] && resume=(--resume)
   $PY scripts/finetune.py --config configs/small_libero_spatial.yaml --model.preset "$1" \
-    --model.tokenizer_path "$TOKENIZER" ${INIT:+--model.vla_path "$INIT" --model.unnorm_key "${SUITE}_no_noops"} \
+    --model.tokenizer_path "$TOKENIZER" ${init:+--model.vla_path "$init" --model.unnorm_key "${SUITE}_no_noops"} \
     --data.source "$SOURCE" --data.frames_dir "$FRAMES_DIR" \
     --optim.batch_size "$BATCH" ${LR:+--optim.learning_rate "$LR"} --logging.val_batches "$VAL_BATCHES" \
     ${MAX_HOLD:+--data.max_hold "$MAX_HOLD"} --speed.prefetch_batches "$PREFETCH" \
@@ -112,8 +121,9 @@ any_alive() {  # true while one of the given processes still runs
 
 train() {  # the runs share the GPU; with EVAL_WHILE_TRAINING=1 finished checkpoints are evaluated meanwhile
   mkdir -p "$PROOF"
-  local pids=()
-  for preset in $PRESETS; do train_one "$preset" & pids+=($!); done
+  local pids=() init
+  init=$(float_init)
+  for preset in $PRESETS; do train_one "$preset" "$init" & pids+=($!); done
   if [ "${EVAL_WHILE_TRAINING:-0}" = 1 ]; then
     while any_alive "${pids[@]}"; do evaluate_samples || true; sleep 5; done
   fi

@@ -634,8 +634,8 @@ def test_learning_proof_passes_train_flags_to_finetune(tmp_path):
 
 def test_learning_proof_continues_from_init_and_ships_the_copy_it_reads(tmp_path):
     """INIT (training across leases): finetune.py starts from that checkpoint and keeps its action statistics (the
-    suite's key); a folder without config.json is refused before any stage; `ship` writes the int8 copy and the bf16
-    one that INIT reads."""
+    suite's key); an int8 copy is converted to bf16 first; a folder without config.json is refused before any stage;
+    `ship` writes the int8 copy and the bf16 one that INIT reads."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "learning_proof.sh"
     proof, init = tmp_path / "proof", tmp_path / "small-bf16"
     (proof / "runs" / "small" / "merged--8000_chkpt").mkdir(parents=True)
@@ -645,13 +645,20 @@ def test_learning_proof_continues_from_init_and_ships_the_copy_it_reads(tmp_path
                              capture_output=True, text=True)  # fmt: skip
     assert missing.returncode == 2 and "has no config.json" in missing.stderr
     (init / "config.json").write_text("{}")
-    run = ["bash", "-c", f"source {script} && train_one small"]
+    run = ["bash", "-c", f'source {script} && train_one small "$(float_init)"']
     subprocess.run(run, env={**env, "INIT": str(init)}, check=True)
     words = (proof / "train_small.log").read_text().split()
     assert words[words.index("--model.vla_path") + 1] == str(init)
     assert words[words.index("--model.unnorm_key") + 1] == "libero_spatial_no_noops"
     subprocess.run(run, env=env, check=True)
     assert "--model.vla_path" not in (proof / "train_small.log").read_text()  # random weights without INIT
+    (init / "config.json").write_text('{"vla_int8": {"format": "rowwise-v1"}}')  # an int8 copy: converted first
+    converted = subprocess.run(run, env={**env, "INIT": str(init)}, check=True, capture_output=True, text=True)
+    words = (proof / "train_small.log").read_text().split()
+    assert words[words.index("--model.vla_path") + 1] == f"{proof}/init-bf16"
+    call = converted.stderr.split()
+    assert call[:3] == ["scripts/convert_checkpoint.py", "--checkpoint", str(init)]
+    assert call[call.index("--dtype") + 1] == "bfloat16" and call[call.index("--out") + 1] == f"{proof}/init-bf16"
     shipped = subprocess.run(["bash", script, "ship"], env=env, check=True, capture_output=True, text=True).stdout
     calls = [line.split() for line in shipped.splitlines() if line.startswith("scripts/convert_checkpoint.py")]
     assert [(c[c.index("--out") + 1], c[c.index("--dtype") + 1]) for c in calls] == [

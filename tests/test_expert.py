@@ -536,10 +536,10 @@ def _collect_demos_module():
 def test_collect_demos_cli_parses_the_documented_flags():
     cfg = _collect_demos_module().parse_args(
         ["--task_suite", "libero_object", "--episodes_per_task", "3", "--out", "x", "--tasks", "0,2", "--seed", "4",
-         "--miss_height", "0.05", "--miss_steps", "12"]
+         "--miss_height", "0.05", "--miss_steps", "12", "--miss_fraction", "0.3"]
     )  # fmt: skip
     assert (cfg.task_suite, cfg.episodes_per_task, cfg.out, cfg.tasks, cfg.seed) == ("libero_object", 3, "x", [0, 2], 4)
-    assert (cfg.miss_height, cfg.miss_steps) == (0.05, 12)
+    assert (cfg.miss_height, cfg.miss_steps, cfg.miss_fraction) == (0.05, 12, 0.3)
     with pytest.raises(ValueError, match="libero_spatiall"):
         _collect_demos_module().CollectConfig(task_suite="libero_spatiall").validate()
 

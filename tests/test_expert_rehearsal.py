@@ -82,6 +82,28 @@ def test_a_rehearsed_miss_closes_on_air_carries_the_empty_grip_then_recovers_and
     assert expert.rehearsing and expert.cfg.drop_distance == np.inf and expert.honest_cfg.drop_distance == 0.04
 
 
+def test_miss_fraction_makes_that_share_of_episodes_rehearse_and_the_rest_pick_honestly_from_their_first_step():
+    def first_step(fraction, bowl):
+        expert = plan_task(GOAL, init=INIT[1:], config=ExpertConfig(miss_height=0.05, miss_fraction=fraction),
+                           pick=RehearsedMiss)  # fmt: skip
+        expert.act(_drawer_obs(np.array([-0.2, 0.0, 1.2]), np.array(bowl)))
+        return expert
+
+    bowls = [(0.1 + 0.003 * i, 0.01 * (i % 7), 0.9) for i in range(200)]  # 200 episodes' first positions
+    assert all(first_step(1.0, b).rehearsing for b in bowls) and not any(first_step(0.0, b).rehearsing for b in bowls)
+    flags = [first_step(0.3, b).rehearsing for b in bowls]
+    assert 0.2 < np.mean(flags) < 0.4  # drawn per episode ...
+    assert flags == [first_step(0.3, b).rehearsing for b in bowls]  # ... from its first position: reproducible
+    honest = first_step(0.0, bowls[0])
+    assert honest.cfg.drop_distance == 0.04  # the honest pick keeps its drop check
+    trace, bowl = _run(plan_task(GOAL, init=INIT[1:], config=ExpertConfig(miss_height=0.05, miss_fraction=0.0),
+                                 pick=RehearsedMiss), bowl=(0.1, 0.0, 0.9))  # fmt: skip
+    assert not any(flag for _, flag, _ in trace) and "regrasp" not in [p for p, _, _ in trace]
+    np.testing.assert_allclose(bowl[:2], [0.1, -0.25], atol=0.015)
+    with pytest.raises(ValueError, match="miss_fraction"):
+        plan_task(GOAL, init=INIT, config=ExpertConfig(miss_fraction=1.5), pick=RehearsedMiss)
+
+
 def test_a_miss_that_catches_the_object_after_all_goes_on_as_an_honest_pick():
     """Fingers that close a few cm above the grasp point may still catch the bowl (in LIBERO at 3.6-6 cm: 7 of 10
     episodes): opening that grip to "recover" would teach dropping a held bowl, so the pick goes on (and is recorded)
@@ -128,6 +150,8 @@ def test_the_expert_policy_reports_its_slots_rehearsals(tmp_path):
     assert type(policy.experts[2]) is RehearsedMiss and policy.experts[2].cfg.drop_distance == np.inf
     with pytest.raises(ValueError, match="miss_height"):
         CollectConfig(miss_height=-0.01, out=str(tmp_path / "x")).validate()
+    with pytest.raises(ValueError, match="miss_fraction in"):
+        CollectConfig(miss_height=0.1, miss_fraction=-0.5, out=str(tmp_path / "x")).validate()
 
 
 @pytest.mark.libero

@@ -63,6 +63,32 @@ def test_shipped_actions_stay_within_the_training_range(shipped):
     assert np.all(action[mask] >= low[mask] - 1e-6) and np.all(action[mask] <= high[mask] + 1e-6)
 
 
+def test_the_shipped_int8_copy_converts_to_a_bf16_checkpoint_that_fine_tuning_continues_from(shipped, tmp_path):
+    """What learning_proof.sh's INIT does with an int8 copy: fine-tuning refuses it (rounded weights, lm_head's action
+    rows only) and names the conversion; its bf16 copy passes finetune.py's checks, keeps the suite's statistics and
+    holds the same weights up to bf16 rounding."""
+    from scripts_loader import load_script
+
+    from vla import VLA
+    from vla.lora import LoraConfig
+    from vla.model_source import ModelConfig, check_model
+
+    def check(path):
+        check_model(ModelConfig(vla_path=str(path), unnorm_key=UNNORM_KEY), LoraConfig(enabled=False), False)
+
+    with pytest.raises(ValueError, match="convert_checkpoint.py --dtype bfloat16"):
+        check(SHIPPED)
+    out = load_script("convert_checkpoint").main(["--checkpoint", str(SHIPPED), "--out", str(tmp_path / "bf16"),
+                                                  "--dtype", "bfloat16"])  # fmt: skip
+    check(out)
+    copy = VLA.from_pretrained(out, device="cpu", dtype=torch.float32)
+    assert copy.norm_stats[UNNORM_KEY] == shipped.norm_stats[UNNORM_KEY]
+    ours, theirs = shipped.state_dict(), copy.state_dict()
+    assert ours.keys() == theirs.keys()
+    for key, weight in ours.items():
+        torch.testing.assert_close(theirs[key], weight.to(torch.bfloat16).float(), rtol=0, atol=0)
+
+
 def test_make_demo_evaluates_the_shipped_checkpoint():
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"eval\.py[^\n]*(\\\n[^\n]*)*--checkpoint checkpoints/small-libero-spatial", makefile)

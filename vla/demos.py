@@ -57,6 +57,7 @@ class CollectConfig:
     hard_reset: bool = False  # random placements are always hard resets (env_pool._WorkerEnv.reset); see EvalConfig
     miss_height: float = 0.0  # > 0: every pick first misses, closing this far (m) above the grasp point, ...
     miss_steps: int = 30  # ... and carry the empty grip up to this many steps, then recover; only that is recorded
+    miss_fraction: float = 1.0  # with miss_height > 0: the share of episodes that rehearse; the rest are honest picks
 
     @property
     def dataset_name(self) -> str:
@@ -74,8 +75,9 @@ class CollectConfig:
             raise ValueError(
                 f"episodes_per_task and num_workers must be >= 1, got {self.episodes_per_task}, {self.num_workers}"
             )
-        if not self.miss_height >= 0 or self.miss_steps < 1:
-            raise ValueError(f"miss_height must be >= 0 and miss_steps >= 1, got {self.miss_height}, {self.miss_steps}")
+        if not self.miss_height >= 0 or self.miss_steps < 1 or not 0 <= self.miss_fraction <= 1:
+            raise ValueError(f"miss_height must be >= 0, miss_steps >= 1 and miss_fraction in [0, 1], got "
+                             f"{self.miss_height}, {self.miss_steps}, {self.miss_fraction}")  # fmt: skip
         if not self.action_noise >= 0:
             raise ValueError(f"action_noise is a standard deviation: must be >= 0, got {self.action_noise}")
         if self.noise_dims not in NOISE_DIMS:
@@ -186,7 +188,7 @@ def collect(cfg: CollectConfig, policy: Policy | None = None) -> dict[str, Any]:
     cfg.validate()
     fmt, started = cfg.resolved_format(), time.perf_counter()
     if policy is None:  # the scripted expert; with miss_height > 0 every pick rehearses a miss first
-        miss = ExpertConfig(miss_height=cfg.miss_height, miss_steps=cfg.miss_steps)
+        miss = ExpertConfig(miss_height=cfg.miss_height, miss_steps=cfg.miss_steps, miss_fraction=cfg.miss_fraction)
         policy = ExpertPolicy(RehearsedMiss, config=miss) if cfg.miss_height > 0 else ExpertPolicy()
     render = RenderConfig(gl=cfg.gl, egl_devices=cfg.egl_devices)
     with open_pool(cfg.task_suite, cfg.num_workers, FORMAT_CAMERAS[fmt], render, cfg.libero_assets, cfg.hard_reset,

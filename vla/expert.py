@@ -67,6 +67,7 @@ class ExpertConfig:
     level_approach: float = 0.05  # approach: no lower than the eef is while further than this (xy) from the goal
     miss_height: float = 0.12  # RehearsedMiss: the first grasp closes this far (m) above the grasp point, a miss ...
     miss_steps: int = 30  # ... whose empty grip it lifts and carries up to this many steps, then grasps again
+    miss_fraction: float = 1.0  # RehearsedMiss: the share of episodes that rehearse a miss; the rest pick honestly
 
 
 HAND_HALF_WIDTH = 0.1  # the Panda hand reaches this far either side of the fingers, along their closing axis

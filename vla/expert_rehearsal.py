@@ -10,7 +10,8 @@ miss, which the demonstration recorder leaves out (`vla.demos`): a frame-by-fram
 do in those states (open, go back down), never the miss itself. Should the fingers catch the object after all (it
 rises with the grip), the pick goes on as an honest one, recorded from there: a recovery that opens a full grip would
 teach dropping the object. `RehearsedMiss.from_bddl(bddl, config=...)` plans a task with it (`ExpertConfig.miss_height`,
-`miss_steps`); `CollectConfig.miss_height` > 0 collects with it (`--tasks` picks the tasks)."""
+`miss_steps`, `miss_fraction`: the share of episodes that rehearse, the rest being honest picks from their first
+step); `CollectConfig.miss_height` > 0 collects with it (`--tasks` picks the tasks)."""
 
 from __future__ import annotations
 
@@ -28,12 +29,15 @@ CAUGHT_RISE = 0.015  # m the object rose since the miss's close: it is held, not
 class RehearsedMiss(ScriptedExpert):
     """`ScriptedExpert` whose first grasp of each episode is a rehearsed miss (an object on the table or in a drawer).
     Per episode, drawn from the object's first position (so a demonstration depends only on its env seed): the
-    height of the miss in [0.6, 1] x miss_height, the steps the empty grip is carried in [1, miss_steps]."""
+    height of the miss in [0.6, 1] x miss_height, the steps the empty grip is carried in [1, miss_steps], and whether
+    the episode rehearses at all (with probability miss_fraction; else an honest pick, recorded from its first step)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if not (self.honest_cfg.miss_height > 0 and self.honest_cfg.miss_steps >= 1):
-            raise ValueError(f"a rehearsed miss needs miss_height > 0 and miss_steps >= 1, got {self.honest_cfg}")
+        cfg = self.honest_cfg
+        if not (cfg.miss_height > 0 and cfg.miss_steps >= 1 and 0 <= cfg.miss_fraction <= 1):
+            raise ValueError(f"a rehearsed miss needs miss_height > 0, miss_steps >= 1 and 0 <= miss_fraction <= 1, "
+                             f"got {cfg}")  # fmt: skip
 
     def reset(self) -> None:
         super().reset()
@@ -43,12 +47,14 @@ class RehearsedMiss(ScriptedExpert):
         self.cfg = replace(self.honest_cfg, drop_distance=np.inf)
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        if self.rehearsing:
+        if self.rehearsing:  # False from the first step on in an honest episode (miss_fraction)
             obj, eef = np.asarray(obs[f"{self.obj}_pos"], float), np.asarray(obs["robot0_eef_pos"], float)
             if self.carry_steps is None:
                 rng = np.random.default_rng(int(np.abs(obj[:2] * 1e6).sum()) % 2**32)
                 self.carry_steps = int(rng.integers(1, self.honest_cfg.miss_steps + 1))
                 self.miss_height = self.honest_cfg.miss_height * rng.uniform(0.6, 1.0)
+                if rng.uniform() >= self.honest_cfg.miss_fraction:  # drawn last: miss_fraction 1 keeps older episodes
+                    self._end_rehearsal()  # an honest pick, recorded from its first action
             if self.phase == "descend" and eef[2] <= obj[2] + self.grasp_offset[2] + self.miss_height:
                 self._next("close")  # on air
                 self.missed_z = obj[2]

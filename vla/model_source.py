@@ -62,7 +62,8 @@ def check_model(cfg: ModelConfig, lora: LoraConfig, save_merged: bool) -> None:
             raise FileNotFoundError(f"vla_path {cfg.vla_path} has no config.json; point it at an OpenVLA checkpoint")
         if Path(cfg.vla_path).exists() and INT8_KEY in read_json(Path(cfg.vla_path) / "config.json"):
             raise ValueError(f"vla_path {cfg.vla_path} is an int8 copy for inference (rounded weights, lm_head's "
-                             "action rows only): fine-tune from the float checkpoint it was converted from")  # fmt: skip
+                             "action rows only): fine-tune from the float checkpoint it was converted from, or from a "
+                             "bf16 copy of it (scripts/convert_checkpoint.py --dtype bfloat16)")  # fmt: skip
         if cfg.unnorm_key is not None:
             checkpoint_statistics(cfg.vla_path, cfg.unnorm_key)
     if cfg.weights_dtype is not None and cfg.weights_dtype not in WEIGHTS_DTYPES:
