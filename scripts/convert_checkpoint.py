@@ -6,7 +6,10 @@ training save as float16 to ship it (half the bytes; the repository's checkpoint
 
 `--dtype int8` writes this project's int8 format instead (`vla.checkpoint_int8`: int8 weights with per-row scales,
 lm_head's action rows only; ~1/3 of float16 for the small presets), which `VLA.from_pretrained` reads but the
-official code does not: for shipping small models in git, not for resuming training.
+official code does not: for shipping small models in git. Fine-tuning refuses it as is; converted back with
+`--dtype bfloat16` it is a float checkpoint to continue from (its rounded weights, lm_head's other rows zeros):
+
+    python scripts/convert_checkpoint.py --checkpoint checkpoints/small-libero-spatial --out /tmp/init --dtype bfloat16
 
 The output loads with `VLA.from_pretrained` like the input; the script prints the largest weight change the rounding
 made (for int8: over the weights an action can depend on) and the size written.

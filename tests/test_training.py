@@ -300,8 +300,14 @@ def test_fused_optimizer_takes_the_same_steps(finetune_dataset, tmp_path):
     plain = _state(train(_config(finetune_dataset, tmp_path / "a", optim=optim)))
     fused = _state(train(_config(finetune_dataset, tmp_path / "b", optim=optim, speed={"fused_optimizer": True})))
     assert fused["optimizer"]["param_groups"][0]["fused"] and not plain["optimizer"]["param_groups"][0]["fused"]
+    # The two runs' gradients agree only to float rounding (bitwise where nothing else changed; in the full suite,
+    # not always: a change of torch's thread count between the runs alone moved attention projections by 4e-7), and
+    # Adam divides each coordinate by its own gradient scale, so rounding in a gradient that is mostly cancellation
+    # (the attention projections' at init) reaches the weight as a fraction of lr: agree to 1 % of one step. A wrong
+    # bias correction, beta or epsilon moves weights by a sizeable fraction of lr within these three steps.
+    step = optim["learning_rate"]
     for name, weight in plain["trainable"].items():
-        torch.testing.assert_close(fused["trainable"][name], weight, rtol=1e-5, atol=1e-7, msg=name)
+        torch.testing.assert_close(fused["trainable"][name], weight, rtol=0, atol=0.01 * step, msg=name)
     moments = [state["exp_avg"] for state in fused["optimizer"]["state"].values()]
     assert len(moments) > 10 and all(m.abs().max() > 0 for m in moments)  # every weight was stepped
 
