@@ -1,0 +1,112 @@
+"""Weight-only int8 matmuls (vla.int8_kernels) at decode sizes, against cuBLAS bf16, for the 7B Llama's projections
+(CUDA only):
+
+    python scripts/bench_int8_gemv.py --rows 1 2 8 16 [--graph]
+
+For each weight shape (q/k/v/o, fused q/k/v, gate/up, fused gate/up, down) and input rows, the median µs per call of
+(a) `F.linear` with a bf16 weight of the same shape, (b) `w8a16_matmul` (tiled over N and M) and (c) `w8a16_gemv`
+(split-K). Each timed batch runs `--calls` calls over enough copies of the weight that they do not fit in L2 (as in
+decoding, where each layer's weights are read once a step); in eager mode a GPU sleep first lets the launches queue
+up, so the times are the GPU's, not Python's; with `--graph` the batch is one captured CUDA graph, as decoding runs.
+GB/s = weight bytes (2 N K for bf16, N K for int8) / time. Errors: max |out - ref| / max |ref| against the fp32
+product with the dequantized weight.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = {"q/k/v/o 4096x4096": (4096, 4096), "qkv 12288x4096": (12288, 4096), "gate/up 11008x4096": (11008, 4096),
+          "gate+up 22016x4096": (22016, 4096), "down 4096x11008": (4096, 11008)}  # fmt: skip
+L2_BYTES = 256 << 20  # the weight copies of a batch span at least this much (H100 L2: 50 MB, H200: 60 MB)
+
+
+def median_us(batch, calls: int, iters: int) -> float:
+    """Median over `iters` of the GPU time of `batch()` (which runs `calls` calls) per call."""
+    for _ in range(3):
+        batch()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(10_000_000)  # ~5 ms of GPU wait, while the host queues the batch
+        start.record()
+        batch()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) * 1000 / calls)
+    return sorted(times)[len(times) // 2]
+
+
+def timed(fn, args: list[tuple], calls: int, iters: int, graph: bool) -> float:
+    """Time `calls` calls of fn, the i-th on args[i % len(args)]; eagerly or replaying one captured CUDA graph."""
+
+    def batch():
+        for i in range(calls):
+            fn(*args[i % len(args)])
+
+    if not graph:
+        return median_us(batch, calls, iters)
+    batch()  # autotuning and compilation stay out of the capture
+    torch.cuda.synchronize()
+    cuda_graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(cuda_graph):
+        batch()
+    return median_us(cuda_graph.replay, calls, iters)
+
+
+def row(name: str, n: int, k: int, rows: int, args: argparse.Namespace, gen: torch.Generator) -> str:
+    from vla import int8_kernels as K
+
+    device = torch.device("cuda")
+    copies = max(1, -(-L2_BYTES // (n * k)))
+    x = torch.randn(rows, k, device=device, generator=gen).to(torch.bfloat16)
+    weights = []
+    for _ in range(copies):
+        w = torch.randn(n, k, device=device, generator=gen) * 0.02
+        scale = w.abs().amax(1) / 127
+        cb = torch.round(w / scale[:, None]).to(torch.int8)
+        weights.append((cb, scale, K.dequantize(cb, scale, torch.bfloat16)))
+    cublas = timed(F.linear, [(x, w) for _, _, w in weights], args.calls, args.iters, args.graph)
+    old = timed(K.w8a16_matmul, [(x, cb, s) for cb, s, _ in weights], args.calls, args.iters, args.graph)
+    new = timed(K.w8a16_gemv, [(x, cb, s) for cb, s, _ in weights], args.calls, args.iters, args.graph)
+    cb, scale, _ = weights[0]
+    reference = x.float() @ (cb.float() * scale[:, None]).t()
+    errors = [((out.float() - reference).abs().max() / reference.abs().max()).item()
+              for out in (K.w8a16_matmul(x, cb, scale), K.w8a16_gemv(x, cb, scale))]  # fmt: skip
+    assert torch.equal(K.w8a16_gemv(x, cb, scale), K.w8a16_gemv(x, cb, scale)), "w8a16_gemv is not deterministic"
+    plan = K.gemv_plan(rows, n, k, torch.cuda.get_device_properties(device).multi_processor_count)
+    gbs = [bytes_ / us / 1000 for bytes_, us in ((2 * n * k, cublas), (n * k, old), (n * k, new))]
+    return (f"| {name} | {rows} | {cublas:.1f} | {old:.1f} | {new:.1f} | {gbs[0]:.0f} | {gbs[1]:.0f} | {gbs[2]:.0f} | "
+            f"{old / new:.2f}x | {cublas / new:.2f}x | {errors[0]:.1e} | {errors[1]:.1e} | {plan} |")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 8, 16])
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    parser.add_argument("--calls", type=int, default=20, help="calls per timed batch (per captured graph)")
+    parser.add_argument("--iters", type=int, default=30, help="timed batches; the median is reported")
+    parser.add_argument("--graph", action="store_true", help="time each batch as one captured CUDA graph")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("needs a CUDA GPU (the int8 kernels are Triton kernels for CUDA)")
+    props = torch.cuda.get_device_properties(0)
+    print(f"{props.name}, {props.multi_processor_count} SMs, torch {torch.__version__}, "
+          f"{'CUDA graph' if args.graph else 'eager'}, {args.calls} calls a batch")  # fmt: skip
+    print("| shape | rows | cuBLAS bf16 µs | w8a16_matmul µs | w8a16_gemv µs | cuBLAS GB/s | matmul GB/s | gemv GB/s | "
+          "gemv vs matmul | gemv vs cuBLAS | matmul error | gemv error | gemv (BLOCK_M, BLOCK_N, SPLIT_K) |")  # fmt: skip
+    print("|---" * 13 + "|")
+    gen = torch.Generator("cuda").manual_seed(0)
+    for name in args.shapes:
+        n, k = SHAPES[name]
+        for rows in args.rows:
+            print(row(name, n, k, rows, args, gen), flush=True)
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
