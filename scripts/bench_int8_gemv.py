@@ -1,15 +1,19 @@
-"""Weight-only int8 matmuls (vla.int8_kernels) at decode sizes, against cuBLAS bf16, for the 7B Llama's projections
-(CUDA only):
+"""The weight-only int8 matmul paths of `vla.int8_linear` against cuBLAS bf16, for the 7B Llama's projections (CUDA
+only):
 
-    python scripts/bench_int8_gemv.py --rows 1 2 8 16 [--graph]
+    python scripts/bench_int8_gemv.py --rows 1 2 8 16 64 296 [--graph]
 
 For each weight shape (q/k/v/o, fused q/k/v, gate/up, fused gate/up, down) and input rows, the median µs per call of
-(a) `F.linear` with a bf16 weight of the same shape, (b) `w8a16_matmul` (tiled over N and M) and (c) `w8a16_gemv`
-(split-K). Each timed batch runs `--calls` calls over enough copies of the weight that they do not fit in L2 (as in
-decoding, where each layer's weights are read once a step); in eager mode a GPU sleep first lets the launches queue
-up, so the times are the GPU's, not Python's; with `--graph` the batch is one captured CUDA graph, as decoding runs.
-GB/s = weight bytes (2 N K for bf16, N K for int8) / time. Errors: max |out - ref| / max |ref| against the fp32
-product with the dequantized weight.
+(a) `F.linear` with a bf16 weight of the same shape, (b) the Triton kernel `w8a16_matmul` that reads the int8 weights
+directly (what `int8_linear` runs for up to GEMV_MAX_ROWS rows: decode steps) and (c) `dequantize` into a bf16
+temporary + cuBLAS (what it runs for more rows: the prefill, ~296 rows at batch 1). The table says whether
+GEMV_MAX_ROWS sits where (b) stops beating (c), and how close (b) gets to the card's bandwidth.
+
+Each timed batch runs `--calls` calls over enough copies of the weight that they do not fit in L2 (as in decoding,
+where each layer's weights are read once a step); in eager mode a GPU sleep first lets the launches queue up, so the
+times are the GPU's, not Python's; with `--graph` the batch is one captured CUDA graph, as decoding runs. GB/s =
+weight bytes (2 N K for bf16, N K for int8) / time. Errors: max |out - ref| / max |ref| against the fp32 product with
+the dequantized weight.
 """
 
 from __future__ import annotations
@@ -71,22 +75,27 @@ def row(name: str, n: int, k: int, rows: int, args: argparse.Namespace, gen: tor
         cb = torch.round(w / scale[:, None]).to(torch.int8)
         weights.append((cb, scale, K.dequantize(cb, scale, torch.bfloat16)))
     cublas = timed(F.linear, [(x, w) for _, _, w in weights], args.calls, args.iters, args.graph)
-    old = timed(K.w8a16_matmul, [(x, cb, s) for cb, s, _ in weights], args.calls, args.iters, args.graph)
-    new = timed(K.w8a16_gemv, [(x, cb, s) for cb, s, _ in weights], args.calls, args.iters, args.graph)
+    direct = timed(K.w8a16_matmul, [(x, cb, s) for cb, s, _ in weights], args.calls, args.iters, args.graph)
+    staged = timed(dequantized_linear, [(x, cb, s) for cb, s, _ in weights], args.calls, args.iters, args.graph)
     cb, scale, _ = weights[0]
     reference = x.float() @ (cb.float() * scale[:, None]).t()
     errors = [((out.float() - reference).abs().max() / reference.abs().max()).item()
-              for out in (K.w8a16_matmul(x, cb, scale), K.w8a16_gemv(x, cb, scale))]  # fmt: skip
-    assert torch.equal(K.w8a16_gemv(x, cb, scale), K.w8a16_gemv(x, cb, scale)), "w8a16_gemv is not deterministic"
-    plan = K.gemv_plan(rows, n, k, torch.cuda.get_device_properties(device).multi_processor_count)
-    gbs = [bytes_ / us / 1000 for bytes_, us in ((2 * n * k, cublas), (n * k, old), (n * k, new))]
-    return (f"| {name} | {rows} | {cublas:.1f} | {old:.1f} | {new:.1f} | {gbs[0]:.0f} | {gbs[1]:.0f} | {gbs[2]:.0f} | "
-            f"{old / new:.2f}x | {cublas / new:.2f}x | {errors[0]:.1e} | {errors[1]:.1e} | {plan} |")  # fmt: skip
+              for out in (K.w8a16_matmul(x, cb, scale), dequantized_linear(x, cb, scale))]  # fmt: skip
+    gbs = [bytes_ / us / 1000 for bytes_, us in ((2 * n * k, cublas), (n * k, direct))]
+    return (f"| {name} | {rows} | {cublas:.1f} | {direct:.1f} | {staged:.1f} | {gbs[0]:.0f} | {gbs[1]:.0f} | "
+            f"{cublas / direct:.2f}x | {staged / direct:.2f}x | {errors[0]:.1e} | {errors[1]:.1e} |")  # fmt: skip
+
+
+def dequantized_linear(x: torch.Tensor, cb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """`int8_linear`'s path for many rows: the weight dequantized to x's dtype, then cuBLAS."""
+    from vla import int8_kernels as K
+
+    return F.linear(x, K.dequantize(cb, scale, x.dtype))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 8, 16])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 8, 16, 64, 296])
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     parser.add_argument("--calls", type=int, default=20, help="calls per timed batch (per captured graph)")
     parser.add_argument("--iters", type=int, default=30, help="timed batches; the median is reported")
@@ -97,9 +106,9 @@ def main() -> None:
     props = torch.cuda.get_device_properties(0)
     print(f"{props.name}, {props.multi_processor_count} SMs, torch {torch.__version__}, "
           f"{'CUDA graph' if args.graph else 'eager'}, {args.calls} calls a batch")  # fmt: skip
-    print("| shape | rows | cuBLAS bf16 µs | w8a16_matmul µs | w8a16_gemv µs | cuBLAS GB/s | matmul GB/s | gemv GB/s | "
-          "gemv vs matmul | gemv vs cuBLAS | matmul error | gemv error | gemv (BLOCK_M, BLOCK_N, SPLIT_K) |")  # fmt: skip
-    print("|---" * 13 + "|")
+    print("| shape | rows | cuBLAS bf16 µs | w8a16_matmul µs | dequantize + cuBLAS µs | cuBLAS GB/s | w8a16_matmul GB/s "
+          "| w8a16_matmul vs cuBLAS bf16 | w8a16_matmul vs dequantize | w8a16_matmul error | dequantize error |")  # fmt: skip
+    print("|---" * 11 + "|")
     gen = torch.Generator("cuda").manual_seed(0)
     for name in args.shapes:
         n, k = SHAPES[name]

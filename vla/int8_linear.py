@@ -11,8 +11,6 @@ from vla.forward_patch import patch_forward, unpatch_forward
 
 GEMV_MAX_ROWS = 64  # up to this many input rows read the int8 weights directly (decode steps); more rows dequantize
 # the weight into a bf16 temporary and use cuBLAS (prefill, training), where the matmul outweighs the extra bytes
-SPLIT_K_MAX_ROWS = 16  # up to this many rows (batch-1 to batch-16 decoding) use the split-K kernel `w8a16_gemv`;
-# set to 0 to use the older `w8a16_matmul` for all of them (benchmarks compare the two in one process)
 _INV_127 = 1.0 / 127.0  # LLM.int8 stores each weight row as round(127 * w / absmax(row)), SCB = absmax(row)
 _PATCH = "_vla_int8_weight_only"  # attribute marking a patched layer (holds its per-row scale)
 
@@ -43,9 +41,9 @@ def dequantize(cb: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> tor
 def _matmul(x: torch.Tensor, cb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x (M, K) -> (M, N) in x's dtype."""
     if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and x.shape[0] <= GEMV_MAX_ROWS:
-        from vla.int8_kernels import w8a16_gemv, w8a16_matmul
+        from vla.int8_kernels import w8a16_matmul
 
-        return (w8a16_gemv if x.shape[0] <= SPLIT_K_MAX_ROWS else w8a16_matmul)(x.contiguous(), cb, scale)
+        return w8a16_matmul(x.contiguous(), cb, scale)
     return x @ dequantize(cb, scale, x.dtype).t()
 
 
