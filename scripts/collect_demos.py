@@ -5,12 +5,17 @@ fixed eval states. --action_noise S executes the expert's action plus N(0, S²) 
 xyzrpy: the rotation deltas too) and records the clean action (DART-style recovery data). --miss_height H: every pick
 first misses (closes H above the grasp point), carries the empty grip, then recovers; only the recovery is recorded
 (vla.expert_rehearsal); --miss_fraction F: only that share of the episodes does, the rest are honest picks.
+--learner_checkpoint C: a trained VLA drives each episode's first N steps (N drawn in [--learner_min_steps,
+--learner_max_steps]), unrecorded, and the expert takes over from the state it left, recorded: recoveries from the
+learner's own mistakes (vla.takeover); --learner_fraction F: only that share of the episodes has a learner part.
 
     python scripts/collect_demos.py --task_suite libero_spatial --episodes_per_task 50 --out data/demos --num_workers 2
     python scripts/collect_demos.py --task_suite libero_spatial --episodes_per_task 2 --out /tmp/demos --tasks 0,1
     python scripts/collect_demos.py --episodes_per_task 50 --out data/noisy --action_noise 0.1 --format frames
     python scripts/collect_demos.py --tasks 4 --episodes_per_task 50 --out data/miss --miss_height 0.12 --max_steps 320
     python scripts/collect_demos.py --episodes_per_task 80 --out data/mixed --miss_height 0.12 --miss_fraction 0.3
+    python scripts/collect_demos.py --episodes_per_task 80 --out data/takeover --format frames --max_steps 340 \
+        --learner_checkpoint checkpoints/small-libero-spatial --learner_min_steps 20 --learner_max_steps 120
 """
 
 from __future__ import annotations
@@ -61,6 +66,15 @@ def parse_args(argv: list[str] | None = None) -> CollectConfig:
     parser.add_argument("--miss_steps", type=int, default=d.miss_steps, help=carry)
     share = "with --miss_height: the share of episodes that rehearse a miss (drawn per episode); the rest pick honestly"
     parser.add_argument("--miss_fraction", type=float, default=d.miss_fraction, help=share)
+    parser.add_argument(
+        "--learner_checkpoint",
+        default=d.learner_checkpoint,
+        help="a VLA checkpoint that drives each episode's first steps, unrecorded; then the expert",
+    )
+    parser.add_argument("--learner_min_steps", type=int, default=d.learner_min_steps, help="its steps: at least")
+    parser.add_argument("--learner_max_steps", type=int, default=d.learner_max_steps, help="... and at most")
+    learned = "with --learner_checkpoint: the share of episodes with a learner part; the rest are ordinary demos"
+    parser.add_argument("--learner_fraction", type=float, default=d.learner_fraction, help=learned)
     return CollectConfig(**vars(parser.parse_args(argv)))
 
 

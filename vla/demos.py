@@ -1,7 +1,9 @@
 """Scripted-expert LIBERO demonstrations, recorded as OpenVLA's regenerated data: 256² images rotated 180°, state,
 joint state, actions, no-op steps dropped, failed episodes dropped, from LIBERO's random placements (never the
 benchmark's fixed initial states). Optional DART-style noise: the env executes the expert's action plus Gaussian
-noise, the dataset records the expert's clean action for the state reached. Written as RLDS or as a frame store."""
+noise, the dataset records the expert's clean action for the state reached. Optional learner takeover
+(`vla.takeover`): a VLA drives each episode's first steps, unrecorded, and the expert recovers from where it left.
+Written as RLDS or as a frame store."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from vla.gl_check import RenderConfig
 from vla.libero_env import CAMERAS, SUITE_MAX_STEPS, TaskInfo, check_suite, libero_state, noop_mask, upright_cameras
 from vla.normalization import write_json_atomic
 from vla.policies import ExpertPolicy, Policy
+from vla.takeover import TakeoverExpert, TakeoverPolicy
 
 log = logging.getLogger(__name__)
 SUMMARY_FILE = "collect_summary.json"
@@ -58,10 +61,30 @@ class CollectConfig:
     miss_height: float = 0.0  # > 0: every pick first misses, closing this far (m) above the grasp point, ...
     miss_steps: int = 30  # ... and carry the empty grip up to this many steps, then recover; only that is recorded
     miss_fraction: float = 1.0  # with miss_height > 0: the share of episodes that rehearse; the rest are honest picks
+    learner_checkpoint: str | None = None  # a VLA checkpoint that drives each episode's first steps (vla.takeover) ...
+    learner_min_steps: int = 10  # ... for a number of steps drawn per episode in [min, max], unrecorded; then the
+    learner_max_steps: int = 100  # expert takes over from the state the learner left, recorded
+    learner_fraction: float = 1.0  # the share of episodes with a learner part; the rest are ordinary demonstrations
 
     @property
     def dataset_name(self) -> str:
         return f"{self.task_suite}_no_noops"
+
+    def _validate_learner(self) -> None:
+        if self.miss_height > 0:
+            raise ValueError("learner_checkpoint and miss_height are two ways to start a recovery: choose one")
+        if not 1 <= self.learner_min_steps <= self.learner_max_steps or not 0 <= self.learner_fraction <= 1:
+            raise ValueError(f"learner steps need 1 <= learner_min_steps <= learner_max_steps and learner_fraction "
+                             f"in [0, 1], got {self.learner_min_steps}, {self.learner_max_steps}, "
+                             f"{self.learner_fraction}")  # fmt: skip
+        max_steps = self.max_steps or SUITE_MAX_STEPS[self.task_suite]
+        if max_steps <= self.learner_max_steps + 100:
+            raise ValueError(f"max_steps {max_steps} leaves the expert fewer than 100 steps after a learner part "
+                             f"of up to {self.learner_max_steps}: pass --max_steps "
+                             f"{self.learner_max_steps + 220}")  # fmt: skip
+        if not (Path(self.learner_checkpoint) / "config.json").is_file():
+            raise FileNotFoundError(f"learner_checkpoint {self.learner_checkpoint} has no config.json: pass a "
+                                    "checkpoint directory (e.g. checkpoints/small-libero-spatial)")  # fmt: skip
 
     def resolved_format(self) -> str:
         """`format`, else rlds when TensorFlow is installed (found without importing it), else frames."""
@@ -78,6 +101,8 @@ class CollectConfig:
         if not self.miss_height >= 0 or self.miss_steps < 1 or not 0 <= self.miss_fraction <= 1:
             raise ValueError(f"miss_height must be >= 0, miss_steps >= 1 and miss_fraction in [0, 1], got "
                              f"{self.miss_height}, {self.miss_steps}, {self.miss_fraction}")  # fmt: skip
+        if self.learner_checkpoint is not None:
+            self._validate_learner()
         if not self.action_noise >= 0:
             raise ValueError(f"action_noise is a standard deviation: must be >= 0, got {self.action_noise}")
         if self.noise_dims not in NOISE_DIMS:
@@ -126,6 +151,15 @@ class _DemoRecorder:
             frames[key].append(value)
 
 
+def learner_policy(cfg: CollectConfig) -> Policy:
+    """`cfg.learner_checkpoint` as `eval.py` loads it (fast decoding on CUDA), reading the renders on the host."""
+    from vla.evaluation import EvalConfig
+    from vla.policies import build_policy
+
+    return build_policy(EvalConfig(policy="vla", checkpoint=cfg.learner_checkpoint, task_suite=cfg.task_suite,
+                                   center_crop=True, worker_images=False))  # fmt: skip
+
+
 def demo_jobs(cfg: CollectConfig, tasks: list[TaskInfo]) -> list[Job]:
     """One job per (task, episode): LIBERO's random placement under a fixed env seed, then the settle steps."""
     jobs = []
@@ -153,6 +187,9 @@ def rollouts(scheduler: Scheduler, jobs: list[Job], suite: str, stats: dict[int,
                 log.warning("task %d seed %d: error\n%s", task.task_id, ep.job.key, outcome.error)
             if outcome.status != "success":
                 continue
+            if not frames["action"]:  # finished before a recorded step (a learner's success before the takeover)
+                stats[task.task_id]["unrecorded"] += 1
+                continue
             keep = noop_mask(np.stack(frames["action"]))
             stats[task.task_id]["kept_steps"].append(int(keep.sum()))
             yield {k: np.stack([x for x, kept in zip(v, keep, strict=True) if kept]) for k, v in frames.items()} | {
@@ -166,7 +203,8 @@ def _row(task: TaskInfo, s: dict[str, Any]) -> dict[str, Any]:
     mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
     return {"task_id": task.task_id, "task": task.language, "attempts": attempts, "successes": s["success"],
             "failures": s["failure"], "errors": s["error"], "success_rate": s["success"] / max(attempts, 1),
-            "mean_steps": mean(s["steps"]), "mean_kept_steps": mean(s["kept_steps"])}  # fmt: skip
+            "mean_steps": mean(s["steps"]), "mean_kept_steps": mean(s["kept_steps"]),
+            "unrecorded_successes": s["unrecorded"]}  # fmt: skip
 
 
 def write_episodes(episodes, out: Path, name: str, fmt: str) -> Path:
@@ -190,6 +228,9 @@ def collect(cfg: CollectConfig, policy: Policy | None = None) -> dict[str, Any]:
     if policy is None:  # the scripted expert; with miss_height > 0 every pick rehearses a miss first
         miss = ExpertConfig(miss_height=cfg.miss_height, miss_steps=cfg.miss_steps, miss_fraction=cfg.miss_fraction)
         policy = ExpertPolicy(RehearsedMiss, config=miss) if cfg.miss_height > 0 else ExpertPolicy()
+        if cfg.learner_checkpoint is not None:
+            policy = TakeoverPolicy(learner_policy(cfg), (cfg.learner_min_steps, cfg.learner_max_steps),
+                                    cfg.learner_fraction)  # fmt: skip
     render = RenderConfig(gl=cfg.gl, egl_devices=cfg.egl_devices)
     with open_pool(cfg.task_suite, cfg.num_workers, FORMAT_CAMERAS[fmt], render, cfg.libero_assets, cfg.hard_reset,
                    obs_transform=upright_cameras) as pool:  # fmt: skip
@@ -197,12 +238,16 @@ def collect(cfg: CollectConfig, policy: Policy | None = None) -> dict[str, Any]:
         unsupported = {}
         for task in tasks:
             try:
-                ScriptedExpert.from_bddl(task.bddl_file)
+                expert_class = ScriptedExpert if cfg.learner_checkpoint is None else TakeoverExpert
+                planned = expert_class.from_bddl(task.bddl_file)
+                if expert_class is TakeoverExpert and not isinstance(planned, TakeoverExpert):
+                    raise UnsupportedTaskError("not a pick from above: the expert cannot take over from a learner")
             except UnsupportedTaskError as err:
                 unsupported[task.task_id] = str(err)
                 log.warning("skipping task %d (%s): %s", task.task_id, task.language, err)
         tasks = [t for t in tasks if t.task_id not in unsupported]
-        stats = {t.task_id: {"success": 0, "failure": 0, "error": 0, "steps": [], "kept_steps": []} for t in tasks}
+        stats = {t.task_id: {"success": 0, "failure": 0, "error": 0, "steps": [], "kept_steps": [], "unrecorded": 0}
+                 for t in tasks}  # fmt: skip
         max_steps = cfg.max_steps or SUITE_MAX_STEPS[cfg.task_suite]
         recorder = _DemoRecorder(cfg.action_noise, cfg.noise_dims, getattr(policy, "rehearsing", None))
         scheduler = Scheduler(pool, policy, max_steps, on_action=recorder)
@@ -214,5 +259,7 @@ def collect(cfg: CollectConfig, policy: Policy | None = None) -> dict[str, Any]:
                "wall_time_s": time.perf_counter() - started, "timing": scheduler.timing.as_dict(),
                "timing_line": scheduler.timing.line(), "tasks": rows,
                "unsupported_tasks": unsupported}  # fmt: skip
+    if isinstance(policy, TakeoverPolicy):
+        summary["takeover"] = policy.summary()
     write_json_atomic(Path(cfg.out) / SUMMARY_FILE, summary)
     return summary
