@@ -199,3 +199,19 @@ def test_collect_with_a_learner_in_libero(tmp_path, libero_assets_dir, official_
     store = tmp_path / "demos" / "libero_spatial_no_noops"
     ((_, images, actions, _),) = list(read_store_episodes(store, read_store_index(store)))
     assert len(actions) == row["mean_kept_steps"] == len(images) and row["mean_steps"] == summary["timing"]["steps"] - 5
+
+
+def test_a_task_that_is_no_pick_from_above_is_refused_at_reset(tmp_path):
+    from test_expert import BDDL
+
+    from vla.expert import UnsupportedTaskError
+    from vla.libero_env import TaskInfo
+
+    pick, rim = tmp_path / "pick.bddl", tmp_path / "rim.bddl"
+    pick.write_text(BDDL)
+    rim.write_text(BDDL.replace("(On akita_black_bowl_1 plate_1)", "(On plate_1 main_table_plate_region)"))
+    policy = TakeoverPolicy(StubLearner(), (5, 10))
+    policy.reset(0, TaskInfo(0, "pick", "put the bowl on the plate", str(pick)))
+    assert type(policy.expert.experts[0]) is TakeoverExpert
+    with pytest.raises(UnsupportedTaskError, match="not a pick from above"):
+        policy.reset(1, TaskInfo(1, "rim", "push the plate", str(rim)))

@@ -89,8 +89,8 @@ class TakeoverPolicy:
     def reset(self, slot: int, task: TaskInfo) -> None:
         self.expert.reset(slot, task)
         if not hasattr(self.expert.experts[slot], "take_over"):
-            raise UnsupportedTaskError(f"task {task.task_id} ({task.language}) is not a single pick-and-place: the "
-                                       "expert cannot take over from a learner there")  # fmt: skip
+            raise UnsupportedTaskError(f"task {task.task_id} ({task.language}) is not a pick from above: the expert "
+                                       "cannot take over from a learner there")  # fmt: skip
         self.learner.reset(slot, task)
         self.driven[slot] = 0
         self.prefix.pop(slot, None)
