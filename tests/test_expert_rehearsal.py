@@ -23,13 +23,14 @@ def _drawer_obs(eef, bowl, plate=(0.1, -0.25, 0.9)):
     return {**_obs(eef, bowl, plate), f"{DRAWER}_pos": np.array([0.1, 0.0, 1.09])}
 
 
-def _run(expert, bowl=(0.1, 0.0, 1.06), steps=400, catch=0.01):
-    """An ideal arm (5 cm x action a step) that carries the bowl only when the gripper closed within `catch` (m) of
-    the grasp point: each step's (phase, rehearsing, eef), and where the bowl ended."""
-    eef, bowl, held, trace = np.array([-0.2, 0.0, 1.2]), np.array(bowl), None, []
+def ideal_arm(expert, eef, bowl, *, obs=_drawer_obs, held=None, steps=400, catch=0.01):
+    """An ideal arm (5 cm x action a step) that carries the bowl while it holds it: from the start with `held` (eef
+    minus bowl), else once the gripper closed within `catch` (m) of the grasp point; until the expert retreats.
+    Each step's (action, phase, rehearsing, eef), and where the bowl ended."""
+    eef, bowl, trace = np.array(eef, float), np.array(bowl, float), []
     for _ in range(steps):
-        action = expert.act(_drawer_obs(eef, bowl))
-        trace.append((expert.phase, expert.rehearsing, eef.copy()))
+        action = expert.act(obs(eef, bowl))
+        trace.append((action, expert.phase, getattr(expert, "rehearsing", False), eef.copy()))
         if expert.phase == "close" and held is None and np.linalg.norm(eef - bowl - expert.grasp_offset) < catch:
             held = eef - bowl
         if action[6] < 0:
@@ -40,6 +41,12 @@ def _run(expert, bowl=(0.1, 0.0, 1.06), steps=400, catch=0.01):
         if expert.phase == "retreat":
             break
     return trace, bowl
+
+
+def _run(expert, bowl=(0.1, 0.0, 1.06), steps=400, catch=0.01):
+    """`ideal_arm` from above the table: each step's (phase, rehearsing, eef), and where the bowl ended."""
+    trace, bowl = ideal_arm(expert, [-0.2, 0.0, 1.2], bowl, steps=steps, catch=catch)
+    return [step[1:] for step in trace], bowl
 
 
 def test_plan_task_rehearses_misses_when_asked(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 from test_demos import CLEAN, NEVER, SUCCEEDS, SUCCESS_STEP, FakeWriter, _cfg, _script
 from test_demos import fake_collection as fake_collection  # noqa: F401  (the fixture)
 from test_expert import _obs
+from test_expert_rehearsal import ideal_arm
 
 import vla.demos as demos
 from vla.env_pool import ResetRequest
@@ -114,24 +115,6 @@ def test_learner_steps_are_drawn_per_episode_from_the_first_positions():
     assert learner_steps(robot_moved, (20, 120), 1.0) == drawn[0]
 
 
-def _carry(expert, eef, bowl, steps=300):
-    """An ideal arm (5 cm x action a step) holding the bowl while the gripper stays closed: each step's gripper
-    command and phase, and where the bowl ended."""
-    eef, bowl, held, trace = np.array(eef, float), np.array(bowl, float), None, []
-    held = eef - bowl
-    for _ in range(steps):
-        action = expert.act(_obs(eef, bowl))
-        trace.append((action[6], expert.phase))
-        if action[6] < 0:
-            held = None
-        eef = eef + 0.05 * 0.5 * action[:3]
-        if held is not None:
-            bowl = eef - held
-        if expert.phase == "retreat":
-            break
-    return trace, bowl
-
-
 def test_the_expert_takes_a_lifted_bowl_as_held_and_places_it_without_opening_on_the_way():
     expert = plan_task(GOAL, init=ON_TABLE, pick=TakeoverExpert)
     assert type(expert) is TakeoverExpert
@@ -140,9 +123,10 @@ def test_the_expert_takes_a_lifted_bowl_as_held_and_places_it_without_opening_on
     lifted = bowl + [0.0, 0.0, 2 * HELD_RISE]
     expert.take_over(_obs(lifted + [0, 0, 0.02], lifted))
     assert expert.phase == "close"  # held: no release over the table
-    trace, end = _carry(expert, lifted + [0, 0, 0.02], lifted)
-    first_open = next(i for i, (gripper, _) in enumerate(trace) if gripper < 0)
-    assert {phase for _, phase in trace[:first_open]} >= {"close", "lift", "carry", "lower"}
+    eef = lifted + [0, 0, 0.02]
+    trace, end = ideal_arm(expert, eef, lifted, obs=_obs, held=eef - lifted, steps=300)
+    first_open = next(i for i, (action, *_) in enumerate(trace) if action[6] < 0)
+    assert {phase for _, phase, *_ in trace[:first_open]} >= {"close", "lift", "carry", "lower"}
     assert trace[first_open][1] == "open" and np.linalg.norm(end[:2] - [0.1, -0.2]) < 0.02  # over the plate
 
 
