@@ -13,7 +13,8 @@
 # On an offline GPU node first `source <bundle>/activate.sh` (scripts/pack_sim.py; docs/OFFLINE.md). Settings come
 # from the environment: SUITE, PROOF (default outputs/proof), EPISODES (per task), NOISE, SEED, STEPS, BATCH, LR,
 # VAL_BATCHES, MAX_HOLD, PREFETCH, FUSED_OPTIMIZER, TRAIN_FLAGS (more finetune.py flags, e.g. "--speed.compile_vision
-# true"), COLLECT_FLAGS (more collect_demos.py flags, e.g. "--miss_height 0.12 --max_steps 320": rehearsed misses),
+# true"), COLLECT_FLAGS (more collect_demos.py flags, e.g. "--miss_height 0.12 --max_steps 320": rehearsed misses;
+# "--learner_checkpoint checkpoints/small-libero-spatial --max_steps 340": recoveries from a learner's states),
 # EVAL_FLAGS (more eval.py flags), FIRST_TASKS (e.g. "4,3": these tasks' full protocol first, the rest after, one
 # merged table), WORKERS, TOKENIZER, SAMPLE_TRIALS, FULL_TRIALS and FULL_ON, the
 # checkpoint that gets the full protocol and is shipped: last (default: the end of the annealed schedule, as OpenVLA
