@@ -12,7 +12,9 @@ demonstration).
 The expert does not label the learner's own steps (DAgger proper would): a phase machine watching someone else's arm
 has no plan to label them with. At the takeover it starts its pick from the observed scene, keeping the first
 observation's home pose; an object the learner lifted (it rose `HELD_RISE` since the first step) is treated as
-grasped: the expert closes (it already is) and goes on to lift, carry and place, since opening would teach dropping."""
+grasped: the expert closes (it already is) and goes on to lift, carry and place, since opening would teach dropping.
+An object pushed higher without a grip (onto the cookie box) fails the expert's drop check once the lift starts,
+which sends it back to open and grasp again."""
 
 from __future__ import annotations
 
