@@ -13,7 +13,8 @@ from test_expert_rehearsal import ideal_arm
 import vla.demos as demos
 from vla.env_pool import ResetRequest
 from vla.expert import plan_task
-from vla.takeover import HELD_RISE, TakeoverExpert, TakeoverPolicy, learner_steps
+from vla.expert_rehearsal import CAUGHT_RISE
+from vla.takeover import TakeoverExpert, TakeoverPolicy, learner_steps
 
 LEARNED = np.array([-0.3, 0.3, -0.3, 0.0, 0.0, 0.0, -1.0])
 GOAL = [("on", "akita_black_bowl_1", "plate_1")]
@@ -120,7 +121,7 @@ def test_the_expert_takes_a_lifted_bowl_as_held_and_places_it_without_opening_on
     assert type(expert) is TakeoverExpert
     bowl = np.array([0.1, 0.2, 0.9])
     expert.act(_obs([-0.2, 0.0, 1.2], bowl))  # the learner's first step, watched: home pose and the bowl's height
-    lifted = bowl + [0.0, 0.0, 2 * HELD_RISE]
+    lifted = bowl + [0.0, 0.0, 2 * CAUGHT_RISE]
     expert.take_over(_obs(lifted + [0, 0, 0.02], lifted))
     assert expert.phase == "close"  # held: no release over the table
     eef = lifted + [0, 0, 0.02]

@@ -11,8 +11,9 @@ demonstration).
 
 The expert does not label the learner's own steps (DAgger proper would): a phase machine watching someone else's arm
 has no plan to label them with. At the takeover it starts its pick from the observed scene, keeping the first
-observation's home pose; an object the learner lifted (it rose `HELD_RISE` since the first step) is treated as
-grasped: the expert closes (it already is) and goes on to lift, carry and place, since opening would teach dropping.
+observation's home pose; an object the learner lifted (it rose `CAUGHT_RISE` since the first step, the rise by which
+`RehearsedMiss` tells a held object) is treated as grasped: the expert closes (it already is) and goes on to lift,
+carry and place, since opening would teach dropping.
 An object pushed higher without a grip (onto the cookie box) fails the expert's drop check once the lift starts,
 which sends it back to open and grasp again."""
 
@@ -23,12 +24,11 @@ from typing import Any
 import numpy as np
 
 from vla.expert import ScriptedExpert, UnsupportedTaskError
+from vla.expert_rehearsal import CAUGHT_RISE
 from vla.libero_env import TaskInfo, upright
 from vla.policies import ExpertPolicy, Observation, Policy
 
-__all__ = ["HELD_RISE", "TakeoverExpert", "TakeoverPolicy", "learner_steps"]
-
-HELD_RISE = 0.015  # m the object rose since the episode's first step: the learner holds it (as `RehearsedMiss`)
+__all__ = ["TakeoverExpert", "TakeoverPolicy", "learner_steps"]
 
 
 class TakeoverExpert(ScriptedExpert):
@@ -51,7 +51,7 @@ class TakeoverExpert(ScriptedExpert):
         home, target_name, first_z = self.home, self.target_name, self.first_z
         self.reset()
         self.home, self.target_name, self.first_z = home, target_name, first_z
-        if first_z is not None and float(obs[f"{self.obj}_pos"][2]) - first_z > HELD_RISE:
+        if first_z is not None and float(obs[f"{self.obj}_pos"][2]) - first_z > CAUGHT_RISE:
             self._next("close")
             self.quat = np.asarray(obs["robot0_eef_quat"], float)  # the grip's orientation stays (no grasp planned)
 
