@@ -14,6 +14,7 @@ import vla.demos as demos
 from vla.env_pool import ResetRequest
 from vla.expert import plan_task
 from vla.expert_rehearsal import CAUGHT_RISE
+from vla.hub import CheckpointNotCachedError
 from vla.takeover import TakeoverExpert, TakeoverPolicy, learner_steps
 
 LEARNED = np.array([-0.3, 0.3, -0.3, 0.0, 0.0, 0.0, -1.0])
@@ -143,7 +144,7 @@ def test_the_expert_takes_over_an_unlifted_bowl_from_the_approach_with_the_home_
     assert expert.act(_obs([0.15, 0.25, 0.93], bowl))[6] == -1.0  # an empty grip at the rim: open, go back up
 
 
-def test_config_checks_the_learner_before_anything_starts(tmp_path):
+def test_config_checks_the_learner_before_anything_starts(tmp_path, monkeypatch):
     checkpoint = tmp_path / "vla"
     checkpoint.mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):
@@ -157,6 +158,12 @@ def test_config_checks_the_learner_before_anything_starts(tmp_path):
              learner_max_steps=40).validate()  # fmt: skip
     with pytest.raises(ValueError, match="--max_steps 320"):
         _cfg(tmp_path, learner_checkpoint=str(checkpoint), max_steps=150).validate()
+    with pytest.raises(FileNotFoundError, match="not a hub id"):
+        _cfg(tmp_path, learner_checkpoint=str(tmp_path / "missing"), max_steps=400).validate()
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointNotCachedError, match="org/missing"):  # a hub id is taken, as eval.py takes it
+        _cfg(tmp_path, learner_checkpoint="org/missing", max_steps=400).validate()
 
 
 def test_collect_demos_cli_takes_the_learner_flags():

@@ -23,6 +23,7 @@ from vla.expert import ExpertConfig, ScriptedExpert, UnsupportedTaskError
 from vla.expert_rehearsal import RehearsedMiss
 from vla.frame_store import FrameStoreWriter
 from vla.gl_check import RenderConfig
+from vla.hub import check_checkpoint
 from vla.libero_env import CAMERAS, SUITE_MAX_STEPS, TaskInfo, check_suite, libero_state, noop_mask, upright_cameras
 from vla.normalization import write_json_atomic
 from vla.policies import ExpertPolicy, Policy
@@ -82,7 +83,9 @@ class CollectConfig:
             raise ValueError(f"max_steps {max_steps} leaves the expert fewer than 100 steps after a learner part "
                              f"of up to {self.learner_max_steps}: pass --max_steps "
                              f"{self.learner_max_steps + 220}")  # fmt: skip
-        if not (Path(self.learner_checkpoint) / "config.json").is_file():
+        check_checkpoint(self.learner_checkpoint)  # a local dir or a hub id, as eval.py takes it; loads nothing
+        local = Path(self.learner_checkpoint).expanduser()
+        if local.is_dir() and not (local / "config.json").is_file():
             raise FileNotFoundError(f"learner_checkpoint {self.learner_checkpoint} has no config.json: pass a "
                                     "checkpoint directory (e.g. checkpoints/small-libero-spatial)")  # fmt: skip
 
