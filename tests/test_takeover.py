@@ -41,25 +41,25 @@ class StubLearner:
 class StubTaker:
     phase = "approach"
 
-    def __init__(self):
-        self.watched, self.took_over_at = 0, None
+    def __init__(self, action=CLEAN):
+        self.watched, self.took_over_at, self.action = 0, None, action
 
     def take_over(self, obs):
         self.took_over_at = int(obs["robot0_eef_pos"][0])  # the fake env's step count
 
     def act(self, obs):
         self.watched += self.took_over_at is None
-        return CLEAN.copy()
+        return self.action.copy()
 
 
 class StubExpertPolicy:
     """ExpertPolicy's interface over StubTakers (the real expert needs object poses the fake pool has not)."""
 
     def __init__(self):
-        self.experts, self.all = {}, []
+        self.experts, self.all, self.action = {}, [], CLEAN
 
     def reset(self, slot, task):
-        self.experts[slot] = StubTaker()
+        self.experts[slot] = StubTaker(self.action)
         self.all.append(self.experts[slot])
 
     def act(self, observations, instructions):
@@ -103,6 +103,17 @@ def test_an_episode_the_learner_finishes_before_the_takeover_is_counted_not_writ
     rows = {r["task_id"]: r for r in summary["tasks"]}
     assert rows[SUCCEEDS]["successes"] == rows[SUCCEEDS]["unrecorded_successes"] == 3
     assert FakeWriter.instances[0].episodes == [] and summary["takeover"]["takeovers"] == 3  # the other task's
+
+
+def test_an_episode_whose_recorded_steps_are_all_no_ops_is_counted_not_written(tmp_path, fake_collection):
+    # the learner leaves the task all but done and the expert's first phase holds still until it succeeds: every
+    # recorded step is a no-op; the collection goes on (it once ended here, losing the whole store)
+    expert = StubExpertPolicy()
+    expert.action = np.array([0, 0, 0, 0, 0, 0, -1.0])
+    summary = demos.collect(_cfg(tmp_path), TakeoverPolicy(StubLearner(), (2, 2), expert=expert))
+    rows = {r["task_id"]: r for r in summary["tasks"]}
+    assert rows[SUCCEEDS]["successes"] == rows[SUCCEEDS]["unrecorded_successes"] == 3
+    assert FakeWriter.instances[0].episodes == [] and FakeWriter.instances[0].closed
 
 
 def test_learner_steps_are_drawn_per_episode_from_the_first_positions():

@@ -190,10 +190,10 @@ def rollouts(scheduler: Scheduler, jobs: list[Job], suite: str, stats: dict[int,
                 log.warning("task %d seed %d: error\n%s", task.task_id, ep.job.key, outcome.error)
             if outcome.status != "success":
                 continue
-            if not frames["action"]:  # finished before a recorded step (a learner's success before the takeover)
-                stats[task.task_id]["unrecorded"] += 1
+            keep = noop_mask(np.stack(frames["action"])) if frames["action"] else np.zeros(0, bool)
+            if not keep.any():  # no step recorded, or only no-ops: a learner's success before the takeover, or one
+                stats[task.task_id]["unrecorded"] += 1  # that ends while the expert's close holds still
                 continue
-            keep = noop_mask(np.stack(frames["action"]))
             stats[task.task_id]["kept_steps"].append(int(keep.sum()))
             yield {k: np.stack([x for x, kept in zip(v, keep, strict=True) if kept]) for k, v in frames.items()} | {
                 "language_instruction": task.language,
