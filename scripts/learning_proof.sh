@@ -246,6 +246,15 @@ if [ "$FULL_ON" != last ] && [ ! -f "$PROOF/eval/${PRESETS%% *}-full/summary.jso
   done
 fi
 
+# training from video exports decodes them with PyAV: a Python without it fails here, before anything starts
+# (a sim bundle has no PyAV: docs/OFFLINE.md §5 carries its wheel in a call of its own)
+if [ "$SOURCE" = video_frames ] && [[ " $* " =~ \ (collect|train|eval)\  ]] && ! $PY -c "import av" 2>/dev/null; then
+  echo "VIDEO_FRAMES=$VIDEO_FRAMES: the video exports need PyAV and $PY cannot import av. Unzip its wheel" \
+    "(av-*-cp311-abi3-manylinux_2_28_x86_64.whl) into /tmp/avsite and export PYTHONPATH=/tmp/avsite:\$PYTHONPATH" \
+    "(docs/OFFLINE.md §5), or pip install av" >&2
+  exit 2
+fi
+
 for stage in "$@"; do
   case "$stage" in
     collect) collect ;;

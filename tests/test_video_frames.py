@@ -527,3 +527,24 @@ def test_learning_proof_joins_the_nodes_collection_with_carried_exports(tmp_path
     assert (proof / "video" / "index.npz").stat().st_mtime_ns == before  # done once; a rerun skips it
     both = subprocess.run(join, env={**env, "VIDEO_FRAMES": str(carried)}, capture_output=True, text=True)
     assert both.returncode == 2 and "VIDEO_FRAMES or ADD_FRAMES" in both.stderr
+
+
+def test_learning_proof_without_pyav_stops_before_training_from_videos(tmp_path):
+    """A Python that cannot import av (a node's sim bundle) is refused with the fix, before any stage starts."""
+    import os
+    import subprocess
+
+    no_av = tmp_path / "python"
+    no_av.write_text('#!/bin/sh\n[ "$2" = "import av" ] && exit 1\nexec python3 "$@"\n')
+    no_av.chmod(0o755)
+    env = {
+        **os.environ,
+        "PROOF": str(tmp_path / "proof"),
+        "VIDEO_FRAMES": str(tmp_path / "video"),
+        "PYTHON": str(no_av),
+    }
+    done = subprocess.run(
+        ["bash", "scripts/learning_proof.sh", "train", "eval"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "cannot import av" in done.stderr and "/tmp/avsite" in done.stderr
+    assert not (tmp_path / "proof").exists()  # nothing started
