@@ -144,6 +144,8 @@ def test_noisy_collection_records_clean_actions_of_successes_from_random_placeme
     assert summary["format"] == "frames" and summary["timing"]["steps"] == len(executed)
     rows = {r["task_id"]: r for r in summary["tasks"]}
     assert (rows[SUCCEEDS]["successes"], rows[NEVER]["failures"]) == (3, 3)
+    assert rows[NEVER]["failed_env_seeds"] == [100_000 + 1_000 * NEVER + e for e in range(3)]  # replayable
+    assert rows[SUCCEEDS]["failed_env_seeds"] == []
 
 
 class EchoExpert(ConstantExpert):

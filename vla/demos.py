@@ -189,6 +189,7 @@ def rollouts(scheduler: Scheduler, jobs: list[Job], suite: str, stats: dict[int,
             if outcome.status == "error":
                 log.warning("task %d seed %d: error\n%s", task.task_id, ep.job.key, outcome.error)
             if outcome.status != "success":
+                stats[task.task_id]["failed_env_seeds"].append(ep.job.key)  # seed·100,000 + 1,000·task + episode
                 continue
             keep = noop_mask(np.stack(frames["action"])) if frames["action"] else np.zeros(0, bool)
             if not keep.any():  # no step recorded, or only no-ops: a learner's success before the takeover, or one
@@ -207,7 +208,7 @@ def _row(task: TaskInfo, s: dict[str, Any]) -> dict[str, Any]:
     return {"task_id": task.task_id, "task": task.language, "attempts": attempts, "successes": s["success"],
             "failures": s["failure"], "errors": s["error"], "success_rate": s["success"] / max(attempts, 1),
             "mean_steps": mean(s["steps"]), "mean_kept_steps": mean(s["kept_steps"]),
-            "unrecorded_successes": s["unrecorded"]}  # fmt: skip
+            "unrecorded_successes": s["unrecorded"], "failed_env_seeds": sorted(s["failed_env_seeds"])}  # fmt: skip
 
 
 def write_episodes(episodes, out: Path, name: str, fmt: str) -> Path:
@@ -249,8 +250,8 @@ def collect(cfg: CollectConfig, policy: Policy | None = None) -> dict[str, Any]:
                 unsupported[task.task_id] = str(err)
                 log.warning("skipping task %d (%s): %s", task.task_id, task.language, err)
         tasks = [t for t in tasks if t.task_id not in unsupported]
-        stats = {t.task_id: {"success": 0, "failure": 0, "error": 0, "steps": [], "kept_steps": [], "unrecorded": 0}
-                 for t in tasks}  # fmt: skip
+        stats = {t.task_id: {"success": 0, "failure": 0, "error": 0, "steps": [], "kept_steps": [], "unrecorded": 0,
+                             "failed_env_seeds": []} for t in tasks}  # fmt: skip
         max_steps = cfg.max_steps or SUITE_MAX_STEPS[cfg.task_suite]
         recorder = _DemoRecorder(cfg.action_noise, cfg.noise_dims, getattr(policy, "rehearsing", None))
         scheduler = Scheduler(pool, policy, max_steps, on_action=recorder)
