@@ -88,7 +88,11 @@ def row(name: str, n: int, k: int, rows: int, args: argparse.Namespace, gen: tor
     if rows > 16:  # torch._int_mm's minimum on CUDA
         w8a8_us = timed(w8a8_linear, [(x, cb, s) for cb, s, _ in weights], args.calls, args.iters, args.graph)
         error = ((w8a8_linear(x, cb, scale).float() - reference).abs().max() / reference.abs().max()).item()
-        w8a8 = f"{w8a8_us:.1f} ({cublas / w8a8_us:.2f}x cuBLAS bf16, error {error:.1e})"
+        # the int8 tensor-core matmul alone, its input already int8: the floor of a kernel that fuses the rest
+        x_int8 = quantize_rows(x)[0]
+        int_mm = timed(lambda a, b: torch._int_mm(a, b.t()), [(x_int8, cb) for cb, _, _ in weights], args.calls,
+                       args.iters, args.graph)  # fmt: skip
+        w8a8 = f"{w8a8_us:.1f} ({cublas / w8a8_us:.2f}x cuBLAS bf16, error {error:.1e}; `_int_mm` alone {int_mm:.1f})"
     gbs = [bytes_ / us / 1000 for bytes_, us in ((2 * n * k, cublas), (n * k, direct))]
     return (f"| {name} | {rows} | {cublas:.1f} | {direct:.1f} | {staged:.1f} | {gbs[0]:.0f} | {gbs[1]:.0f} | "
             f"{cublas / direct:.2f}x | {staged / direct:.2f}x | {errors[0]:.1e} | {errors[1]:.1e} | {w8a8} |")  # fmt: skip
@@ -97,9 +101,14 @@ def row(name: str, n: int, k: int, rows: int, args: argparse.Namespace, gen: tor
 def w8a8_linear(x: torch.Tensor, cb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """The candidate: x quantized per row to int8 (absmax / 127), int8 x int8 -> int32 on the tensor cores, both scales
     applied to the fp32 result."""
-    x_scale = x.float().abs().amax(1).clamp(min=1e-8) / 127
-    x_int8 = torch.round(x.float() / x_scale[:, None]).to(torch.int8)
+    x_int8, x_scale = quantize_rows(x)
     return (torch._int_mm(x_int8, cb.t()).float() * x_scale[:, None] * scale[None, :]).to(x.dtype)
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x as int8 per row (absmax / 127) and the rows' scales."""
+    x_scale = x.float().abs().amax(1).clamp(min=1e-8) / 127
+    return torch.round(x.float() / x_scale[:, None]).to(torch.int8), x_scale
 
 
 def dequantized_linear(x: torch.Tensor, cb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -124,7 +133,7 @@ def main() -> None:
           f"{'CUDA graph' if args.graph else 'eager'}, {args.calls} calls a batch")  # fmt: skip
     print("| shape | rows | cuBLAS bf16 µs | w8a16_matmul µs | dequantize + cuBLAS µs | cuBLAS GB/s | w8a16_matmul GB/s "
           "| w8a16_matmul vs cuBLAS bf16 | w8a16_matmul vs dequantize | w8a16_matmul error | dequantize error "
-          "| W8A8 `_int_mm` µs (candidate) |")  # fmt: skip
+          "| W8A8 `_int_mm` µs (candidate; the int8 matmul alone) |")  # fmt: skip
     print("|---" * 12 + "|")
     gen = torch.Generator("cuda").manual_seed(0)
     for name in args.shapes:
