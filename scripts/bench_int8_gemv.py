@@ -10,7 +10,8 @@ temporary + cuBLAS (what it runs for more rows: the prefill, ~296 rows at batch 
 GEMV_MAX_ROWS sits where (b) stops beating (c), and how close (b) gets to the card's bandwidth. For more than 16 rows
 also (d), a candidate not used by the package: W8A8, the activations quantized per row (absmax, as LLM.int8 does
 outside its outlier columns) and `torch._int_mm` on the int8 tensor cores; it changes the numerics (its error column
-says by how much on these random tensors, which have no outlier features).
+says by how much on these random tensors, which have no outlier features), and `_int_mm` alone on an input already
+int8: the floor of a kernel that would fuse the quantization and the scales.
 
 Each timed batch runs `--calls` calls over enough copies of the weight that they do not fit in L2 (as in decoding,
 where each layer's weights are read once a step); in eager mode a GPU sleep first lets the launches queue up, so the
