@@ -160,6 +160,49 @@ def test_int8_fast_decoding_matches_the_plain_loop_over_the_same_matmuls(tiny_in
     )
 
 
+def test_int8_fused_projections_share_the_int8_rows_and_decode_the_same(tiny_int8_vla):
+    """q/k/v and gate/up of the weight-only int8 layers as one matmul each: the int8 rows and scales become row blocks
+    of one buffer (bitsandbytes' `state.CB` too, so the old storage is freed), the layer computes what it did, and
+    the decoded ids are the unfused loop's; `release` gives each layer its own storage back."""
+    from vla.fast_decode import FastActionDecoder
+    from vla.fused_projections import FusedInt8
+    from vla.int8_linear import int8_rows
+
+    pixel_values, prompts = decode_inputs(tiny_int8_vla, seed=5)
+    plain = FastActionDecoder(tiny_int8_vla).generate_action_ids(pixel_values, prompts, 7)  # weight-only, unfused
+    assert len(np.unique(plain)) > 3
+    layers = tiny_int8_vla.language_model.model.layers
+    groups = [g for layer in layers for g in ((layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj),
+                                             (layer.mlp.gate_proj, layer.mlp.up_proj))]  # fmt: skip
+    x = torch.randn(3, layers[0].self_attn.q_proj.in_features)
+    before = [[(m(x), *(t.clone() for t in int8_rows(m))) for m in group] for group in groups]
+    fast = FastActionDecoder(tiny_int8_vla, fuse_projections=True)
+    fused = [f for pair in fast._fused for f in pair]
+    assert all(isinstance(f, FusedInt8) for f in fused) and len(fused) == len(groups)
+    for group, saved, f in zip(groups, before, fused, strict=True):
+        offset = 0
+        for module, (out, cb, scale) in zip(group, saved, strict=True):
+            rows = cb.shape[0]
+            assert module.weight.data_ptr() == f.cb[offset].data_ptr() == module.state.CB.data_ptr()
+            assert int8_rows(module)[1].data_ptr() == f.scale[offset].data_ptr()
+            assert torch.equal(module.weight.data, cb) and torch.equal(int8_rows(module)[1], scale)
+            torch.testing.assert_close(module(x), out, rtol=0, atol=0)
+            offset += rows
+    calls = []  # the fused matmul replaces the modules' own calls
+    hooks = [m.register_forward_hook(lambda *_: calls.append(1)) for group in groups for m in group]
+    np.testing.assert_array_equal(fast.generate_action_ids(pixel_values, prompts, 7), plain)
+    assert not calls
+    for hook in hooks:
+        hook.remove()
+    fast.release()
+    for group, saved in zip(groups, before, strict=True):
+        pointers = {m.weight.data.untyped_storage().data_ptr() for m in group}
+        assert len(pointers) == len(group) and all(m.state.CB.data_ptr() == m.weight.data_ptr() for m in group)
+        for module, (_, cb, scale) in zip(group, saved, strict=True):
+            assert torch.equal(module.weight.data, cb) and torch.equal(int8_rows(module)[1], scale)
+    np.testing.assert_array_equal(fast.generate_action_ids(pixel_values, prompts, 7), plain)
+
+
 def test_fp8_fast_decoding_matches_plain_decoding(official_checkpoint):
     from vla.fast_decode import FastActionDecoder
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vla.batch_shapes import bucket_length, pad_batch, warmup_batches
-from vla.fused_projections import fuse, gate_up_modules, is_fused, qkv_modules
+from vla.fused_projections import Fused, fuse, gate_up_modules, is_fused, linear, qkv_modules, unfuse
 from vla.prompt import pad_prompts
 
 logger = logging.getLogger(__name__)
@@ -54,9 +54,9 @@ class FastActionDecoder:
     compile: fuse the elementwise chain of each layer (RMSNorm with the residual add before it, rotary embedding,
     SiLU * up) into `torch.compile`d kernels (True: inductor's "default" mode, or a name from `COMPILE_MODES`); the
     matmuls stay the modules' own. If compilation fails, decoding goes on eagerly and `compile_error` says why.
-    fuse_projections (default: as `compile`): q/k/v and gate/up of plain floating-point `nn.Linear`s (no LoRA, not
-    quantized) run as one matmul each: their weights become row blocks (views) of one buffer, same values, no extra
-    memory; and lm_head computes only the action-id rows. `release()` gives each weight its own storage back.
+    fuse_projections (default: as `compile`): q/k/v and gate/up of plain floating-point `nn.Linear`s or of weight-only
+    int8 layers (no LoRA) run as one matmul each: their weights (int8 rows and scales) become row blocks (views) of one
+    buffer, same values, no extra memory; and lm_head computes only the action-id rows. `release()` gives each weight its own storage back.
     The graphs read the weights in place: after replacing modules or moving the model, call `reset()`.
     """
 
@@ -87,7 +87,7 @@ class FastActionDecoder:
         self._ops = _EAGER if mode is None else _compiled_ops(mode)
         self._graphs: OrderedDict[tuple[int, int, int, bool], _Graph] = OrderedDict()
         self._pool = None  # the memory pool every graph is captured into
-        self._fused: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []  # per layer: (qkv, gate_up) weights
+        self._fused: list[tuple[Fused | None, Fused | None]] = []  # per layer: (qkv, gate_up) weights
         if int8_weight_only:
             from vla.int8_linear import enable_int8_weight_only
 
@@ -122,9 +122,8 @@ class FastActionDecoder:
         for layer in self._layers[: len(fused)]:
             qkv, gate_up = fused.pop(0)
             for weight, modules in ((qkv, qkv_modules(layer)), (gate_up, gate_up_modules(layer))):
-                if weight is not None and is_fused(weight, modules):
-                    for module in modules:
-                        module.weight.data = module.weight.data.clone()
+                if weight is not None:
+                    unfuse(weight, modules)
             del qkv, gate_up, weight  # the last reference to this layer's buffers: freed before the next clone
         self.fuse_projections = False
 
@@ -302,7 +301,7 @@ class FastActionDecoder:
         is still theirs, else each module."""
         fused = self._fused[layer][which] if self._fused else None
         if fused is not None and is_fused(fused, modules):
-            return F.linear(x, fused).split([m.weight.shape[0] for m in modules], dim=-1)
+            return linear(x, fused).split([m.weight.shape[0] for m in modules], dim=-1)
         return [module(x) for module in modules]
 
 

@@ -95,6 +95,30 @@ def disable_int8_weight_only(model: nn.Module) -> int:
     return restored
 
 
+def is_weight_only(layer: nn.Module) -> bool:
+    """Whether `layer` is a bias-free `Linear8bitLt` routed through `int8_weight_only_linear`."""
+    return getattr(layer, _PATCH, None) is not None and layer.bias is None
+
+
+def int8_rows(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """A weight-only layer's int8 rows (N, K) and scale (N,): what its forward multiplies by."""
+    return layer.weight.data, getattr(layer, _PATCH)
+
+
+def rebind_int8_rows(layer: nn.Module, cb: torch.Tensor, scale: torch.Tensor) -> None:
+    """Make a weight-only layer's weight (and bitsandbytes' copy of it, `state.CB`, the same tensor) `cb` and its
+    scale `scale`: same values, e.g. views into a fused buffer or clones of such views."""
+    layer.weight.data = cb
+    if layer.state.CB is not None:
+        layer.state.CB = cb
+    setattr(layer, _PATCH, scale)
+
+
+def fused_int8_linear(x: torch.Tensor, cb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x (..., K) @ (cb * scale)^T, no bias: what a weight-only layer computes, over several layers' rows at once."""
+    return _Int8WeightOnly.apply(x, cb, scale, None)
+
+
 def _int8_layers(model: nn.Module) -> list[nn.Module]:
     if not any(type(m).__module__.startswith("bitsandbytes") for m in model.modules()):
         return []  # no quantized layer: spare the bitsandbytes import
