@@ -8,10 +8,12 @@ For each weight shape (q/k/v/o, fused q/k/v, gate/up, fused gate/up, down) and i
 directly (what `int8_linear` runs for up to GEMV_MAX_ROWS rows: decode steps) and (c) `dequantize` into a bf16
 temporary + cuBLAS (what it runs for more rows: the prefill, ~296 rows at batch 1). The table says whether
 GEMV_MAX_ROWS sits where (b) stops beating (c), and how close (b) gets to the card's bandwidth. For more than 16 rows
-also (d), a candidate not used by the package: W8A8, the activations quantized per row (absmax, as LLM.int8 does
-outside its outlier columns) and `torch._int_mm` on the int8 tensor cores; it changes the numerics (its error column
-says by how much on these random tensors, which have no outlier features), and `_int_mm` alone on an input already
-int8: the floor of a kernel that would fuse the quantization and the scales.
+also (d), `w8a16_weight_first_matmul`, a candidate for the prefill not yet used by the package: the same arithmetic as
+(b) with the weight as the dot's first operand (Hopper's wgmma reads that one from registers, where the int8 tile is
+converted) and tiles sized for hundreds of rows; and (e), another candidate: W8A8, the activations quantized per
+row (absmax, as LLM.int8 does outside its outlier columns) and `torch._int_mm` on the int8 tensor cores; it changes
+the numerics (its error column says by how much on these random tensors, which have no outlier features), and
+`_int_mm` alone on an input already int8: the floor of a kernel that would fuse the quantization and the scales.
 
 Each timed batch runs `--calls` calls over enough copies of the weight that they do not fit in L2 (as in decoding,
 where each layer's weights are read once a step); in eager mode a GPU sleep first lets the launches queue up, so the
@@ -85,8 +87,14 @@ def row(name: str, n: int, k: int, rows: int, args: argparse.Namespace, gen: tor
     reference = x.float() @ (cb.float() * scale[:, None]).t()
     errors = [((out.float() - reference).abs().max() / reference.abs().max()).item()
               for out in (K.w8a16_matmul(x, cb, scale), dequantized_linear(x, cb, scale))]  # fmt: skip
-    w8a8 = "—"
-    if rows > 16:  # torch._int_mm's minimum on CUDA
+    w8a8, first = "—", "—"
+    if rows > 16:  # torch._int_mm's minimum on CUDA; the weight-first kernel is for prefill-sized inputs
+        first_us = timed(K.w8a16_weight_first_matmul, [(x, cb, s) for cb, s, _ in weights], args.calls, args.iters,
+                         args.graph)  # fmt: skip
+        out = K.w8a16_weight_first_matmul(x, cb, scale).float()
+        error = ((out - reference).abs().max() / reference.abs().max()).item()
+        ratios = f"{cublas / first_us:.2f}x cuBLAS bf16, {staged / first_us:.2f}x dequantize"
+        first = f"{first_us:.1f} ({ratios}; error {error:.1e})"
         w8a8_us = timed(w8a8_linear, [(x, cb, s) for cb, s, _ in weights], args.calls, args.iters, args.graph)
         error = ((w8a8_linear(x, cb, scale).float() - reference).abs().max() / reference.abs().max()).item()
         # the int8 tensor-core matmul alone, its input already int8: the floor of a kernel that fuses the rest
@@ -96,7 +104,8 @@ def row(name: str, n: int, k: int, rows: int, args: argparse.Namespace, gen: tor
         w8a8 = f"{w8a8_us:.1f} ({cublas / w8a8_us:.2f}x cuBLAS bf16, error {error:.1e}; `_int_mm` alone {int_mm:.1f})"
     gbs = [bytes_ / us / 1000 for bytes_, us in ((2 * n * k, cublas), (n * k, direct))]
     return (f"| {name} | {rows} | {cublas:.1f} | {direct:.1f} | {staged:.1f} | {gbs[0]:.0f} | {gbs[1]:.0f} | "
-            f"{cublas / direct:.2f}x | {staged / direct:.2f}x | {errors[0]:.1e} | {errors[1]:.1e} | {w8a8} |")  # fmt: skip
+            f"{cublas / direct:.2f}x | {staged / direct:.2f}x | {errors[0]:.1e} | {errors[1]:.1e} | {first} "
+            f"| {w8a8} |")  # fmt: skip
 
 
 def w8a8_linear(x: torch.Tensor, cb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -134,8 +143,9 @@ def main() -> None:
           f"{'CUDA graph' if args.graph else 'eager'}, {args.calls} calls a batch")  # fmt: skip
     print("| shape | rows | cuBLAS bf16 µs | w8a16_matmul µs | dequantize + cuBLAS µs | cuBLAS GB/s | w8a16_matmul GB/s "
           "| w8a16_matmul vs cuBLAS bf16 | w8a16_matmul vs dequantize | w8a16_matmul error | dequantize error "
+          "| weight-first kernel µs (prefill candidate) "
           "| W8A8 `_int_mm` µs (candidate; the int8 matmul alone) |")  # fmt: skip
-    print("|---" * 12 + "|")
+    print("|---" * 13 + "|")
     gen = torch.Generator("cuda").manual_seed(0)
     for name in args.shapes:
         n, k = SHAPES[name]

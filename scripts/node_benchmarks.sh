@@ -10,6 +10,8 @@
 #   bash scripts/node_benchmarks.sh gather   # the 7B through eval.py gathering batches (--gather_s 0.5), vs vla's greedy
 #   bash scripts/node_benchmarks.sh perf     # issue 18's table: training cases + decoding at full size, with profiles
 #                                            # (needs bitsandbytes: carry its wheel instead of a sim bundle)
+#   bash scripts/node_benchmarks.sh int8     # 8-bit decoding: the weight-first prefill kernel, fused 8-bit projections
+#                                            # (needs bitsandbytes, as perf)
 #   bash scripts/node_benchmarks.sh fp8      # quantization fp8 against bf16: single matmuls, the GPU equivalence test,
 #                                            # decoding (batch 1 / 8 / 16, token agreement), LoRA training; full size
 #   bash scripts/node_benchmarks.sh compile  # speed.compile_llm_layers: LoRA training with each Llama layer compiled, bf16
@@ -78,6 +80,14 @@ perf() {  # random 7.5B weights built inside each bench; the profile tables land
     --quantization 4bit --batch 1 --batch 8 --batch 16 --iters 10 --plain-iters 4 --warmup 2 --agree 16 --fused --compile
 }
 
+int8() {  # issue 18's 8-bit decoding levers (needs bitsandbytes, e.g. PYTHONPATH=.gpu/bnb:$PWD): the weight-first
+  # prefill kernel against dequantize + cuBLAS at decode and prefill rows, then whole actions with fused 8-bit q/k/v and
+  # gate/up, compiled elementwise ops and the prefill kernel (docs/PERFORMANCE.md, twenty-seventh session)
+  step int8_matmuls 150 $PY scripts/bench_int8_gemv.py --graph --rows 1 16 64 128 296 --iters 15
+  step inference_8bit 330 $PY scripts/bench_inference.py --tokenizer "$TOKENIZER" --quantization 8bit --batch 1 \
+    --batch 8 --iters 10 --plain-iters 2 --warmup 2 --agree 8 --fused --compile --int8-prefill-kernel
+}
+
 fp8() {  # FP8 tensor cores for the frozen Llama (vla.fp8_linear); no bitsandbytes needed
   step matmul_fp8 40 $PY scripts/bench_fp8_matmul.py --iters 30
   VLA_LLAMA2_DIR="$TOKENIZER" step fp8_gpu_test 150 $PY -m pytest -q -s -m gpu tests/test_fast_paths.py \
@@ -141,12 +151,13 @@ for stage in "$@"; do
     serve) serve ;;
     gather) gather ;;
     perf) perf ;;
+    int8) int8 ;;
     precision) precision ;;
     small) small ;;
     fp8) fp8 ;;
     compile) compile ;;
     fast24) fast24 ;;
-    *) echo "unknown stage $stage: sim | vla | full7b | serve | gather | perf | precision | fp8 | compile | fast24 | small" >&2
+    *) echo "unknown stage $stage: sim | vla | full7b | serve | gather | perf | int8 | precision | fp8 | compile | fast24 | small" >&2
       exit 2 ;;
   esac
   grep -h "timing:" "$DIR"/*.log 2>/dev/null | tail -n 4

@@ -11,6 +11,8 @@ from vla.forward_patch import patch_forward, unpatch_forward
 
 GEMV_MAX_ROWS = 64  # up to this many input rows read the int8 weights directly (decode steps); more rows dequantize
 # the weight into a bf16 temporary and use cuBLAS (prefill, training), where the matmul outweighs the extra bytes
+PREFILL_KERNEL = False  # more rows: the Triton weight-first kernel (`w8a16_weight_first_matmul`, the int8 weights read
+# once, no temporary) instead of dequantize + cuBLAS; a candidate of issue 18, off until a GPU measures it faster
 _INV_127 = 1.0 / 127.0  # LLM.int8 stores each weight row as round(127 * w / absmax(row)), SCB = absmax(row)
 _PATCH = "_vla_int8_weight_only"  # attribute marking a patched layer (holds its per-row scale)
 
@@ -40,10 +42,13 @@ def dequantize(cb: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> tor
 
 def _matmul(x: torch.Tensor, cb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x (M, K) -> (M, N) in x's dtype."""
-    if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and x.shape[0] <= GEMV_MAX_ROWS:
-        from vla.int8_kernels import w8a16_matmul
+    if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
+        from vla import int8_kernels
 
-        return w8a16_matmul(x.contiguous(), cb, scale)
+        if x.shape[0] <= GEMV_MAX_ROWS:
+            return int8_kernels.w8a16_matmul(x.contiguous(), cb, scale)
+        if PREFILL_KERNEL:
+            return int8_kernels.w8a16_weight_first_matmul(x.contiguous(), cb, scale)
     return x @ dequantize(cb, scale, x.dtype).t()
 
 
