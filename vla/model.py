@@ -175,8 +175,9 @@ class VLA(nn.Module):
     def enable_fast_decoding(self, cuda_graphs: bool = True, max_graphs: int = 32, compile: bool | str = False) -> None:
         """Make `predict_action(s)` decode with `vla.fast_decode.FastActionDecoder` (static KV cache, CUDA graphs on
         GPU; LLM.int8 layers switch to weight-only int8 matmuls over the same int8 weights). compile: also fuse each
-        layer's elementwise ops with `torch.compile` and run q/k/v and gate/up of unquantized, LoRA-free layers as one
-        matmul each over their (then shared) weights (True, or an inductor mode of `fast_decode.COMPILE_MODES`)."""
+        layer's elementwise ops with `torch.compile` and run q/k/v and gate/up of LoRA-free layers (floating point or
+        8-bit) as one matmul each over their (then shared) weights (True, or an inductor mode of
+        `fast_decode.COMPILE_MODES`)."""
         from vla.fast_decode import FastActionDecoder
 
         if self.fast_decoder is not None:
