@@ -4,6 +4,7 @@
 #
 #   bash scripts/node_benchmarks.sh sim      # bench_sim at 16 workers (soft vs hard resets), the expert's full protocol
 #   bash scripts/node_benchmarks.sh vla      # a small (fast and plain decoding) and the 7B VLA (random) through eval.py
+#   bash scripts/node_benchmarks.sh protocol # the shipped small VLA, 100 protocol episodes: compiled decoding, 24 envs
 #   bash scripts/node_benchmarks.sh full7b   # issue 13's 7B row alone: the random 7B (bf16, fast + compiled decoding)
 #                                            # through eval.py, 2 states a task (the first 16 episodes run together)
 #   bash scripts/node_benchmarks.sh serve    # the full-size VLA behind serve.py: bench_serve at 1 / 8 / 32 clients
@@ -59,6 +60,20 @@ vla() {  # random weights never succeed: every episode runs its 220 steps (the p
     --fast_decoding false --out_dir "$DIR/small_plain"
   checkpoint full /tmp/vla_full 100
   step full 200 $PY scripts/eval.py --checkpoint /tmp/vla_full --num_trials_per_task 1 --num_envs 16 --out_dir "$DIR/full"
+}
+
+protocol() {  # issue 13's full protocol <= 6 min for the small VLA, where the policy's ~9 ms a call (mean batch ~3) is
+  # ~73 % of the time (twenty-second session): the shipped model on tasks 4 and 3 (100 episodes, the twenty-second
+  # session's 85 s at 16 envs), decoding eager vs compiled, 16 vs 24 envs on the 16 cores (envs waiting for the policy
+  # leave their core idle)
+  local compile envs
+  for compile in false true; do
+    for envs in 16 24; do
+      step "protocol_compile_${compile}_envs_$envs" 135 $PY scripts/eval.py --checkpoint checkpoints/small-libero-spatial \
+        --tasks "[4,3]" --num_trials_per_task 50 --num_envs "$envs" --center_crop true --compile_decoding "$compile" \
+        --out_dir "$DIR/compile_${compile}_envs_$envs"
+    done
+  done
 }
 
 full7b() {  # random weights never succeed: 20 episodes x 220 steps, 16 at once; the timing line gives the rate
@@ -147,6 +162,7 @@ for stage in "$@"; do
   case "$stage" in
     sim) sim ;;
     vla) vla ;;
+    protocol) protocol ;;
     full7b) full7b ;;
     serve) serve ;;
     gather) gather ;;
@@ -157,7 +173,7 @@ for stage in "$@"; do
     fp8) fp8 ;;
     compile) compile ;;
     fast24) fast24 ;;
-    *) echo "unknown stage $stage: sim | vla | full7b | serve | gather | perf | int8 | precision | fp8 | compile | fast24 | small" >&2
+    *) echo "unknown stage $stage: sim | vla | protocol | full7b | serve | gather | perf | int8 | precision | fp8 | compile | fast24 | small" >&2
       exit 2 ;;
   esac
   grep -h "timing:" "$DIR"/*.log 2>/dev/null | tail -n 4

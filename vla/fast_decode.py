@@ -56,7 +56,8 @@ class FastActionDecoder:
     matmuls stay the modules' own. If compilation fails, decoding goes on eagerly and `compile_error` says why.
     fuse_projections (default: as `compile`): q/k/v and gate/up of plain floating-point `nn.Linear`s or of weight-only
     int8 layers (no LoRA) run as one matmul each: their weights (int8 rows and scales) become row blocks (views) of one
-    buffer, same values, no extra memory; and lm_head computes only the action-id rows. `release()` gives each weight its own storage back.
+    buffer, same values, no extra memory; and lm_head computes only the action-id rows. `release()` gives each weight
+    its own storage back.
     The graphs read the weights in place: after replacing modules or moving the model, call `reset()`.
     """
 
