@@ -5,8 +5,7 @@ vs `VLA.enable_fast_decoding` (static KV cache + CUDA graphs) in the same run, a
 
 `--fused` adds a "fast+fused" path (one q/k/v and one gate/up matmul over the same weights, lm_head's action rows
 only) and `--compile [MODE]` a "fast+compile" path (the same plus `torch.compile`d elementwise ops); a failure there
-is printed and the other rows still come. `--int8-prefill-kernel` repeats the fast paths with 8-bit prefills through the
-Triton weight-first kernel (`vla.int8_linear.PREFILL_KERNEL`) instead of dequantize + cuBLAS.
+is printed and the other rows still come.
 
 Prints one row per (quantization, path, batch): peak allocated / reserved GiB, median ms per call, calls/s, actions/s
 and the speed-up over the plain path; then the share of action tokens the fast path gives identically to the plain
@@ -129,8 +128,6 @@ def fast_paths(args) -> list[tuple[str, dict]]:
         paths.append(("fast+fused", {"fuse_projections": True}))
     if args.compile:
         paths.append(("fast+compile", {"compile": args.compile}))
-    if args.int8_prefill_kernel:
-        paths += [(f"{label}+prefill kernel", dict(options, prefill_kernel=True)) for label, options in list(paths)]
     return paths
 
 
@@ -141,10 +138,6 @@ def use_decoder(vla, options: dict):
     vla.disable_fast_decoding()
     gc.collect()
     torch.cuda.empty_cache()  # the previous path's graph pools: each path's reserved peak is its own
-    from vla import int8_linear
-
-    options = dict(options)
-    int8_linear.PREFILL_KERNEL = options.pop("prefill_kernel", False)  # module-wide: set per path
     vla.fast_decoder = FastActionDecoder(vla, max_graphs=8, **options)
     return vla.fast_decoder
 
@@ -163,8 +156,6 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="stage breakdown + profiler tables (first quant.)")
     parser.add_argument("--fused", action="store_true", help="also time fused projections without compilation")
     parser.add_argument("--compile", nargs="?", const="default", help="also time compiled decoding (inductor mode)")
-    parser.add_argument("--int8-prefill-kernel", action="store_true",
-                        help="8-bit: each fast path again with vla.int8_linear.PREFILL_KERNEL on")  # fmt: skip
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_inference needs a CUDA device")
@@ -191,8 +182,6 @@ def main() -> None:
             agreements.append((quantization, "plain batch 8 vs plain batch 1", plain_8[:8], plain_1, plain_1,
                                reference["plain_1"]))  # fmt: skip
         for label, options in fast_paths(args):
-            if options.get("prefill_kernel") and quantization != "8bit":
-                continue  # the kernel reads LLM.int8 weights
             try:
                 decoder = use_decoder(vla, options)
                 for batch in args.batch:

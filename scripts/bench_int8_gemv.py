@@ -5,12 +5,12 @@ only):
 
 For each weight shape (q/k/v/o, fused q/k/v, gate/up, fused gate/up, down) and input rows, the median µs per call of
 (a) `F.linear` with a bf16 weight of the same shape, (b) the Triton kernel `w8a16_matmul` that reads the int8 weights
-directly (what `int8_linear` runs for up to GEMV_MAX_ROWS rows: decode steps) and (c) `dequantize` into a bf16
-temporary + cuBLAS (what it runs for more rows: the prefill, ~296 rows at batch 1). The table says whether
-GEMV_MAX_ROWS sits where (b) stops beating (c), and how close (b) gets to the card's bandwidth. For more than 16 rows
-also (d), `w8a16_weight_first_matmul`, a candidate for the prefill not yet used by the package: the same arithmetic as
-(b) with the weight as the dot's first operand (Hopper's wgmma reads that one from registers, where the int8 tile is
-converted) and tiles sized for hundreds of rows; and (e), another candidate: W8A8, the activations quantized per
+directly (what `int8_linear` runs for up to GEMV_MAX_ROWS rows: decode steps), (c) `dequantize` into a bf16
+temporary + cuBLAS (what it runs for more than WEIGHT_FIRST_MAX_ROWS rows: the prefill, ~296 rows at batch 1) and,
+for more than 16 rows, (d) `w8a16_weight_first_matmul`, the same arithmetic as (b) with the weight as the dot's first
+operand (Hopper's wgmma reads that one from registers, where the int8 tile is converted) and larger tiles (what it
+runs in between: batched decode steps). The table says whether the two thresholds sit where (b), (d) and (c) cross,
+and how close (b) gets to the card's bandwidth. Also (e), a candidate not used by the package: W8A8, the activations quantized per
 row (absmax, as LLM.int8 does outside its outlier columns) and `torch._int_mm` on the int8 tensor cores; it changes
 the numerics (its error column says by how much on these random tensors, which have no outlier features), and
 `_int_mm` alone on an input already int8: the floor of a kernel that would fuse the quantization and the scales.
@@ -88,7 +88,7 @@ def row(name: str, n: int, k: int, rows: int, args: argparse.Namespace, gen: tor
     errors = [((out.float() - reference).abs().max() / reference.abs().max()).item()
               for out in (K.w8a16_matmul(x, cb, scale), dequantized_linear(x, cb, scale))]  # fmt: skip
     w8a8, first = "—", "—"
-    if rows > 16:  # torch._int_mm's minimum on CUDA; the weight-first kernel is for prefill-sized inputs
+    if rows > 16:  # torch._int_mm's minimum on CUDA; the weight-first kernel's rows start above GEMV_MAX_ROWS
         first_us = timed(K.w8a16_weight_first_matmul, [(x, cb, s) for cb, s, _ in weights], args.calls, args.iters,
                          args.graph)  # fmt: skip
         out = K.w8a16_weight_first_matmul(x, cb, scale).float()
@@ -143,7 +143,7 @@ def main() -> None:
           f"{'CUDA graph' if args.graph else 'eager'}, {args.calls} calls a batch")  # fmt: skip
     print("| shape | rows | cuBLAS bf16 µs | w8a16_matmul µs | dequantize + cuBLAS µs | cuBLAS GB/s | w8a16_matmul GB/s "
           "| w8a16_matmul vs cuBLAS bf16 | w8a16_matmul vs dequantize | w8a16_matmul error | dequantize error "
-          "| weight-first kernel µs (prefill candidate) "
+          "| w8a16_weight_first_matmul µs "
           "| W8A8 `_int_mm` µs (candidate; the int8 matmul alone) |")  # fmt: skip
     print("|---" * 13 + "|")
     gen = torch.Generator("cuda").manual_seed(0)

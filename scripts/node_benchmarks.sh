@@ -11,7 +11,7 @@
 #   bash scripts/node_benchmarks.sh gather   # the 7B through eval.py gathering batches (--gather_s 0.5), vs vla's greedy
 #   bash scripts/node_benchmarks.sh perf     # issue 18's table: training cases + decoding at full size, with profiles
 #                                            # (needs bitsandbytes: carry its wheel instead of a sim bundle)
-#   bash scripts/node_benchmarks.sh int8     # 8-bit decoding: the weight-first prefill kernel, fused 8-bit projections
+#   bash scripts/node_benchmarks.sh int8     # 8-bit decoding: the int8 matmul paths' crossings, fused 8-bit projections
 #                                            # (needs bitsandbytes, as perf)
 #   bash scripts/node_benchmarks.sh fp8      # quantization fp8 against bf16: single matmuls, the GPU equivalence test,
 #                                            # decoding (batch 1 / 8 / 16, token agreement), LoRA training; full size
@@ -95,12 +95,12 @@ perf() {  # random 7.5B weights built inside each bench; the profile tables land
     --quantization 4bit --batch 1 --batch 8 --batch 16 --iters 10 --plain-iters 4 --warmup 2 --agree 16 --fused --compile
 }
 
-int8() {  # issue 18's 8-bit decoding levers (needs bitsandbytes, e.g. PYTHONPATH=.gpu/bnb:$PWD): the weight-first
-  # prefill kernel against dequantize + cuBLAS at decode and prefill rows, then whole actions with fused 8-bit q/k/v and
-  # gate/up, compiled elementwise ops and the prefill kernel (docs/PERFORMANCE.md, twenty-seventh session)
-  step int8_matmuls 150 $PY scripts/bench_int8_gemv.py --graph --rows 1 16 64 128 296 --iters 15
+int8() {  # issue 18's 8-bit decoding levers (needs bitsandbytes, e.g. PYTHONPATH=.gpu/bnb:$PWD): the three int8
+  # matmul paths at decode, batched-decode and prefill rows, then whole actions with fused 8-bit q/k/v and gate/up and
+  # compiled elementwise ops (docs/PERFORMANCE.md, twenty-seventh session)
+  step int8_matmuls 150 $PY scripts/bench_int8_gemv.py --graph --rows 1 16 64 96 128 192 296 --iters 15
   step inference_8bit 330 $PY scripts/bench_inference.py --tokenizer "$TOKENIZER" --quantization 8bit --batch 1 \
-    --batch 8 --iters 10 --plain-iters 2 --warmup 2 --agree 8 --fused --compile --int8-prefill-kernel
+    --batch 8 --iters 10 --plain-iters 2 --warmup 2 --agree 8 --fused --compile
 }
 
 fp8() {  # FP8 tensor cores for the frozen Llama (vla.fp8_linear); no bitsandbytes needed

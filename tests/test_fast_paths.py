@@ -288,7 +288,7 @@ def test_int8_triton_kernels_in_the_interpreter():
                                          BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
                 ref = x.double() @ (cb.double() * scale.double()[:, None]).t()
                 assert ((out.double() - ref).norm() / ref.norm()).item() < 2e-3, (m, n, k)
-            for block_m, block_n, block_k in [(16, 32, 64), (32, 16, 128)]:  # the prefill kernel: weight first
+            for block_m, block_n, block_k in [(16, 32, 64), (32, 16, 128)]:  # the weight-first kernel (batched decode steps)
                 out = torch.full((m, n), float("nan"), dtype=torch.float16)
                 grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
                 K._w8a16_weight_first_kernel.fn[grid](x, cb, scale, out, m, n, k, x.stride(0), out.stride(0),
@@ -300,31 +300,29 @@ def test_int8_triton_kernels_in_the_interpreter():
 
 
 @pytest.mark.gpu
-def test_int8_prefill_kernel_computes_the_int8_layers_product_on_the_gpu(monkeypatch):
-    """`PREFILL_KERNEL` routes prefill-sized inputs of a weight-only int8 layer through the weight-first Triton kernel:
-    the same product as dequantize + cuBLAS (bf16 output roundings apart), at the 7B's prefill shapes and a ragged one;
-    decode rows keep the GEMV kernel."""
+def test_int8_matmul_paths_compute_the_int8_layers_product_on_the_gpu():
+    """`int8_linear` picks the GEMV kernel up to GEMV_MAX_ROWS rows, the weight-first kernel up to
+    WEIGHT_FIRST_MAX_ROWS, dequantize + cuBLAS beyond; each gives the int8 layer's product (bf16 roundings apart) at the
+    7B's shapes and ragged ones, and the weight-first kernel agrees with dequantize + cuBLAS on a prefill."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     from vla import int8_kernels, int8_linear
 
     gen = torch.Generator("cuda").manual_seed(0)
-    for rows, n, k in [(296, 12288, 4096), (296, 4096, 11008), (4640, 4096, 4096), (77, 1000, 328)]:
+    low, high = int8_linear.GEMV_MAX_ROWS, int8_linear.WEIGHT_FIRST_MAX_ROWS
+    for n, k in [(12288, 4096), (4096, 11008), (1000, 328)]:
         w = torch.randn(n, k, device="cuda", generator=gen) * 0.02
         scale = w.abs().amax(1) / 127
         cb = torch.round(w / scale[:, None]).to(torch.int8)
-        x = torch.randn(rows, k, device="cuda", generator=gen).to(torch.bfloat16)
-        reference = x.float() @ (cb.float() * scale[:, None]).t()
-        outputs = {}
-        for on in (False, True):
-            monkeypatch.setattr(int8_linear, "PREFILL_KERNEL", on)
-            outputs[on] = int8_linear._matmul(x, cb, scale)
-        assert torch.equal(outputs[True], int8_kernels.w8a16_weight_first_matmul(x, cb, scale))
-        for out in outputs.values():
-            assert ((out.float() - reference).abs().max() / reference.abs().max()).item() < 1e-2, (rows, n, k)
-    monkeypatch.setattr(int8_linear, "PREFILL_KERNEL", True)
-    x = x[:16]
-    assert torch.equal(int8_linear._matmul(x, cb, scale), int8_kernels.w8a16_matmul(x, cb, scale))
+        for rows, kernel in [(low, int8_kernels.w8a16_matmul), (low + 1, int8_kernels.w8a16_weight_first_matmul),
+                             (high, int8_kernels.w8a16_weight_first_matmul), (296, None)]:  # fmt: skip
+            x = torch.randn(rows, k, device="cuda", generator=gen).to(torch.bfloat16)
+            reference = x.float() @ (cb.float() * scale[:, None]).t()
+            out = int8_linear._matmul(x, cb, scale)
+            expected = kernel(x, cb, scale) if kernel else x @ int8_linear.dequantize(cb, scale, x.dtype).t()
+            assert torch.equal(out, expected), (rows, n, k)
+            for other in (out, int8_kernels.w8a16_weight_first_matmul(x, cb, scale)):
+                assert ((other.float() - reference).abs().max() / reference.abs().max()).item() < 1e-2, (rows, n, k)
 
 
 def training_batch(vla, seed: int = 0) -> dict[str, torch.Tensor]:

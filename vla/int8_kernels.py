@@ -1,6 +1,6 @@
 """Triton kernels over LLM.int8 weights (int8 rows `CB` (N, K) with per-row fp32 `scale` = SCB / 127): dequantize to
-bf16, a weight-only W8A16 matmul for few rows that reads the int8 weights directly, and one for prefill-sized inputs
-(hundreds of rows) with the weight as the matmul's first operand. Imported only on CUDA."""
+bf16, a weight-only W8A16 matmul for few rows that reads the int8 weights directly (decode steps), and one with the
+weight as the tensor-core matmul's first operand for more rows (batched decode steps). Imported only on CUDA."""
 
 from __future__ import annotations
 
@@ -75,6 +75,8 @@ def w8a16_matmul(x: torch.Tensor, cb: torch.Tensor, scale: torch.Tensor) -> torc
 
 @triton.autotune(
     configs=[
+        triton.Config({"BLOCK_N": 64, "BLOCK_M": 128, "BLOCK_K": 128}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_N": 128, "BLOCK_M": 128, "BLOCK_K": 64}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_N": 128, "BLOCK_M": 64, "BLOCK_K": 128}, num_warps=4, num_stages=4),
         triton.Config({"BLOCK_N": 128, "BLOCK_M": 64, "BLOCK_K": 64}, num_warps=4, num_stages=5),
         triton.Config({"BLOCK_N": 128, "BLOCK_M": 128, "BLOCK_K": 64}, num_warps=8, num_stages=4),
@@ -109,8 +111,9 @@ def _w8a16_weight_first_kernel(
 
 
 def w8a16_weight_first_matmul(x: torch.Tensor, cb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """`w8a16_matmul` for many rows (a prefill): x (M, K) bf16/fp16, row-contiguous; cb (N, K) int8; scale (N,) fp32
-    -> x @ (cb * scale)^T (M, N) in x's dtype, the same arithmetic (fp32 sums, the row scale applied to each sum)."""
+    """`w8a16_matmul` for more rows (tens to a hundred and more): x (M, K) bf16/fp16, row-contiguous; cb (N, K) int8;
+    scale (N,) fp32 -> x @ (cb * scale)^T (M, N) in x's dtype, the same arithmetic (fp32 sums, the row scale applied
+    to each sum)."""
     m, k = x.shape
     n = cb.shape[0]
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
