@@ -135,6 +135,17 @@ def test_pyav_decodes_like_imageio_ffmpeg_and_close_to_the_frames(tmp_path):
     np.testing.assert_array_equal(yuv_to_rgb(torch.from_numpy(planes)).numpy(), decoded)
 
 
+def test_without_pyav_writing_and_reading_fail_naming_the_fix(tmp_path, monkeypatch):
+    frames = _smooth_frames(np.random.default_rng(3), 2, 32)
+    write_video(tmp_path / "v.mp4", frames)
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` now raises ImportError, as where PyAV is missing
+    with pytest.raises(ImportError, match=r"pip install av==.*OFFLINE\.md"):
+        write_video(tmp_path / "new.mp4", frames)
+    assert not (tmp_path / "new.mp4").exists()
+    with pytest.raises(ImportError, match="PyAV"):
+        decode_video(tmp_path / "v.mp4")
+
+
 def test_yuv_table_reproduces_swscale_on_every_level():
     levels = np.random.default_rng(3).permutation(np.arange(256**3, dtype=np.int64))[: 64 * 64 * 4]
     planes = np.stack([(levels >> shift) & 255 for shift in (16, 8, 0)]).astype(np.uint8).reshape(3, 4, 64, 64)

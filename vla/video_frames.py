@@ -41,10 +41,22 @@ def _threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _pyav():
+    """PyAV, or an ImportError naming the fix before any file is touched."""
+    try:
+        import av
+    except ImportError as err:
+        raise ImportError(
+            "video exports need PyAV (`av`, one of this project's dependencies): pip install av==18.1.0; on an offline "
+            "GPU node, carry its wheel and unzip it onto PYTHONPATH (docs/OFFLINE.md, section 5)"
+        ) from err
+    return av
+
+
 def write_video(path: Path, frames: np.ndarray, crf: int = 23) -> None:
     """uint8 (T, H, W, 3) -> an H.264 mp4 (libx264, yuv444p, `crf`, preset slow, one encoder thread so the bytes
     do not depend on the machine), encoded by PyAV: no ffmpeg binary, so a GPU node exports its own collection."""
-    import av
+    av = _pyav()
 
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
@@ -61,7 +73,7 @@ def write_video(path: Path, frames: np.ndarray, crf: int = 23) -> None:
 def decode_video(path: Path, yuv: bool = False) -> np.ndarray:
     """An mp4 -> uint8 RGB (T, H, W, 3) decoded with PyAV (no ffmpeg binary needed); with `yuv`, its yuv444p planes
     (T, 3, H, W) instead: several times faster, and `yuv_to_rgb` turns them into the same RGB."""
-    import av
+    av = _pyav()
 
     with av.open(str(path)) as container:
         if not yuv:
@@ -77,7 +89,7 @@ def decode_video(path: Path, yuv: bool = False) -> np.ndarray:
 @functools.cache
 def _untagged_yuv444p() -> tuple[str, int, int]:
     """Format, colorspace and range of the frames `_yuv_table` is measured on (= what write_video's files hold)."""
-    import av
+    av = _pyav()
 
     frame = av.VideoFrame.from_ndarray(np.zeros((3, 2, 2), np.uint8), format="yuv444p")
     return frame.format.name, frame.colorspace, frame.color_range
@@ -87,7 +99,7 @@ def _untagged_yuv444p() -> tuple[str, int, int]:
 def _yuv_table(device: torch.device) -> torch.Tensor:
     """(256**3, 3) uint8: the RGB swscale (PyAV's `to_ndarray(format="rgb24")`) gives each Y, U, V of a yuv444p
     frame, measured by converting one frame that holds every combination. Per pixel, so exact for any frame."""
-    import av
+    av = _pyav()
 
     levels = np.arange(256, dtype=np.uint8)
     planes = np.stack([g.reshape(4096, 4096) for g in np.meshgrid(levels, levels, levels, indexing="ij")])
