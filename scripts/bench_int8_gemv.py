@@ -10,10 +10,11 @@ temporary + cuBLAS (what it runs for more than WEIGHT_FIRST_MAX_ROWS rows: the p
 for more than 16 rows, (d) `w8a16_weight_first_matmul`, the same arithmetic as (b) with the weight as the dot's first
 operand (Hopper's wgmma reads that one from registers, where the int8 tile is converted) and larger tiles (what it
 runs in between: batched decode steps). The table says whether the two thresholds sit where (b), (d) and (c) cross,
-and how close (b) gets to the card's bandwidth. Also (e), a candidate not used by the package: W8A8, the activations quantized per
-row (absmax, as LLM.int8 does outside its outlier columns) and `torch._int_mm` on the int8 tensor cores; it changes
-the numerics (its error column says by how much on these random tensors, which have no outlier features), and
-`_int_mm` alone on an input already int8: the floor of a kernel that would fuse the quantization and the scales.
+and how close (b) gets to the card's bandwidth. Also (e), a candidate not used by the package: W8A8, the activations
+quantized per row (absmax, as LLM.int8 does outside its outlier columns) and `torch._int_mm` on the int8 tensor
+cores; it changes the numerics (its error column says by how much on these random tensors, which have no outlier
+features), and `_int_mm` alone on an input already int8: the floor of a kernel that would fuse the quantization and
+the scales.
 
 Each timed batch runs `--calls` calls over enough copies of the weight that they do not fit in L2 (as in decoding,
 where each layer's weights are read once a step); in eager mode a GPU sleep first lets the launches queue up, so the

@@ -288,7 +288,7 @@ def test_int8_triton_kernels_in_the_interpreter():
                                          BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
                 ref = x.double() @ (cb.double() * scale.double()[:, None]).t()
                 assert ((out.double() - ref).norm() / ref.norm()).item() < 2e-3, (m, n, k)
-            for block_m, block_n, block_k in [(16, 32, 64), (32, 16, 128)]:  # the weight-first kernel (batched decode steps)
+            for block_m, block_n, block_k in [(16, 32, 64), (32, 16, 128)]:  # the weight-first kernel
                 out = torch.full((m, n), float("nan"), dtype=torch.float16)
                 grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
                 K._w8a16_weight_first_kernel.fn[grid](x, cb, scale, out, m, n, k, x.stride(0), out.stride(0),
