@@ -7,6 +7,8 @@
 #   bash scripts/node_benchmarks.sh protocol # the shipped small VLA, 100 protocol episodes: compiled decoding, 24 envs
 #   bash scripts/node_benchmarks.sh full7b   # issue 13's 7B row alone: the random 7B (bf16, fast + compiled decoding)
 #                                            # through eval.py, 2 states a task (the first 16 episodes run together)
+#   bash scripts/node_benchmarks.sh wide7b   # the random 7B with 16 vs 32 envs (16 vs 32 episodes of tasks 0-7, all at
+#                                            # once): does a bigger batch per call lift the policy-bound rate?
 #   bash scripts/node_benchmarks.sh serve    # the full-size VLA behind serve.py: bench_serve at 1 / 8 / 32 clients
 #   bash scripts/node_benchmarks.sh gather   # the 7B through eval.py gathering batches (--gather_s 0.5), vs vla's greedy
 #   bash scripts/node_benchmarks.sh perf     # issue 18's table: training cases + decoding at full size, with profiles
@@ -80,6 +82,17 @@ full7b() {  # random weights never succeed: 20 episodes x 220 steps, 16 at once;
   checkpoint full /tmp/vla_full 100
   step full7b 300 $PY scripts/eval.py --checkpoint /tmp/vla_full --num_trials_per_task 2 --num_envs 16 \
     --out_dir "$DIR/full7b"
+}
+
+wide7b() {  # the 7B's protocol is policy-bound (twenty-fourth session: 96 ms a call at a mean batch 6-7, 62.5 steps/s);
+  # a decode step reads the weights once whatever the batch, so more envs per call should raise steps/s. Random
+  # weights never succeed, so 2 (4) episodes of each of 8 tasks keep all 16 (32) envs busy to the end: no tail
+  local envs
+  checkpoint full /tmp/vla_full 100
+  for envs in 16 32; do
+    step "wide7b_envs_$envs" 200 $PY scripts/eval.py --checkpoint /tmp/vla_full --tasks "[0,1,2,3,4,5,6,7]" \
+      --num_trials_per_task $((envs / 8)) --num_envs "$envs" --out_dir "$DIR/envs_$envs"
+  done
 }
 
 gather() {  # scripts/bench_scheduler.py predicts greedy (the vla stage) beats gathering by ~9 % for the 7B
@@ -164,6 +177,7 @@ for stage in "$@"; do
     vla) vla ;;
     protocol) protocol ;;
     full7b) full7b ;;
+    wide7b) wide7b ;;
     serve) serve ;;
     gather) gather ;;
     perf) perf ;;
@@ -173,7 +187,7 @@ for stage in "$@"; do
     fp8) fp8 ;;
     compile) compile ;;
     fast24) fast24 ;;
-    *) echo "unknown stage $stage: sim | vla | protocol | full7b | serve | gather | perf | int8 | precision | fp8 | compile | fast24 | small" >&2
+    *) echo "unknown stage $stage: sim | vla | protocol | full7b | wide7b | serve | gather | perf | int8 | precision | fp8 | compile | fast24 | small" >&2
       exit 2 ;;
   esac
   grep -h "timing:" "$DIR"/*.log 2>/dev/null | tail -n 4
