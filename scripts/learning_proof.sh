@@ -16,7 +16,7 @@
 # true"), COLLECT_FLAGS (more collect_demos.py flags, e.g. "--miss_height 0.12 --max_steps 320": rehearsed misses;
 # "--learner_checkpoint checkpoints/small-libero-spatial --max_steps 340": recoveries from a learner's states),
 # EVAL_FLAGS (more eval.py flags), FIRST_TASKS (e.g. "4,3": these tasks' full protocol first, the rest after, one
-# merged table), WORKERS, TOKENIZER, SAMPLE_TRIALS, FULL_TRIALS and FULL_ON, the
+# merged table), WORKERS, EVAL_ENVS, TOKENIZER, SAMPLE_TRIALS, FULL_TRIALS and FULL_ON, the
 # checkpoint that gets the full protocol and is shipped: last (default: the end of the annealed schedule, as OpenVLA
 # evaluates), best_sample (the highest success rate on the sample states: in docs/RESULTS.md's fifteenth session a
 # 50-episode sample of 30 % became 17.2 % on the full protocol, luck selected) or best_val (the lowest held-out loss:
@@ -46,7 +46,10 @@ NOISE_DIMS=${NOISE_DIMS:-xyz}    # xyz | xyzrpy (rotation noise makes the clean 
 STEPS=${STEPS:-8000}             # optimizer steps of batch 128 per model (8,000 ≈ 14 epochs of 600 episodes; the
                                  # issue-7 model reached token accuracy 0.86 after 28 epochs, the 7-epoch runs 0.5)
 SAVES=${SAVES:-5}                # checkpoints per run (evaluated one by one: the learning curve)
-WORKERS=${WORKERS:-16}           # simulator processes
+WORKERS=${WORKERS:-16}           # simulator processes of collection (one a core)
+EVAL_ENVS=${EVAL_ENVS:-$((WORKERS * 3 / 2))}  # envs of a VLA's evaluation: half again as many as cores, since an env
+                                 # waiting for the policy leaves its core idle (28th session, H100: 231 steps/s
+                                 # with 24 envs, 212 with 16; docs/PERFORMANCE.md)
 TOKENIZER=${TOKENIZER:-../shared/tokenizers/llama2}
 SAMPLE_TRIALS=${SAMPLE_TRIALS:-5}   # fixed initial states per task for the intermediate checkpoints
 FULL_TRIALS=${FULL_TRIALS:-50}      # fixed initial states per task for the last checkpoint (50 = OpenVLA's protocol)
@@ -137,7 +140,7 @@ eval_checkpoint() {  # $1 = merged checkpoint dir, $2 = trials per task, $3 = ou
   shift 3
   [ -f "$out/episodes.jsonl" ] && resume=true
   $PY scripts/eval.py --task_suite "$SUITE" --checkpoint "$ckpt" --num_trials_per_task "$trials" \
-    --num_envs "$WORKERS" --center_crop true --out_dir "$out" --resume "$resume" ${TASKS:+--tasks "$TASKS"} \
+    --num_envs "$EVAL_ENVS" --center_crop true --out_dir "$out" --resume "$resume" ${TASKS:+--tasks "$TASKS"} \
     ${EVAL_FLAGS:-} "$@" > "$out.log" 2>&1 || { tail -n 20 "$out.log"; return 1; }
   grep -A 14 "max steps" "$out.log" | tail -n 12
 }
