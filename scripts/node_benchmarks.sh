@@ -15,6 +15,8 @@
 #                                            # (needs bitsandbytes: carry its wheel instead of a sim bundle)
 #   bash scripts/node_benchmarks.sh int8     # 8-bit decoding: the int8 matmul paths' crossings, fused 8-bit projections
 #                                            # (needs bitsandbytes, as perf)
+#   bash scripts/node_benchmarks.sh gputests # every `pytest -m gpu` test of the suite, one log (issue 18's equivalence
+#                                            # tests in one place; needs bitsandbytes, as perf, and the sim bundle)
 #   bash scripts/node_benchmarks.sh fp8      # quantization fp8 against bf16: single matmuls, the GPU equivalence test,
 #                                            # decoding (batch 1 / 8 / 16, token agreement), LoRA training; full size
 #   bash scripts/node_benchmarks.sh compile  # speed.compile_llm_layers: LoRA training with each Llama layer compiled, bf16
@@ -116,6 +118,14 @@ int8() {  # issue 18's 8-bit decoding levers (needs bitsandbytes, e.g. PYTHONPAT
     --batch 8 --iters 10 --plain-iters 2 --warmup 2 --agree 8 --fused --compile
 }
 
+gputests() {  # the GPU half of the test suite: the files that hold `gpu` tests, named so that no other file's
+  # imports (simulator, TensorFlow) need to resolve on the node; the summary line and any traceback land in the log
+  VLA_LLAMA2_DIR="$TOKENIZER" step gpu_tests 480 $PY -m pytest -q -m gpu -p no:cacheprovider -rs tests/test_fast_paths.py \
+    tests/test_model.py tests/test_processor.py tests/test_augment_torch.py tests/test_video_frames.py \
+    tests/test_lora.py tests/test_policies.py
+  tail -n 3 "$DIR/gpu_tests.log"
+}
+
 fp8() {  # FP8 tensor cores for the frozen Llama (vla.fp8_linear); no bitsandbytes needed
   step matmul_fp8 40 $PY scripts/bench_fp8_matmul.py --iters 30
   VLA_LLAMA2_DIR="$TOKENIZER" step fp8_gpu_test 150 $PY -m pytest -q -s -m gpu tests/test_fast_paths.py \
@@ -182,12 +192,13 @@ for stage in "$@"; do
     gather) gather ;;
     perf) perf ;;
     int8) int8 ;;
+    gputests) gputests ;;
     precision) precision ;;
     small) small ;;
     fp8) fp8 ;;
     compile) compile ;;
     fast24) fast24 ;;
-    *) echo "unknown stage $stage: sim | vla | protocol | full7b | wide7b | serve | gather | perf | int8 | precision | fp8 | compile | fast24 | small" >&2
+    *) echo "unknown stage $stage: sim | vla | protocol | full7b | wide7b | serve | gather | perf | int8 | gputests | precision | fp8 | compile | fast24 | small" >&2
       exit 2 ;;
   esac
   grep -h "timing:" "$DIR"/*.log 2>/dev/null | tail -n 4

@@ -65,6 +65,8 @@ def test_pixel_values_on_the_cpu_are_the_call():
 
 @pytest.mark.gpu
 def test_pixel_values_normalized_on_the_gpu_equal_the_host_path():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
     processor, images = ImageProcessor(), _mixed_images()
     on_device = processor.pixel_values(images, "cuda")
     assert on_device.device.type == "cuda"
