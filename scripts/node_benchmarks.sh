@@ -15,6 +15,8 @@
 #                                            # (needs bitsandbytes: carry its wheel instead of a sim bundle)
 #   bash scripts/node_benchmarks.sh int8     # 8-bit decoding: the int8 matmul paths' crossings, fused 8-bit projections
 #                                            # (needs bitsandbytes, as perf)
+#   bash scripts/node_benchmarks.sh seed     # issue 18's seed-recipe row: LLM.int8 at 1 x 4 against the same 4 samples as
+#                                            # one micro-batch (4 x 1: the same step, tests/test_training.py), bitsandbytes
 #   bash scripts/node_benchmarks.sh gputests # every `pytest -m gpu` test of the suite, one log (issue 18's equivalence
 #                                            # tests in one place; needs bitsandbytes, as perf, and the sim bundle)
 #   bash scripts/node_benchmarks.sh fp8      # quantization fp8 against bf16: single matmuls, the GPU equivalence test,
@@ -118,6 +120,16 @@ int8() {  # issue 18's 8-bit decoding levers (needs bitsandbytes, e.g. PYTHONPAT
     --batch 8 --iters 10 --plain-iters 2 --warmup 2 --agree 8 --fused --compile
 }
 
+seed() {  # the seed recipe (LLM.int8, micro-batch 1 x accumulation 4) is host-bound: ~20 k ATen ops and LLM.int8's
+  # host syncs per micro-batch (issue 8's profile). The same 4 samples as one micro-batch make the same optimizer step
+  # (every sample has 8 labelled tokens; tests/test_training.py::test_accumulation_equals_one_large_batch) in a quarter
+  # of the launches; LLM.int8 still quantizes the same way (its outlier columns are chosen over the micro-batch's rows).
+  # The first case is the baseline the ratios are taken against
+  step finetune_seed 420 $PY scripts/bench_finetune.py --tokenizer "$TOKENIZER" --warmup 1 --steps 3 \
+    --case 8bit,1,4 --case 8bit,2,2 --case 8bit,4,1 --case 8bit,4,1,ckpt --case 8bit,4,1,ckpt,vis
+  tail -n 8 "$DIR/finetune_seed.log"
+}
+
 gputests() {  # the GPU half of the test suite: the files that hold `gpu` tests, named so that no other file's
   # imports (simulator, TensorFlow) need to resolve on the node; the summary line and any traceback land in the log
   VLA_LLAMA2_DIR="$TOKENIZER" step gpu_tests 480 $PY -m pytest -q -m gpu -p no:cacheprovider -rs tests/test_fast_paths.py \
@@ -193,12 +205,13 @@ for stage in "$@"; do
     perf) perf ;;
     int8) int8 ;;
     gputests) gputests ;;
+    seed) seed ;;
     precision) precision ;;
     small) small ;;
     fp8) fp8 ;;
     compile) compile ;;
     fast24) fast24 ;;
-    *) echo "unknown stage $stage: sim | vla | protocol | full7b | wide7b | serve | gather | perf | int8 | gputests | precision | fp8 | compile | fast24 | small" >&2
+    *) echo "unknown stage $stage: sim | vla | protocol | full7b | wide7b | serve | gather | perf | int8 | seed | gputests | precision | fp8 | compile | fast24 | small" >&2
       exit 2 ;;
   esac
   grep -h "timing:" "$DIR"/*.log 2>/dev/null | tail -n 4
