@@ -1,11 +1,15 @@
 """Simulation throughput: raw env steps/s of N workers x rendered cameras (random actions, every worker stepping on
 its own), and the harness rate (the scripted expert through `vla.env_scheduler`, resets included) on the same pool,
-with its ratio to the raw rate of that run.
+with its ratio to the raw rate of that run. The harness runs the evaluation protocol's episodes (`--jobs protocol`:
+the suite's fixed initial states, task after task, as `eval.py` orders them, so resets are soft unless `--resets
+hard`) and/or demo collection's (`--jobs random`: random placements, the tasks in turn, each reset a LIBERO rebuild;
+before 2026-12-07 the only harness, so older tables' ratios include a rebuild per episode).
 
     python scripts/bench_sim.py --workers 1,4,8,16 --seconds 20            # on the GPU machine
     python scripts/bench_sim.py --workers 1,2 --seconds 3 --cameras none   # a CPU smoke run
     python scripts/bench_sim.py --workers 16 --cameras both --resets soft,hard  # soft vs LIBERO's hard resets
     python scripts/bench_sim.py --workers 16 --cameras both --channels socket,pipes  # how workers answer
+    python scripts/bench_sim.py --workers 16 --cameras agentview --jobs protocol,random  # eval's vs collection's
 """
 
 from __future__ import annotations
@@ -13,13 +17,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
+from collections.abc import Iterator
 
 import numpy as np
 
 from vla.env_pool import EnvPool, ResetRequest, open_pool
 from vla.env_scheduler import Job, Scheduler
 from vla.gl_check import RenderConfig
-from vla.libero_env import CAMERAS, SUITE_MAX_STEPS
+from vla.libero_env import CAMERAS, SUITE_MAX_STEPS, load_init_states
 from vla.policies import ExpertPolicy
 from vla.runtime import configure_logging
 from vla.worker_pipes import PIPE_BYTES
@@ -45,11 +50,28 @@ def raw_rate(pool: EnvPool, seconds: float, seed: int = 0) -> float:
     return steps / elapsed
 
 
-def harness_rate(pool: EnvPool, suite: str, seconds: float) -> tuple[float, float | None]:
-    """Policy steps/s of the scripted expert through the scheduler (random placements), and the workers' busy share."""
-    jobs = (Job(pool.tasks[i % len(pool.tasks)], ResetRequest(i % len(pool.tasks), seed=i)) for i in itertools.count())
+def protocol_jobs(pool: EnvPool, suite: str) -> Iterator[Job]:
+    """The evaluation protocol's episodes, endlessly: each task's fixed initial states in turn (env seed 0), task
+    after task, the order `eval.py` runs them in."""
+    states = {task.task_id: load_init_states(suite, task.task_id) for task in pool.tasks}
+    for task in itertools.cycle(pool.tasks):
+        for i, state in enumerate(states[task.task_id]):
+            yield Job(task, ResetRequest(task.task_id, init_state=state, seed=0), key=i)
+
+
+def random_jobs(pool: EnvPool) -> Iterator[Job]:
+    """Demo collection's episodes: random placements (seeded by the episode's number), the tasks in turn."""
+    for i in itertools.count():
+        yield Job(pool.tasks[i % len(pool.tasks)], ResetRequest(i % len(pool.tasks), seed=i))
+
+
+def harness_rate(pool: EnvPool, suite: str, seconds: float, jobs: str) -> tuple[float, float | None]:
+    """Policy steps/s of the scripted expert through the scheduler over `jobs` (protocol | random), and the workers'
+    busy share."""
+    endless = protocol_jobs(pool, suite) if jobs == "protocol" else random_jobs(pool)
+    episodes = list(itertools.islice(endless, 10_000))
     scheduler = Scheduler(pool, ExpertPolicy(), SUITE_MAX_STEPS[suite])
-    started, run = time.perf_counter(), scheduler.run(list(itertools.islice(jobs, 10_000)))
+    started, run = time.perf_counter(), scheduler.run(episodes)
     for _ in run:
         if time.perf_counter() - started > seconds:
             break
@@ -62,22 +84,23 @@ def harness_rate(pool: EnvPool, suite: str, seconds: float) -> tuple[float, floa
 
 def main(args: argparse.Namespace) -> list[dict]:
     rows = []
-    print(f"{'workers':>7} {'cameras':>9} {'reset':>5} {'channel':>7} {'raw steps/s':>11} {'harness':>8} {'ratio':>6} "
-          f"{'busy':>5}")  # fmt: skip
+    print(f"{'workers':>7} {'cameras':>9} {'reset':>5} {'channel':>7} {'raw steps/s':>11} {'jobs':>8} {'harness':>8} "
+          f"{'ratio':>6} {'busy':>5}")  # fmt: skip
     for workers, name, reset, channel in itertools.product(args.workers, args.cameras, args.resets, args.channels):
         render = RenderConfig(gl=args.gl, egl_devices=args.egl_devices)
         hard = reset == "hard"
         with open_pool(args.task_suite, workers, CAMERA_SETS[name], render, args.libero_assets, hard,
                        answer_pipe_bytes=CHANNELS[channel]) as pool:  # fmt: skip
             raw = raw_rate(pool, args.seconds)
-            harness, busy = harness_rate(pool, args.task_suite, args.seconds) if args.harness else (None, None)
-        ratio = f"{harness / raw:6.2f}" if harness else f"{'-':>6}"
-        print(
-            f"{workers:>7} {name:>9} {reset:>5} {channel:>7} {raw:>11.1f} {harness or 0:>8.1f} {ratio} "
-            f"{busy if busy is not None else '-':>5}"
-        )
-        rows.append({"workers": workers, "cameras": name, "reset": reset, "channel": channel, "raw": raw,
-                     "harness": harness, "busy": busy})  # fmt: skip
+            harnesses = {jobs: harness_rate(pool, args.task_suite, args.seconds, jobs) for jobs in args.jobs}
+        for jobs, (harness, busy) in harnesses.items() or {"-": (None, None)}.items():
+            ratio = f"{harness / raw:6.2f}" if harness else f"{'-':>6}"
+            print(
+                f"{workers:>7} {name:>9} {reset:>5} {channel:>7} {raw:>11.1f} {jobs:>8} {harness or 0:>8.1f} {ratio} "
+                f"{busy if busy is not None else '-':>5}"
+            )
+            rows.append({"workers": workers, "cameras": name, "reset": reset, "channel": channel, "raw": raw,
+                         "jobs": jobs, "harness": harness, "busy": busy})  # fmt: skip
     return rows
 
 
@@ -90,7 +113,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resets", type=lambda s: s.split(","), default=["soft"], help="soft,hard (LIBERO's default)")
     parser.add_argument("--channels", type=lambda s: s.split(","), default=["socket"], help="socket,pipes")
     parser.add_argument("--task_suite", default="libero_spatial")
-    parser.add_argument("--harness", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
+    parser.add_argument("--harness", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
+                        help="false: raw rates only (as --jobs '')")  # fmt: skip
+    parser.add_argument("--jobs", type=lambda s: [j for j in s.split(",") if j], default=["protocol"],
+                        help="the harness's episodes, each timed on the same pool: protocol (eval.py's fixed states), "
+                             "random (collection's placements); empty: raw rates only")  # fmt: skip
     parser.add_argument("--gl", choices=("egl", "osmesa"), default=None)
     parser.add_argument("--egl_devices", type=ints, default=None, help="default: the visible GPUs")
     parser.add_argument("--libero_assets", default=None)
@@ -100,6 +127,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown camera sets {bad}: choose from {list(CAMERA_SETS)}")
     if set(args.resets) - {"soft", "hard"}:
         parser.error(f"unknown resets {args.resets}: choose from soft,hard")
+    args.jobs = args.jobs if args.harness else []
+    if set(args.jobs) - {"protocol", "random"}:
+        parser.error(f"unknown jobs {args.jobs}: choose from protocol,random")
     if set(args.channels) - set(CHANNELS):
         parser.error(f"unknown channels {args.channels}: choose from {','.join(CHANNELS)}")
     return args

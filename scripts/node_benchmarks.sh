@@ -2,7 +2,8 @@
 # The GPU-node measurements of docs/PERFORMANCE.md (issues 13 and 15) in stages, each <= 9 minutes on one H200 with
 # 16 cores, its steps' time limits summing below that so a stage always ends with its logs written:
 #
-#   bash scripts/node_benchmarks.sh sim      # bench_sim at 16 workers (soft vs hard resets), the expert's full protocol
+#   bash scripts/node_benchmarks.sh sim      # bench_sim at 16 workers (the protocol's vs collection's episodes), the
+#                                            # expert's full protocol
 #   bash scripts/node_benchmarks.sh vla      # a small (fast and plain decoding) and the 7B VLA (random) through eval.py
 #   bash scripts/node_benchmarks.sh protocol # the shipped small VLA, 100 protocol episodes: compiled decoding, 24 envs
 #   bash scripts/node_benchmarks.sh full7b   # issue 13's 7B row alone: the random 7B (bf16, fast + compiled decoding)
@@ -54,7 +55,7 @@ checkpoint() {  # preset, dir, limit: a random-weight official-format checkpoint
 }
 
 sim() {
-  step bench_sim 200 $PY scripts/bench_sim.py --workers 16 --cameras both,none --resets soft,hard --seconds 10
+  step bench_sim 200 $PY scripts/bench_sim.py --workers 16 --cameras agentview,none --jobs protocol,random --seconds 10
   step expert 300 $PY scripts/eval.py --task_suite libero_spatial --policy expert --num_trials_per_task 50 --num_envs 16 \
     --out_dir "$DIR/expert"
 }

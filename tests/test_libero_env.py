@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -305,3 +306,28 @@ def test_workers_answering_over_big_pipes_give_the_same_episode(libero_assets_di
     for a, b in zip(*traces, strict=True):
         for key in ("robot0_eef_pos", "agentview_image", "robot0_eye_in_hand_image"):
             np.testing.assert_array_equal(a.obs[key], b.obs[key], err_msg=key)
+
+
+def test_bench_sim_times_the_protocols_episodes_or_collections(libero_assets_dir):
+    """scripts/bench_sim.py's harness: `--jobs protocol` runs eval.py's episodes (each task's fixed initial states in
+    order, env seed 0: soft resets), `--jobs random` collection's (random placements, tasks in turn: rebuilds)."""
+    from types import SimpleNamespace
+
+    from scripts_loader import load_script
+
+    from vla.libero_env import list_tasks, load_init_states, setup_libero
+
+    setup_libero(libero_assets_dir)
+    bench = load_script("bench_sim")
+    pool = SimpleNamespace(tasks=list_tasks("libero_spatial"))
+    protocol = list(itertools.islice(bench.protocol_jobs(pool, "libero_spatial"), 60))
+    expected = [(0, i) for i in range(50)] + [(1, i) for i in range(10)]
+    assert [(job.task.task_id, job.key) for job in protocol] == expected
+    states = load_init_states("libero_spatial", 1)
+    for job in protocol[50:]:
+        assert job.request.seed == 0 and job.request.task_id == 1
+        np.testing.assert_array_equal(job.request.init_state, states[job.key])
+    collection = list(itertools.islice(bench.random_jobs(pool), 12))
+    assert [job.task.task_id for job in collection] == [*range(10), 0, 1]
+    assert all(job.request.init_state is None for job in collection)
+    assert len({job.request.seed for job in collection}) == 12
