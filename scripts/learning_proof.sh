@@ -46,8 +46,8 @@ NOISE_DIMS=${NOISE_DIMS:-xyz}    # xyz | xyzrpy (rotation noise makes the clean 
 STEPS=${STEPS:-8000}             # optimizer steps of batch 128 per model (8,000 ≈ 14 epochs of 600 episodes; the
                                  # issue-7 model reached token accuracy 0.86 after 28 epochs, the 7-epoch runs 0.5)
 SAVES=${SAVES:-5}                # checkpoints per run (evaluated one by one: the learning curve)
-WORKERS=${WORKERS:-16}           # simulator processes of collection (one a core)
-EVAL_ENVS=${EVAL_ENVS:-$((WORKERS * 3 / 2))}  # envs of a VLA's evaluation: half again as many as cores, since an env
+WORKERS=${WORKERS:-16}           # simulator processes, one a core: collection, the expert, the sample evaluations
+EVAL_ENVS=${EVAL_ENVS:-$((WORKERS * 3 / 2))}  # envs of the full protocol: half again as many as cores, since an env
                                  # waiting for the policy leaves its core idle (28th session, H100: 231 steps/s
                                  # with 24 envs, 212 with 16; docs/PERFORMANCE.md)
 TOKENIZER=${TOKENIZER:-../shared/tokenizers/llama2}
@@ -140,7 +140,7 @@ eval_checkpoint() {  # $1 = merged checkpoint dir, $2 = trials per task, $3 = ou
   shift 3
   [ -f "$out/episodes.jsonl" ] && resume=true
   $PY scripts/eval.py --task_suite "$SUITE" --checkpoint "$ckpt" --num_trials_per_task "$trials" \
-    --num_envs "$EVAL_ENVS" --center_crop true --out_dir "$out" --resume "$resume" ${TASKS:+--tasks "$TASKS"} \
+    --num_envs "${ENVS:-$WORKERS}" --center_crop true --out_dir "$out" --resume "$resume" ${TASKS:+--tasks "$TASKS"} \
     ${EVAL_FLAGS:-} "$@" > "$out.log" 2>&1 || { tail -n 20 "$out.log"; return 1; }
   grep -A 14 "max steps" "$out.log" | tail -n 12
 }
@@ -197,7 +197,7 @@ evaluate() {  # the samples, then the first preset's FULL_ON checkpoint on FULL_
 full_protocol() {  # $1 = checkpoint, $2 = out dir: FULL_TRIALS fixed states of every task. With FIRST_TASKS (e.g.
   # "4,3": the tasks a change targets) those tasks run first, in $2-first, then the others in $2-rest, merged into $2
   # (scripts/merge_evals.py): the same episodes, but a lease cut short has the answer that matters most
-  local flags=(--compile_decoding "${FULL_COMPILE:-false}") rest
+  local flags=(--compile_decoding "${FULL_COMPILE:-false}") rest ENVS=$EVAL_ENVS  # eval_checkpoint's env count
   if [ -z "${FIRST_TASKS:-}" ]; then eval_checkpoint "$1" "$FULL_TRIALS" "$2" "${flags[@]}"; return; fi
   rest=$($PY -c 'import sys; from vla.libero_env import list_tasks
 first = {int(t) for t in sys.argv[2].split(",")}

@@ -693,19 +693,21 @@ def test_learning_proof_runs_first_tasks_first_and_merges_the_full_protocol(tmp_
         (folder / "episodes.jsonl").write_text("".join(json.dumps(
             {"task_id": t, "episode": 0, "status": "success" if t % 2 else "failure", "steps": 9, "wall_time_s": 1.0}
         ) + "\n" for t in tasks))  # fmt: skip
-    stub = 'eval_checkpoint() { echo "$1 $2 $3 $TASKS" >> "$CALLS"; }'  # the evaluations above stand in for eval.py
+    # the evaluations above stand in for eval.py
+    stub = 'eval_checkpoint() { echo "$1 $2 $3 $TASKS $ENVS" >> "$CALLS"; }'
     env = {
         **os.environ,
         "PYTHON": sys.executable,
         "FIRST_TASKS": "4,3",
         "FULL_TRIALS": "1",
+        "EVAL_ENVS": "7",  # the full protocol's env count (sample evaluations keep WORKERS)
         "CALLS": str(tmp_path / "c"),
     }
     run = ["bash", "-c", f"source {script} && {stub} && full_protocol CK {out}"]
     printed = subprocess.run(run, env=env, check=True, capture_output=True, text=True).stdout
     assert (tmp_path / "c").read_text().splitlines() == [
-        f"CK 1 {out}-first [4,3]",
-        f"CK 1 {out}-rest [0,1,2,5,6,7,8,9]",
+        f"CK 1 {out}-first [4,3] 7",
+        f"CK 1 {out}-rest [0,1,2,5,6,7,8,9] 7",
     ]
     assert "overall     5/10" in printed  # the merged table: tasks 1, 3, 5, 7, 9 succeeded
     assert report(out)["complete"] and json.loads((out / "eval_config.json").read_text())["tasks"] is None
