@@ -143,3 +143,15 @@ def test_timing_shows_the_parts_a_policy_times_itself_per_run():
     assert policy.timing["model_s"] > timing.policy_parts["model_s"]
     untimed = Timing(num_workers=1)  # a policy without timers: no parts in the line
     assert untimed.policy_parts == {} and "mean batch None)" in untimed.line()
+
+
+def test_a_padding_latency_policy_costs_the_rows_it_pads_to(monkeypatch):
+    """bench_scheduler's `--pad captured`: one observation costs what the fast decoder's captured batch would (12 rows
+    here), not one row."""
+    import vla.fake_pool as fake_pool
+
+    slept = []
+    monkeypatch.setattr(fake_pool.time, "sleep", slept.append)
+    for pad in (None, lambda n: 12):
+        LatencyPolicy(0.5, per_item_s=0.01, pad=pad).act({0: {"t": np.array(0)}}, {0: TASK.language})
+    assert slept == pytest.approx([0.51, 0.62])

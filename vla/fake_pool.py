@@ -118,13 +118,16 @@ def policy_action(t: int) -> np.ndarray:
 
 
 class LatencyPolicy:
-    """A policy whose `act` sleeps `base_s + per_item_s * batch` (a GPU model's cost shape) and answers
-    `policy_action(obs["t"])`; `calls` records (time.perf_counter() at the call, the slots) of every call."""
+    """A policy whose `act` sleeps `base_s + per_item_s * rows` (a GPU model's cost shape) and answers
+    `policy_action(obs["t"])`, where rows is the batch, or `pad(batch)` (e.g. `vla.batch_shapes.bucket_batch`: the
+    captured batch a fast decoder pads it to); `calls` records (time.perf_counter() at the call, the slots) of every
+    call."""
 
     cameras: tuple[str, ...] = ()
 
-    def __init__(self, base_s: float = 0.0, per_item_s: float = 0.0, gather_s: float | None = None):
-        self.base_s, self.per_item_s = base_s, per_item_s
+    def __init__(self, base_s: float = 0.0, per_item_s: float = 0.0, gather_s: float | None = None,
+                 pad: Callable[[int], int] | None = None):  # fmt: skip
+        self.base_s, self.per_item_s, self.pad = base_s, per_item_s, pad
         if gather_s is not None:
             self.gather_s = gather_s  # the scheduler hint, as VLAPolicy gives it
         self.last_frames: dict[int, np.ndarray] = {}
@@ -135,5 +138,6 @@ class LatencyPolicy:
 
     def act(self, observations: dict[int, Observation], instructions: dict[int, str]) -> dict[int, np.ndarray]:
         self.calls.append((time.perf_counter(), sorted(observations)))
-        time.sleep(self.base_s + self.per_item_s * len(observations))
+        rows = self.pad(len(observations)) if self.pad else len(observations)
+        time.sleep(self.base_s + self.per_item_s * rows)
         return {slot: policy_action(int(obs["t"])) for slot, obs in observations.items()}
