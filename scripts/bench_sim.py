@@ -93,7 +93,7 @@ def main(args: argparse.Namespace) -> list[dict]:
                        answer_pipe_bytes=CHANNELS[channel]) as pool:  # fmt: skip
             raw = raw_rate(pool, args.seconds)
             harnesses = {jobs: harness_rate(pool, args.task_suite, args.seconds, jobs) for jobs in args.jobs}
-        for jobs, (harness, busy) in harnesses.items() or {"-": (None, None)}.items():
+        for jobs, (harness, busy) in (harnesses or {"-": (None, None)}).items():
             ratio = f"{harness / raw:6.2f}" if harness else f"{'-':>6}"
             print(
                 f"{workers:>7} {name:>9} {reset:>5} {channel:>7} {raw:>11.1f} {jobs:>8} {harness or 0:>8.1f} {ratio} "

@@ -90,8 +90,9 @@ full7b() {  # random weights never succeed: 20 episodes x 220 steps, 16 at once;
 }
 
 wide7b() {  # the 7B's protocol is policy-bound (twenty-fourth session: 96 ms a call at a mean batch 6-7, 62.5 steps/s);
-  # a decode step reads the weights once whatever the batch, so more envs per call should raise steps/s. Random
-  # weights never succeed, so 2 (4) episodes of each of 8 tasks keep all 16 (32) envs busy to the end: no tail
+  # a decode step reads the weights once whatever the batch, so more envs per call should raise steps/s (twenty-eighth
+  # session: 54.0 vs 55.3 steps/s, the prefill is compute-bound). Random weights never succeed, so 2 (4) episodes of
+  # each of 8 tasks keep all 16 (32) envs busy to the end: no tail
   local envs
   checkpoint full /tmp/vla_full 100
   for envs in 16 32; do
@@ -124,7 +125,7 @@ int8() {  # issue 18's 8-bit decoding levers (needs bitsandbytes, e.g. PYTHONPAT
 seed() {  # the seed recipe (LLM.int8, micro-batch 1 x accumulation 4) is host-bound: ~20 k ATen ops and LLM.int8's
   # host syncs per micro-batch (issue 8's profile). The same 4 samples as one micro-batch make the same optimizer step
   # (every sample has 8 labelled tokens; tests/test_training.py::test_accumulation_equals_one_large_batch) in a quarter
-  # of the launches; LLM.int8 still quantizes the same way (its outlier columns are chosen over the micro-batch's rows).
+  # of the launches, still in LLM.int8 (whose outlier columns are then chosen over four samples' rows, not one's).
   # The first case is the baseline the ratios are taken against
   step finetune_seed 420 $PY scripts/bench_finetune.py --tokenizer "$TOKENIZER" --warmup 1 --steps 3 \
     --case 8bit,1,4 --case 8bit,2,2 --case 8bit,4,1 --case 8bit,4,1,ckpt --case 8bit,4,1,ckpt,vis
