@@ -10,7 +10,7 @@ from torch import nn
 from vla.forward_patch import patch_forward, unpatch_forward
 
 GEMV_MAX_ROWS = 64  # up to this many input rows the GEMV kernel reads the int8 weights directly (decode steps)
-WEIGHT_FIRST_MAX_ROWS = 192  # up to this many the weight-first tensor-core kernel does (batched decode steps: 1.1-2.3x
+WEIGHT_FIRST_MAX_ROWS = 192  # up to this many the weight-first tensor-core kernel does (batched decode steps: 1.1-2.6x
 # dequantize + cuBLAS at 96-192 rows on every shape, H100); more rows dequantize the weight into a bf16 temporary and use
 # cuBLAS (prefill, training), where cuBLAS's efficiency outweighs the extra bytes (the kernel: 0.74-1.11x at 296 rows)
 _INV_127 = 1.0 / 127.0  # LLM.int8 stores each weight row as round(127 * w / absmax(row)), SCB = absmax(row)
