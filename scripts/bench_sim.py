@@ -1,7 +1,7 @@
 """Simulation throughput: raw env steps/s of N workers x rendered cameras (random actions, every worker stepping on
 its own), and the harness rate (the scripted expert through `vla.env_scheduler`, resets included) on the same pool,
 with its ratio to the raw rate of that run. The harness runs the evaluation protocol's episodes (`--jobs protocol`:
-the suite's fixed initial states, task after task, as `eval.py` orders them, so resets are soft unless `--resets
+the suite's fixed initial states, task after task, as `eval.py` plans them, so resets are soft unless `--resets
 hard`) and/or demo collection's (`--jobs random`: random placements, the tasks in turn, each reset a LIBERO rebuild;
 before 2026-12-07 the only harness, so older tables' ratios include a rebuild per episode).
 
@@ -23,8 +23,9 @@ import numpy as np
 
 from vla.env_pool import EnvPool, ResetRequest, open_pool
 from vla.env_scheduler import Job, Scheduler
+from vla.evaluation import EvalConfig, plan_jobs
 from vla.gl_check import RenderConfig
-from vla.libero_env import CAMERAS, SUITE_MAX_STEPS, load_init_states
+from vla.libero_env import CAMERAS, SUITE_MAX_STEPS
 from vla.policies import ExpertPolicy
 from vla.runtime import configure_logging
 from vla.worker_pipes import PIPE_BYTES
@@ -50,13 +51,10 @@ def raw_rate(pool: EnvPool, seconds: float, seed: int = 0) -> float:
     return steps / elapsed
 
 
-def protocol_jobs(pool: EnvPool, suite: str) -> Iterator[Job]:
-    """The evaluation protocol's episodes, endlessly: each task's fixed initial states in turn (env seed 0), task
-    after task, the order `eval.py` runs them in."""
-    states = {task.task_id: load_init_states(suite, task.task_id) for task in pool.tasks}
-    for task in itertools.cycle(pool.tasks):
-        for i, state in enumerate(states[task.task_id]):
-            yield Job(task, ResetRequest(task.task_id, init_state=state, seed=0), key=i)
+def protocol_jobs(suite: str) -> list[Job]:
+    """The evaluation protocol's 500 episodes as `eval.py` plans and orders them (each task's 50 fixed initial states,
+    env seed 0, task after task)."""
+    return plan_jobs(EvalConfig(task_suite=suite, policy="expert"), [])[1]
 
 
 def random_jobs(pool: EnvPool) -> Iterator[Job]:
@@ -68,8 +66,7 @@ def random_jobs(pool: EnvPool) -> Iterator[Job]:
 def harness_rate(pool: EnvPool, suite: str, seconds: float, jobs: str) -> tuple[float, float | None]:
     """Policy steps/s of the scripted expert through the scheduler over `jobs` (protocol | random), and the workers'
     busy share."""
-    endless = protocol_jobs(pool, suite) if jobs == "protocol" else random_jobs(pool)
-    episodes = list(itertools.islice(endless, 10_000))
+    episodes = protocol_jobs(suite) if jobs == "protocol" else list(itertools.islice(random_jobs(pool), 10_000))
     scheduler = Scheduler(pool, ExpertPolicy(), SUITE_MAX_STEPS[suite])
     started, run = time.perf_counter(), scheduler.run(episodes)
     for _ in run:

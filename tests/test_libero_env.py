@@ -320,7 +320,9 @@ def test_bench_sim_times_the_protocols_episodes_or_collections(libero_assets_dir
     setup_libero(libero_assets_dir)
     bench = load_script("bench_sim")
     pool = SimpleNamespace(tasks=list_tasks("libero_spatial"))
-    protocol = list(itertools.islice(bench.protocol_jobs(pool, "libero_spatial"), 60))
+    planned = bench.protocol_jobs("libero_spatial")
+    assert len(planned) == 500
+    protocol = planned[:60]
     expected = [(0, i) for i in range(50)] + [(1, i) for i in range(10)]
     assert [(job.task.task_id, job.key) for job in protocol] == expected
     states = load_init_states("libero_spatial", 1)

@@ -268,8 +268,9 @@ def _summarize(cfg: EvalConfig, records: list[dict[str, Any]], tasks: list[TaskI
     )  # fmt: skip
 
 
-def _plan(cfg: EvalConfig, records: list[dict[str, Any]]) -> tuple[list[TaskInfo], list[Job]]:
-    """The selected tasks, and a Job for each (task, episode) still to run: its fixed initial state, `env_seed`."""
+def plan_jobs(cfg: EvalConfig, records: list[dict[str, Any]]) -> tuple[list[TaskInfo], list[Job]]:
+    """The selected tasks, and a Job for each (task, episode) still to run after `records`, in the order they run: its
+    fixed initial state, `env_seed`."""
     tasks = _selected_tasks(cfg)
     finished = {(r["task_id"], r["episode"]) for r in records if not (cfg.retry_errors and r["status"] == "error")}
     pending = [(t, i) for t in tasks for i in range(cfg.num_trials_per_task) if (t.task_id, i) not in finished]
@@ -305,7 +306,7 @@ def evaluate(cfg: EvalConfig, policy: Policy) -> dict[str, Any]:
     if mixed:
         raise ValueError(f"{recorder.path} holds episodes of checkpoint step(s) {mixed}, but the loaded checkpoint is "
                          f"step {recorder.step}: evaluate it into a new --out_dir rather than mixing steps")  # fmt: skip
-    tasks, jobs = _plan(cfg, records)
+    tasks, jobs = plan_jobs(cfg, records)
     log.info("evaluating %s: %d episodes to run (%d already recorded) in %s", cfg, len(jobs), len(records), run_dir)
     run = None
     if cfg.wandb:
