@@ -165,15 +165,14 @@ def test_int8_fused_projections_share_the_int8_rows_and_decode_the_same(tiny_int
     of one buffer (bitsandbytes' `state.CB` too, so the old storage is freed), the layer computes what it did, and
     the decoded ids are the unfused loop's; `release` gives each layer its own storage back."""
     from vla.fast_decode import FastActionDecoder
-    from vla.fused_projections import FusedInt8
+    from vla.fused_projections import FusedInt8, gate_up_modules, qkv_modules
     from vla.int8_linear import int8_rows
 
     pixel_values, prompts = decode_inputs(tiny_int8_vla, seed=5)
     plain = FastActionDecoder(tiny_int8_vla).generate_action_ids(pixel_values, prompts, 7)  # weight-only, unfused
     assert len(np.unique(plain)) > 3
     layers = tiny_int8_vla.language_model.model.layers
-    groups = [g for layer in layers for g in ((layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj),
-                                             (layer.mlp.gate_proj, layer.mlp.up_proj))]  # fmt: skip
+    groups = [g for layer in layers for g in (qkv_modules(layer), gate_up_modules(layer))]
     x = torch.randn(3, layers[0].self_attn.q_proj.in_features)
     before = [[(m(x), *(t.clone() for t in int8_rows(m))) for m in group] for group in groups]
     fast = FastActionDecoder(tiny_int8_vla, fuse_projections=True)
