@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -34,14 +34,17 @@ CAMERA_SETS = {"both": CAMERAS, "agentview": ("agentview",), "none": ()}
 CHANNELS = {"socket": None, "pipes": PIPE_BYTES}  # EnvPool's answer_pipe_bytes (vla.worker_pipes)
 
 
-def raw_rate(pool: EnvPool, seconds: float, seed: int = 0) -> float:
-    """Env steps/s with uniform random actions; each worker gets its next action as soon as its step returns."""
+def raw_rate(pool: EnvPool, seconds: float, seed: int = 0, stop: Callable[[], bool] | None = None,
+             reset: bool = True) -> float:  # fmt: skip
+    """Env steps/s with uniform random actions; each worker gets its next action as soon as its step returns. Runs
+    `seconds` after the resets (reset=False: none, the envs go on from where they are), or until `stop()` is true."""
     rng = np.random.default_rng(seed)
-    pool.submit({w: ResetRequest(w % len(pool.tasks), seed=w) for w in range(pool.num_workers)})
+    if reset:
+        pool.submit({w: ResetRequest(w % len(pool.tasks), seed=w) for w in range(pool.num_workers)})
     for w in range(pool.num_workers):
         pool.send(w, rng.uniform(-1, 1, 7))
     steps, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
+    while time.perf_counter() - started < seconds and not (stop and stop()):
         for w, result in pool.receive().items():
             steps += 1
             pool.send(w, ResetRequest(w % len(pool.tasks), seed=steps) if result.error else rng.uniform(-1, 1, 7))

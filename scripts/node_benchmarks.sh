@@ -10,6 +10,8 @@
 #                                            # through eval.py, 2 states a task (the first 16 episodes run together)
 #   bash scripts/node_benchmarks.sh wide7b   # the random 7B with 16 vs 32 envs (16 vs 32 episodes of tasks 0-7, all at
 #                                            # once): does a bigger batch per call lift the policy-bound rate?
+#   bash scripts/node_benchmarks.sh contention # the random bf16 7B's calls beside 16 stepping workers (physics only,
+#                                            # EGL rendering; niceness 0 vs 10) against the same calls idle
 #   bash scripts/node_benchmarks.sh serve    # the full-size VLA behind serve.py: bench_serve at 1 / 8 / 32 clients
 #   bash scripts/node_benchmarks.sh gather   # the 7B through eval.py gathering batches (--gather_s 0.5), vs vla's greedy
 #   bash scripts/node_benchmarks.sh perf     # issue 18's table: training cases + decoding at full size, with profiles
@@ -99,6 +101,13 @@ wide7b() {  # the 7B's protocol is policy-bound (twenty-fourth session: 96 ms a 
     step "wide7b_envs_$envs" 200 $PY scripts/eval.py --checkpoint /tmp/vla_full --tasks "[0,1,2,3,4,5,6,7]" \
       --num_trials_per_task $((envs / 8)) --num_envs "$envs" --out_dir "$DIR/envs_$envs"
   done
+}
+
+contention() {  # the twenty-eighth session's harness calls ran 19 % above the bench's at the same batch: the CPU
+  # (16 simulators on 16 cores) or the GPU (their EGL rendering)? scripts/bench_contention.py builds its own weights
+  step contention 420 $PY scripts/bench_contention.py --tokenizer "$TOKENIZER" --batch 8,16 --loads idle,none,agentview \
+    --nice 0,10 --workers 16 --seconds 12
+  grep -E "^ *(load|idle|none|agentview) " "$DIR/contention.log"
 }
 
 gather() {  # scripts/bench_scheduler.py predicts greedy (the vla stage) beats gathering by ~9 % for the 7B
@@ -202,6 +211,7 @@ for stage in "$@"; do
     protocol) protocol ;;
     full7b) full7b ;;
     wide7b) wide7b ;;
+    contention) contention ;;
     serve) serve ;;
     gather) gather ;;
     perf) perf ;;
