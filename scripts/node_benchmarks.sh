@@ -21,7 +21,8 @@
 #   bash scripts/node_benchmarks.sh seed     # issue 18's seed-recipe row: LLM.int8 at 1 x 4 against the same 4 samples as
 #                                            # one micro-batch (4 x 1: the same step, tests/test_training.py), bitsandbytes
 #   bash scripts/node_benchmarks.sh gputests # every `pytest -m gpu` test of the suite, one log (issue 18's equivalence
-#                                            # tests in one place; needs bitsandbytes, as perf, and the sim bundle)
+#                                            # tests in one place; needs bitsandbytes, as perf, and the sim bundle,
+#                                            # whose expert episodes give the trained-checkpoint guard its frames)
 #   bash scripts/node_benchmarks.sh fp8      # quantization fp8 against bf16: single matmuls, the GPU equivalence test,
 #                                            # decoding (batch 1 / 8 / 16, token agreement), LoRA training; full size
 #   bash scripts/node_benchmarks.sh compile  # speed.compile_llm_layers: LoRA training with each Llama layer compiled, bf16
@@ -142,8 +143,11 @@ seed() {  # the seed recipe (LLM.int8, micro-batch 1 x accumulation 4) is host-b
 }
 
 gputests() {  # the GPU half of the test suite: the files that hold `gpu` tests, named so that no other file's
-  # imports (simulator, TensorFlow) need to resolve on the node; the summary line and any traceback land in the log
-  VLA_LLAMA2_DIR="$TOKENIZER" step gpu_tests 480 $PY -m pytest -q -m gpu -p no:cacheprovider -rs tests/test_fast_paths.py \
+  # imports (simulator, TensorFlow) need to resolve on the node; the summary line and any traceback land in the log.
+  # The decoding guard on a trained model runs the shipped checkpoint on frames of the expert's episodes
+  step guard_frames 90 $PY scripts/guard_frames.py --out "$DIR/guard_frames.npz" --frames 64 --workers 8
+  VLA_TRAINED_CHECKPOINT=checkpoints/small-libero-spatial VLA_GUARD_FRAMES="$DIR/guard_frames.npz" \
+  VLA_LLAMA2_DIR="$TOKENIZER" step gpu_tests 420 $PY -m pytest -q -m gpu -p no:cacheprovider -rs tests/test_fast_paths.py \
     tests/test_model.py tests/test_processor.py tests/test_augment_torch.py tests/test_video_frames.py \
     tests/test_lora.py tests/test_policies.py
   tail -n 3 "$DIR/gpu_tests.log"

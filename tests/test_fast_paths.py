@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import LLAMA2_DIR
 
+from vla.batch_shapes import bucket_length
 from vla.lora import LoraSettings, lora_layers
 from vla.model import VLA, VLAConfig, build_vla
 from vla.prompt import collate
@@ -40,6 +41,14 @@ def batched_ids(generate, pixel_values: torch.Tensor, prompts: list[list[int]], 
     """Action ids (N, 7) of `generate` over the inputs in consecutive batches of `batch`."""
     chunks = range(0, len(prompts), batch)
     return np.concatenate([generate(pixel_values[i : i + batch], prompts[i : i + batch], 7) for i in chunks])
+
+
+def plain_at_fast_shapes(vla: VLA):
+    """`vla.generate_action_ids` with a batch's prompts padded to the fast decoder's bucketed length: the plain
+    reference at the fast path's matmul shapes, so that only the two paths' arithmetic differs."""
+    return lambda pixel_values, prompts, n: vla.generate_action_ids(
+        pixel_values, prompts, n, length=bucket_length(max(map(len, prompts)))
+    )
 
 
 def test_static_cache_decoder_matches_plain_decoding(tiny_vla):
@@ -72,6 +81,8 @@ def test_bucketed_batches_decode_the_same_actions(tiny_vla):
     assert input_ids.shape[0] == 8 and input_ids.shape[1] % 8 == 0 and padded
     assert input_ids.shape[1] >= max(len(p) for p in prompts) and (mask[5:] == mask[4]).all()
     np.testing.assert_array_equal(fast.decode(pixels, input_ids, mask, n, padded)[:5].numpy(), plain)
+    longer = tiny_vla.generate_action_ids(pixel_values, prompts, 7, length=input_ids.shape[1] + 8)
+    np.testing.assert_array_equal(longer, plain)  # the plain path at another padded length (the GPU test's reference)
     same = [prompts[0]] * 3  # one instruction: pads only up to the bucketed length
     args = fast.batch_inputs(pixel_values[:3], same, 7, bucket=True)
     assert args[1].shape == (4, bucket_length(len(prompts[0]))) and args[4] == (len(prompts[0]) % 8 != 0)
@@ -522,7 +533,9 @@ def test_fused_lora_computes_the_same_layer(official_checkpoint):
 # (plain with itself: 0.89); its guard is test_fast_decoding_agrees_on_a_trained_checkpoint (1.0000) and the per-op
 # test below
 def test_fast_decoding_agrees_with_plain_at_full_size(quantization, compile):
-    """Same random weights, 16 fixed inputs, 7 tokens each: the fast path's tokens equal the plain path's on >= 99 %,
+    """Same random weights, 16 fixed inputs, 7 tokens each: the fast path's tokens equal the plain path's (batches of 8
+    padded to the fast path's bucketed prompt length: the same matmul shapes; the 2026-12-04 buckets made the
+    reference's shorter padding agree on only 0.88 of tokens, H100) on >= 99 %,
     or at least as often as the plain path agrees with itself between batch 1 and batch 8 when that is lower: with
     random weights many greedy choices are near-ties that last-bit rounding (another cuBLAS/cuDNN kernel) flips, and a
     flip changes the rest of the action. For 8-bit the reference is the plain loop over the same weight-only int8
@@ -545,7 +558,7 @@ def test_fast_decoding_agrees_with_plain_at_full_size(quantization, compile):
 
     plain_1, plain_8 = (
         batched_ids(vla.generate_action_ids, pixel_values, prompts, 1),
-        batched_ids(vla.generate_action_ids, pixel_values, prompts, 8),
+        batched_ids(plain_at_fast_shapes(vla), pixel_values, prompts, 8),
     )
     vla.enable_fast_decoding(max_graphs=8, compile=compile)
     fast_1, fast_8 = (
@@ -558,7 +571,7 @@ def test_fast_decoding_agrees_with_plain_at_full_size(quantization, compile):
         llm_int8 = (fast_1 == plain_1).mean(), (fast_8 == plain_8).mean()
         plain_1, plain_8 = (
             batched_ids(vla.generate_action_ids, pixel_values, prompts, 1),
-            batched_ids(vla.generate_action_ids, pixel_values, prompts, 8),
+            batched_ids(plain_at_fast_shapes(vla), pixel_values, prompts, 8),
         )  # weight-only int8 now
         print(f"8bit: vs LLM.int8 plain: batch 1 {llm_int8[0]:.4f}, batch 8 {llm_int8[1]:.4f}")
     self_agreement = (plain_8 == plain_1).mean()
@@ -620,7 +633,7 @@ def test_fast_decoding_agrees_on_a_trained_checkpoint(compile):
 
     plain_1, plain_8 = (
         batched_ids(vla.generate_action_ids, pixel_values, prompts, 1),
-        batched_ids(vla.generate_action_ids, pixel_values, prompts, 8),
+        batched_ids(plain_at_fast_shapes(vla), pixel_values, prompts, 8),
     )
     vla.enable_fast_decoding(max_graphs=8, compile=compile)
     fast_1, fast_8 = (

@@ -355,3 +355,19 @@ def test_bench_contention_times_calls_idle_and_beside_a_stepping_pool(libero_ass
     assert all(float(row[-1]) > 0 for row in rows[1:])  # the load stepped while the calls ran
     bad = subprocess.run([*command[:2], "--tokenizer", "x", "--loads", "none,idle"], cwd=REPO, capture_output=True)
     assert bad.returncode == 2 and b"the first load must be idle" in bad.stderr
+
+
+def test_guard_frames_writes_what_the_trained_checkpoint_guard_reads(tmp_path, libero_assets_dir):
+    """scripts/guard_frames.py: the expert's fixed-state episodes, every n-th step's model image with its instruction
+    ($VLA_GUARD_FRAMES of tests/test_fast_paths.py::test_fast_decoding_agrees_on_a_trained_checkpoint)."""
+    from scripts_loader import load_script
+
+    from vla.libero_env import list_tasks, setup_libero
+
+    setup_libero(libero_assets_dir)
+    out = load_script("guard_frames").main(["--out", str(tmp_path / "guard.npz"), "--frames", "6", "--every", "5",
+                                            "--workers", "1", "--libero_assets", libero_assets_dir])  # fmt: skip
+    data = np.load(out)
+    assert data["images"].shape == (6, 224, 224, 3) and data["images"].dtype == np.uint8
+    assert len({frame.tobytes() for frame in data["images"]}) == 6  # the arm moves between kept steps
+    assert set(data["instructions"]) <= {task.language for task in list_tasks("libero_spatial")}

@@ -207,17 +207,21 @@ class VLA(nn.Module):
         disable_int8_weight_only(self.language_model)
 
     @torch.no_grad()
-    def generate_action_ids(self, pixel_values: torch.Tensor, prompts: Sequence[Sequence[int]], n: int) -> np.ndarray:
+    def generate_action_ids(
+        self, pixel_values: torch.Tensor, prompts: Sequence[Sequence[int]], n: int, length: int | None = None
+    ) -> np.ndarray:
         """Greedy decoding of `n` tokens restricted to the action ids, with a KV cache.
 
         pixel_values (B, 6, S, S); prompts: B id lists starting with BOS. Rows of different lengths are padded
         *between* the image and the text (`[BOS | patches | pad... | text]`, pad masked out) and get positions that
-        count only unmasked tokens, so each row computes what it would alone. Returns ids (B, n) int64.
+        count only unmasked tokens, so each row computes what it would alone. length: pad every prompt to this many
+        ids (default: the longest's), e.g. the fast decoder's bucketed length, to compare the two at the same shapes
+        (another length changes only the matmuls' shapes, so the last bits). Returns ids (B, n) int64.
         (The official model decodes over the full vocabulary; restricting to the 256 action ids changes nothing
         when the best token is an action id and otherwise avoids decoding text tokens as +-0.996.)
         """
         lm = self.language_model
-        input_ids, attention_mask = pad_prompts(prompts, self.config.pad_token_id)
+        input_ids, attention_mask = pad_prompts(prompts, self.config.pad_token_id, length)
         embeds, mask = self.multimodal_inputs(pixel_values, input_ids.to(self.device), attention_mask.to(self.device))
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
         cache = _new_cache()
