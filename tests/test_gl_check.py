@@ -44,3 +44,28 @@ def test_cuda_devices_follow_cuda_visible_devices(monkeypatch):
     assert gl_check.cuda_devices() == [0, 1]
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     assert gl_check.cuda_devices() == []
+
+
+def test_a_vla_on_cuda_gets_renders_on_the_other_gpus(monkeypatch):
+    """eval.py without --egl_devices: where other GPUs are visible the workers render there, not on the VLA's GPU
+    (each render there slowed its calls ~1.6 ms, bench_contention); one GPU, a CPU policy or explicit devices: as
+    before."""
+    from types import SimpleNamespace
+
+    torch = pytest.importorskip("torch")
+    from vla.evaluation import EvalConfig, render_config
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    on = lambda device: SimpleNamespace(vla=SimpleNamespace(device=torch.device(device)))  # noqa: E731
+    assert render_config(EvalConfig(), on("cuda:0")).egl_devices == [6]
+    assert render_config(EvalConfig(), on("cuda:1")).egl_devices == [4]
+    assert render_config(EvalConfig(), on("cuda")).egl_devices == [6]  # the current device: 0
+    assert render_config(EvalConfig(egl_devices=[4]), on("cuda:0")).egl_devices == [4]  # the user's choice stands
+    assert render_config(EvalConfig(), on("cpu")).egl_devices is None
+    assert render_config(EvalConfig(policy="expert"), SimpleNamespace()).egl_devices is None
+    assert [env["MUJOCO_EGL_DEVICE_ID"] for env in
+            gl_check.worker_gl_envs(3, render_config(EvalConfig(), on("cuda:1")))] == ["4", "4", "4"]  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4")
+    assert render_config(EvalConfig(), on("cuda:0")).egl_devices is None  # one GPU: it renders too

@@ -19,7 +19,7 @@ import numpy as np
 from vla.env_pool import ResetRequest, open_pool
 from vla.env_scheduler import Episode, Job, Scheduler
 from vla.files import append_jsonl
-from vla.gl_check import RenderConfig
+from vla.gl_check import RenderConfig, devices_beside
 from vla.hub import check_checkpoint
 from vla.libero_env import SUITE_MAX_STEPS, TaskInfo, check_suite, list_tasks, load_init_states, setup_libero
 from vla.libero_io import WorkerImages
@@ -76,7 +76,9 @@ class EvalConfig:
     # None: where this process would use the numpy ops too (no TensorFlow: the same pixels), else on this process
     worker_images: bool | None = None
     gl: str | None = None  # MuJoCo GL back-end of the workers: egl | osmesa; None: $MUJOCO_GL, else egl
-    egl_devices: list[int] | None = None  # EGL device ids the workers render on (round-robin); None: visible GPUs
+    # EGL device ids the workers render on (round-robin); None: the visible GPUs other than a VLA policy's where there
+    # are others (a render on the policy's GPU slows its calls), else all visible
+    egl_devices: list[int] | None = None
     seed: int = 7  # seeds random / numpy / torch in this process (OpenVLA's protocol seed)
     env_seed: int = 0  # `env.seed()` before every reset (OpenVLA seeds each env once with 0)
     # rebuild the sim at every reset as LIBERO does by default (11x slower resets; fixtures then stand where the env's
@@ -167,6 +169,16 @@ class EvalConfig:
     @property
     def render(self) -> RenderConfig:
         return RenderConfig(gl=self.gl, egl_devices=self.egl_devices)
+
+
+def render_config(cfg: EvalConfig, policy: Policy) -> RenderConfig:
+    """`cfg.render`; with `egl_devices` unset and a VLA on CUDA, the workers render on the other visible GPUs, if any
+    (`gl_check.devices_beside`)."""
+    device = getattr(getattr(policy, "vla", None), "device", None)
+    if cfg.egl_devices is not None or getattr(device, "type", None) != "cuda":
+        return cfg.render
+    index = device.index if device.index is not None else 0  # "cuda": the current device, 0 unless set otherwise
+    return dataclasses.replace(cfg.render, egl_devices=devices_beside(index))
 
 
 def check_server_url(url: str) -> None:
@@ -318,7 +330,8 @@ def evaluate(cfg: EvalConfig, policy: Policy) -> dict[str, Any]:
             cameras, transform = eval_cameras(policy, cfg.save_videos), getattr(policy, "worker_images", None)
             if isinstance(transform, WorkerImages) and not cfg.save_videos:  # no video: the model image alone
                 transform = dataclasses.replace(transform, video_frames=False)
-            pool_args = (cfg.task_suite, num_workers, cameras, cfg.render, cfg.libero_assets, cfg.hard_reset, transform)
+            render = render_config(cfg, policy)
+            pool_args = (cfg.task_suite, num_workers, cameras, render, cfg.libero_assets, cfg.hard_reset, transform)
             with (
                 open_pool(*pool_args) as pool,
                 tqdm(total=len(jobs), desc=f"{cfg.task_suite} episodes", unit="ep") as bar,

@@ -50,6 +50,17 @@ def cuda_devices() -> list[int]:
     return list(range(count))
 
 
+def devices_beside(policy_gpu: int | None) -> list[int] | None:
+    """The EGL devices to render on beside a policy on CUDA device `policy_gpu` (its index among the visible GPUs):
+    every other visible GPU, so that no render shares the policy's GPU; None (the default spread) where there is no
+    other GPU or no policy on one. On one H100 each 256² render cost the policy's CUDA graphs ~1.6 ms, the GPU
+    switching between the renderers' GL contexts and the policy's (scripts/bench_contention.py, PERFORMANCE.md)."""
+    visible = cuda_devices()
+    if policy_gpu is None or len(visible) < 2 or not 0 <= policy_gpu < len(visible):
+        return None
+    return [device for index, device in enumerate(visible) if index != policy_gpu]
+
+
 def worker_gl_envs(num_workers: int, render: RenderConfig, devices: list[int] | None = None) -> list[dict[str, str]]:
     """Per worker, the environment variables it renders with: MUJOCO_GL / PYOPENGL_PLATFORM, and under EGL with GPUs
     an explicit MUJOCO_EGL_DEVICE_ID (worker i on device i mod #devices). `devices` None: `render.egl_devices`,
