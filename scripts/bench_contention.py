@@ -5,9 +5,11 @@ The twenty-eighth session found eval.py's 7B calls 19 % slower than bench_infere
 175.7 ms at batch 16, H100). Each action is one CUDA graph, so host launches are few; what differs is the load: 16
 simulator processes on 16 cores (CPU: the host thread waits for a core) that render with EGL on the same GPU
 (time-slicing between contexts). The loads tell them apart: `none` steps physics only, `agentview` also renders
-eval's camera, each with the workers at niceness 0 or higher (the policy's thread first).
+eval's camera, each with the workers at niceness 0 or higher (the policy's thread first). Answer (H100, docs/
+PERFORMANCE.md, twenty-ninth session): the renders, ~1.6 ms of the policy's time each; the cores cost it nothing.
 
     python scripts/bench_contention.py --tokenizer DIR --batch 16 --loads idle,none,agentview --nice 0,10
+    python scripts/bench_contention.py --tokenizer DIR --batch 16 --loads idle,agentview --nice 0 --egl_devices 1
     python scripts/bench_contention.py --tokenizer DIR --preset tiny --device cpu --workers 1 --seconds 1  # smoke
 
 Prints one row per (load, niceness, batch): calls, median and mean ms a call, the ratio to the idle median, and the
@@ -30,14 +32,13 @@ from bench_sim import CAMERA_SETS, raw_rate
 INSTRUCTION = "pick up the black bowl between the plate and the ramekin and place it on the plate"
 
 
-def _load(suite: str, assets: str | None, workers: int, cameras: str, nice: int, ready, stop, rates) -> None:
-    """The simulation load (a spawned process): `workers` envs stepping random actions until `stop`; the workers
-    inherit this process's niceness."""
+def _load(suite: str, assets: str | None, render, workers: int, cameras: str, nice: int, ready, stop, rates) -> None:
+    """The simulation load (a spawned process): `workers` envs stepping random actions until `stop`, rendering with
+    `render` (a `RenderConfig`); the workers inherit this process's niceness."""
     from vla.env_pool import open_pool
-    from vla.gl_check import RenderConfig
 
     os.nice(nice)
-    with open_pool(suite, workers, CAMERA_SETS[cameras], RenderConfig(), assets) as pool:
+    with open_pool(suite, workers, CAMERA_SETS[cameras], render, assets) as pool:
         raw_rate(pool, 1.0)  # every env created, reset and stepping before the calls are timed
         ready.set()
         rates.put(raw_rate(pool, float("inf"), stop=stop.is_set, reset=False))
@@ -81,7 +82,10 @@ def simulation(args: argparse.Namespace, load: str, nice: int) -> Iterator[dict]
         return
     ctx = mp.get_context("spawn")
     ready, stop, rates = ctx.Event(), ctx.Event(), ctx.Queue()
-    load_args = (args.task_suite, args.libero_assets, args.workers, load, nice, ready, stop, rates)
+    from vla.gl_check import RenderConfig
+
+    render = RenderConfig(egl_devices=args.egl_devices)
+    load_args = (args.task_suite, args.libero_assets, render, args.workers, load, nice, ready, stop, rates)
     process = ctx.Process(target=_load, args=load_args, name=f"load-{load}")
     process.start()
     try:
@@ -135,6 +139,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--start_timeout", type=float, default=300.0)
     parser.add_argument("--task_suite", default="libero_spatial")
     parser.add_argument("--libero_assets", default=None)
+    parser.add_argument("--egl_devices", type=lambda s: [int(t) for t in s.split(",")], default=None,
+                        help="EGL devices the load renders on (default: the visible GPUs; on a node with two, 1 "
+                             "shows what rendering beside the policy's GPU 0 leaves of the cost)")  # fmt: skip
     args = parser.parse_args(argv)
     bad = [load for load in args.loads if load != "idle" and load not in CAMERA_SETS]
     if bad:
