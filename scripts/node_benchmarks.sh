@@ -18,6 +18,8 @@
 #                                            # (needs bitsandbytes: carry its wheel instead of a sim bundle)
 #   bash scripts/node_benchmarks.sh int8     # 8-bit decoding: the int8 matmul paths' crossings, fused 8-bit projections
 #                                            # (needs bitsandbytes, as perf)
+#   bash scripts/node_benchmarks.sh nf4      # 4-bit decoding at batch 1 with its profile tables: where issue 18's 4-bit
+#                                            # row's time goes before any nf4 kernel is written (bitsandbytes)
 #   bash scripts/node_benchmarks.sh seed     # issue 18's seed-recipe row: LLM.int8 at 1 x 4 against the same 4 samples as
 #                                            # one micro-batch (4 x 1: the same step, tests/test_training.py), bitsandbytes
 #   bash scripts/node_benchmarks.sh gputests # every `pytest -m gpu` test of the suite, one log (issue 18's equivalence
@@ -132,6 +134,13 @@ int8() {  # issue 18's 8-bit decoding levers (needs bitsandbytes, e.g. PYTHONPAT
     --batch 8 --iters 10 --plain-iters 2 --warmup 2 --agree 8 --fused --compile
 }
 
+nf4() {  # issue 18's 4-bit row (15.7 Hz, goal 30) was never profiled: bitsandbytes' nf4 layers run as they are in
+  # the fast decoder (its own fused GEMV for single rows, dequantize + matmul for the prefill); the stage breakdown and
+  # the profiler tables of one plain and one fast batch-1 call say which of them the 64 ms are
+  step inference_nf4 300 $PY scripts/bench_inference.py --tokenizer "$TOKENIZER" --quantization 4bit --batch 1 \
+    --batch 8 --iters 10 --plain-iters 2 --warmup 2 --agree 8 --compile --profile
+}
+
 seed() {  # the seed recipe (LLM.int8, micro-batch 1 x accumulation 4) is host-bound: ~20 k ATen ops and LLM.int8's
   # host syncs per micro-batch (issue 8's profile). The same 4 samples as one micro-batch make the same optimizer step
   # (every sample has 8 labelled tokens; tests/test_training.py::test_accumulation_equals_one_large_batch) in a quarter
@@ -221,6 +230,7 @@ for stage in "$@"; do
     gather) gather ;;
     perf) perf ;;
     int8) int8 ;;
+    nf4) nf4 ;;
     gputests) gputests ;;
     seed) seed ;;
     precision) precision ;;
