@@ -51,6 +51,14 @@ def plain_at_fast_shapes(vla: VLA):
     )
 
 
+def plain_and_fast_ids(vla: VLA, pixel_values: torch.Tensor, prompts: list[list[int]], path: str):
+    """Action ids of `path` (plain: `generate_action_ids`, at the fast path's padded length in batches of 8; fast:
+    the model's fast decoder) over the inputs in batches of 1 and of 8."""
+    generate = vla.generate_action_ids if path == "plain" else vla.fast_decoder.generate_action_ids
+    batch_8 = plain_at_fast_shapes(vla) if path == "plain" else generate
+    return batched_ids(generate, pixel_values, prompts, 1), batched_ids(batch_8, pixel_values, prompts, 8)
+
+
 def test_static_cache_decoder_matches_plain_decoding(tiny_vla):
     from vla.fast_decode import FastActionDecoder
 
@@ -556,23 +564,14 @@ def test_fast_decoding_agrees_with_plain_at_full_size(quantization, compile):
                     dtype=torch.bfloat16)  # fmt: skip
     pixel_values, prompts = decode_inputs(vla, n=16, seed=7)
 
-    plain_1, plain_8 = (
-        batched_ids(vla.generate_action_ids, pixel_values, prompts, 1),
-        batched_ids(plain_at_fast_shapes(vla), pixel_values, prompts, 8),
-    )
+    plain_1, plain_8 = plain_and_fast_ids(vla, pixel_values, prompts, "plain")
     vla.enable_fast_decoding(max_graphs=8, compile=compile)
-    fast_1, fast_8 = (
-        batched_ids(vla.fast_decoder.generate_action_ids, pixel_values, prompts, 1),
-        batched_ids(vla.fast_decoder.generate_action_ids, pixel_values, prompts, 8),
-    )
+    fast_1, fast_8 = plain_and_fast_ids(vla, pixel_values, prompts, "fast")
     assert vla.fast_decoder.graph_error is None
     assert vla.fast_decoder.compile_error is None and vla.fast_decoder.compiled == compile
     if quantization == "8bit":
         llm_int8 = (fast_1 == plain_1).mean(), (fast_8 == plain_8).mean()
-        plain_1, plain_8 = (
-            batched_ids(vla.generate_action_ids, pixel_values, prompts, 1),
-            batched_ids(plain_at_fast_shapes(vla), pixel_values, prompts, 8),
-        )  # weight-only int8 now
+        plain_1, plain_8 = plain_and_fast_ids(vla, pixel_values, prompts, "plain")  # weight-only int8 now
         print(f"8bit: vs LLM.int8 plain: batch 1 {llm_int8[0]:.4f}, batch 8 {llm_int8[1]:.4f}")
     self_agreement = (plain_8 == plain_1).mean()
     agreement_1, agreement_8 = (fast_1 == plain_1).mean(), (fast_8 == plain_8).mean()
@@ -631,15 +630,9 @@ def test_fast_decoding_agrees_on_a_trained_checkpoint(compile):
     pixel_values = vla.image_processor(list(data["images"]))
     prompts = [vla.sequence_builder.inference_ids(str(t)) for t in data["instructions"]]
 
-    plain_1, plain_8 = (
-        batched_ids(vla.generate_action_ids, pixel_values, prompts, 1),
-        batched_ids(plain_at_fast_shapes(vla), pixel_values, prompts, 8),
-    )
+    plain_1, plain_8 = plain_and_fast_ids(vla, pixel_values, prompts, "plain")
     vla.enable_fast_decoding(max_graphs=8, compile=compile)
-    fast_1, fast_8 = (
-        batched_ids(vla.fast_decoder.generate_action_ids, pixel_values, prompts, 1),
-        batched_ids(vla.fast_decoder.generate_action_ids, pixel_values, prompts, 8),
-    )
+    fast_1, fast_8 = plain_and_fast_ids(vla, pixel_values, prompts, "fast")
     assert vla.fast_decoder.graph_error is None and vla.fast_decoder.compile_error is None
     agreement = {"plain 8 vs 1": (plain_8 == plain_1).mean(), "batch 1": (fast_1 == plain_1).mean(),
                  "batch 8": (fast_8 == plain_8).mean()}  # fmt: skip
