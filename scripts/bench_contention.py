@@ -29,14 +29,17 @@ from collections.abc import Iterator
 import numpy as np
 from bench_sim import CAMERA_SETS, raw_rate
 
+from vla.env_pool import open_pool
+from vla.gl_check import RenderConfig
+
 INSTRUCTION = "pick up the black bowl between the plate and the ramekin and place it on the plate"
 
 
-def _load(suite: str, assets: str | None, render, workers: int, cameras: str, nice: int, ready, stop, rates) -> None:
+def _load(
+    suite: str, assets: str | None, render: RenderConfig, workers: int, cameras: str, nice: int, ready, stop, rates
+) -> None:
     """The simulation load (a spawned process): `workers` envs stepping random actions until `stop`, rendering with
     `render` (a `RenderConfig`); the workers inherit this process's niceness."""
-    from vla.env_pool import open_pool
-
     os.nice(nice)
     with open_pool(suite, workers, CAMERA_SETS[cameras], render, assets) as pool:
         raw_rate(pool, 1.0)  # every env created, reset and stepping before the calls are timed
@@ -57,6 +60,8 @@ def time_calls(vla, batch: int, seconds: float) -> list[float]:
 
 
 def build(args: argparse.Namespace):
+    """The random-weight VLA, decoding as eval.py does on CUDA. Its modules are imported here, not at the top: the
+    spawned load and each of its workers import this file and need none of them."""
     import torch
 
     from vla.checkpoint import load_tokenizer
@@ -82,8 +87,6 @@ def simulation(args: argparse.Namespace, load: str, nice: int) -> Iterator[dict]
         return
     ctx = mp.get_context("spawn")
     ready, stop, rates = ctx.Event(), ctx.Event(), ctx.Queue()
-    from vla.gl_check import RenderConfig
-
     render = RenderConfig(egl_devices=args.egl_devices)
     load_args = (args.task_suite, args.libero_assets, render, args.workers, load, nice, ready, stop, rates)
     process = ctx.Process(target=_load, args=load_args, name=f"load-{load}")
