@@ -20,13 +20,14 @@ from vla.env_pool import open_pool
 from vla.env_scheduler import Episode, Scheduler
 from vla.evaluation import EvalConfig, plan_jobs
 from vla.gl_check import RenderConfig
-from vla.libero_env import SUITE_MAX_STEPS
+from vla.libero_env import SUITE_MAX_STEPS, setup_libero
 from vla.libero_io import libero_image
 from vla.policies import ExpertPolicy
 from vla.runtime import configure_logging
 
 
 def collect(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    setup_libero(args.libero_assets)  # LIBERO's config.yaml before its import, which otherwise waits on input()
     cfg = EvalConfig(task_suite=args.task_suite, policy="expert", num_trials_per_task=args.trials_per_task)
     jobs = plan_jobs(cfg, [])[1]
     jobs = [jobs[i] for i in np.argsort([job.key for job in jobs], kind="stable")]  # state 0 of every task first

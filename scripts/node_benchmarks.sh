@@ -146,9 +146,14 @@ seed() {  # the seed recipe (LLM.int8, micro-batch 1 x accumulation 4) is host-b
   # (every sample has 8 labelled tokens; tests/test_training.py::test_accumulation_equals_one_large_batch) in a quarter
   # of the launches, still in LLM.int8 (whose outlier columns are then chosen over four samples' rows, not one's).
   # The first case is the baseline the ratios are taken against. Twenty-ninth session (H100): 4 x 1 with the layers
-  # recomputed 5.15 samples/s (3.05x) at 14.0 GiB allocated but 16.0 reserved; expandable segments (exp) for the gap
+  # recomputed 5.15 samples/s (3.05x) at 14.0 GiB allocated but 16.0 reserved; expandable segments (exp) for the gap.
+  # The towers recomputed too fit in 12.1 GiB at 41 % of the rate: the profile of that case (the towers' Linear layers
+  # are bf16, ~1.5 TFLOP a step to recompute: too little for 41 %) says what that case spends. bf16in: peft casts every
+  # adapted input to float32 and autocast casts it back for lora_A, which keeps that second bf16 copy for backward
+  # (~0.75 GiB in the towers at micro-batch 4, estimated); bf16 inputs give bit-identical results under autocast
+  # (vla.speedups.bf16_lora_inputs) without the copies
   step finetune_seed 420 $PY scripts/bench_finetune.py --tokenizer "$TOKENIZER" --warmup 1 --steps 3 \
-    --case 8bit,1,4 --case 8bit,4,1,ckpt --case 8bit,4,1,ckpt,exp --case 8bit,4,1,ckpt,vis,exp
+    --case 8bit,1,4 --case 8bit,4,1,ckpt,exp --case 8bit,4,1,ckpt,bf16in,exp --case 8bit,4,1,ckpt,vis,exp --profile 3
   tail -n 8 "$DIR/finetune_seed.log"
 }
 

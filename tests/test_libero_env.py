@@ -363,14 +363,19 @@ def test_bench_contention_times_calls_idle_and_beside_a_stepping_pool(
 
 def test_guard_frames_writes_what_the_trained_checkpoint_guard_reads(tmp_path, libero_assets_dir):
     """scripts/guard_frames.py: the expert's fixed-state episodes, every n-th step's model image with its instruction
-    ($VLA_GUARD_FRAMES of tests/test_fast_paths.py::test_fast_decoding_agrees_on_a_trained_checkpoint)."""
-    from scripts_loader import load_script
+    ($VLA_GUARD_FRAMES of tests/test_fast_paths.py::test_fast_decoding_agrees_on_a_trained_checkpoint). Run as on a
+    fresh node: no LIBERO config.yaml yet and stdin closed (the thirtieth session's node run stopped at LIBERO's
+    input() prompt: the script listed the tasks before writing the config)."""
+    from vla.libero_env import list_tasks
 
-    from vla.libero_env import list_tasks, setup_libero
-
-    setup_libero(libero_assets_dir)
-    out = load_script("guard_frames").main(["--out", str(tmp_path / "guard.npz"), "--frames", "6", "--every", "5",
-                                            "--workers", "1", "--libero_assets", libero_assets_dir])  # fmt: skip
+    out = tmp_path / "guard.npz"
+    env = {**os.environ, "LIBERO_CONFIG_PATH": str(tmp_path / "libero_config")}
+    done = subprocess.run(
+        [sys.executable, "scripts/guard_frames.py", "--out", str(out), "--frames", "6", "--every", "5", "--workers",
+         "1", "--libero_assets", str(libero_assets_dir)],
+        cwd=REPO, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
     data = np.load(out)
     assert data["images"].shape == (6, 224, 224, 3) and data["images"].dtype == np.uint8
     assert len({frame.tobytes() for frame in data["images"]}) == 6  # the arm moves between kept steps
