@@ -6,7 +6,8 @@ Each --case is `quantization,micro_batch,grad_accumulation[,option...]` (quantiz
 Options, the `vla.speedups` switches that `TrainConfig` exposes: `ckpt` (checkpoint all Llama layers) or `ckpt=N` (the first
 N), `vis` (checkpoint the vision-tower blocks), `bf16in` (LoRA inputs stay bf16), `w8` (weight-only int8 matmuls),
 `fuse` (LoRA scale + add fused into the matmul), `exp` (expandable CUDA segments), `compile` (torch.compile of each
-Llama decoder layer: the warm-up steps include its compilation); `fast` = ckpt,vis,bf16in,exp.
+Llama decoder layer: the warm-up steps include its compilation), `cvis` (torch.compile of each vision-tower block);
+`fast` = ckpt,vis,bf16in,exp.
 Prints one row per case: peak allocated / reserved GiB, samples/s, the ratio to the first case, and the first
 micro-batch's loss (same seed -> same weights, so cases of one quantization must agree). `--profile K` adds a
 torch.profiler table of one optimizer step of case K.
@@ -48,9 +49,10 @@ def speedup_kwargs(options: list[str], num_layers: int) -> dict:
     for opt in options:
         if opt == "ckpt" or opt.startswith("ckpt="):
             kwargs["checkpoint_llm_layers"] = num_layers if opt == "ckpt" else int(opt.split("=")[1])
-        elif opt in ("vis", "bf16in", "fuse", "w8", "exp", "compile"):
+        elif opt in ("vis", "bf16in", "fuse", "w8", "exp", "compile", "cvis"):
             key = {"vis": "checkpoint_vision", "bf16in": "lora_bf16_inputs", "fuse": "lora_fused",
-                   "w8": "int8_weight_only", "exp": "expandable_segments", "compile": "compile_llm_layers"}[opt]  # fmt: skip
+                   "w8": "int8_weight_only", "exp": "expandable_segments", "compile": "compile_llm_layers",
+                   "cvis": "compile_vision"}[opt]  # fmt: skip
             kwargs[key] = True
         else:
             raise SystemExit(f"unknown case option {opt!r}; see --help")

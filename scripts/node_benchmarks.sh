@@ -145,15 +145,12 @@ seed() {  # the seed recipe (LLM.int8, micro-batch 1 x accumulation 4) is host-b
   # host syncs per micro-batch (issue 8's profile). The same 4 samples as one micro-batch make the same optimizer step
   # (every sample has 8 labelled tokens; tests/test_training.py::test_accumulation_equals_one_large_batch) in a quarter
   # of the launches, still in LLM.int8 (whose outlier columns are then chosen over four samples' rows, not one's).
-  # The first case is the baseline the ratios are taken against. Twenty-ninth session (H100): 4 x 1 with the layers
-  # recomputed 5.15 samples/s (3.05x) at 14.0 GiB allocated but 16.0 reserved; expandable segments (exp) for the gap.
-  # The towers recomputed too fit in 12.1 GiB at 41 % of the rate: the profile of that case (the towers' Linear layers
-  # are bf16, ~1.5 TFLOP a step to recompute: too little for 41 %) says what that case spends. bf16in: peft casts every
-  # adapted input to float32 and autocast casts it back for lora_A, which keeps that second bf16 copy for backward
-  # (~0.75 GiB in the towers at micro-batch 4, estimated); bf16 inputs give bit-identical results under autocast
-  # (vla.speedups.bf16_lora_inputs) without the copies
-  step finetune_seed 420 $PY scripts/bench_finetune.py --tokenizer "$TOKENIZER" --warmup 1 --steps 3 \
-    --case 8bit,1,4 --case 8bit,4,1,ckpt,exp --case 8bit,4,1,ckpt,bf16in,exp --case 8bit,4,1,ckpt,vis,exp --profile 3
+  # The first case is the baseline the ratios are taken against. Thirtieth session (H100): 4 x 1 with the Llama layers
+  # recomputed 3.7-5.9 samples/s at 14.0 GiB (the host's speed varies); the towers recomputed too 12.0 GiB at 3.0-3.3,
+  # their recompute +0.65 s of host time a step for +17 ms of GPU time (profile). cvis compiles the tower blocks, so
+  # that the recompute replays fused kernels instead of ~1,000 small ops dispatched one by one
+  step finetune_seed 420 $PY scripts/bench_finetune.py --tokenizer "$TOKENIZER" --warmup 2 --steps 6 \
+    --case 8bit,1,4 --case 8bit,4,1,ckpt,exp --case 8bit,4,1,ckpt,vis,exp --case 8bit,4,1,ckpt,vis,cvis,exp
   tail -n 8 "$DIR/finetune_seed.log"
 }
 
