@@ -29,6 +29,8 @@
 # brought home from an earlier lease, so that training spans leases (each lease's schedule warms up and anneals again).
 # An int8 copy (the shipped checkpoints/small-libero-spatial) is converted to bf16 first ($PROOF/init-bf16): its
 # weights rounded (<= 1/254 of a row's largest), lm_head's rows outside the action ids zeros, relearnt as training starts.
+# GROW="--add_llm_layers N [--add_tower_blocks M]" continues from a deeper copy of INIT that predicts the same actions
+# (scripts/grow_checkpoint.py: the added layers start as the identity) — more capacity without random weights.
 # In a lease of short calls, run it through scripts/node_job.sh (docs/OFFLINE.md §5).
 # A CPU rehearsal of every stage in ~5 min: PROOF=/tmp/rehearse EPISODES=1 TASKS="[0]"
 # WORKERS=1 STEPS=4 SAVES=2 BATCH=4 PRESETS="micro tiny" SAMPLE_TRIALS=1 FULL_TRIALS=1 EVAL_WHILE_TRAINING=1
@@ -72,6 +74,8 @@ ADD_FRAMES=${ADD_FRAMES:-}        # video exports joined with this node's collec
 INIT=${INIT:-}                    # a checkpoint to continue from (see above); empty = random weights
 [ -z "$INIT" ] || [ -f "$INIT/config.json" ] || { echo "INIT=$INIT has no config.json: point it at a checkpoint" \
   "that ship writes (\$PROOF/ship/<preset>-bf16 or -int8)" >&2; exit 2; }
+GROW=${GROW:-}                    # e.g. "--add_llm_layers 4": INIT grown first (scripts/grow_checkpoint.py, see above)
+[ -z "$GROW" ] || [ -n "$INIT" ] || { echo "GROW=\"$GROW\" grows INIT: set INIT to the checkpoint to grow" >&2; exit 2; }
 DATA="$PROOF/data/${SUITE}_no_noops"
 [ -z "$VIDEO_FRAMES" ] || [ -z "$ADD_FRAMES" ] || { echo "set VIDEO_FRAMES or ADD_FRAMES, not both" >&2; exit 2; }
 [ -z "$ADD_FRAMES" ] || VIDEO_FRAMES="$PROOF/video"
@@ -98,11 +102,21 @@ join_frames() {  # this node's collection as H.264, joined with ADD_FRAMES (each
   [ -f "$VIDEO_FRAMES/index.npz" ] || $PY scripts/export_video_frames.py --merge "$PROOF/video_node" $ADD_FRAMES --out "$VIDEO_FRAMES"
 }
 
-float_init() {  # INIT as finetune.py reads it: an int8 copy converted to bf16 once ($PROOF/init-bf16)
-  if [ -z "$INIT" ] || ! grep -q '"vla_int8"' "$INIT/config.json"; then echo "$INIT"; return; fi
-  [ -f "$PROOF/init-bf16/config.json" ] || $PY scripts/convert_checkpoint.py --checkpoint "$INIT" \
-    --out "$PROOF/init-bf16" --overwrite --dtype bfloat16 >&2
-  echo "$PROOF/init-bf16"
+float_init() {  # INIT as finetune.py reads it: an int8 copy converted to bf16 once ($PROOF/init-bf16), then grown once
+  # when GROW is set ($PROOF/init-grown)
+  local init=$INIT
+  if [ -n "$INIT" ] && grep -q '"vla_int8"' "$INIT/config.json"; then
+    [ -f "$PROOF/init-bf16/config.json" ] || $PY scripts/convert_checkpoint.py --checkpoint "$INIT" \
+      --out "$PROOF/init-bf16" --overwrite --dtype bfloat16 >&2
+    init="$PROOF/init-bf16"
+  fi
+  if [ -n "$GROW" ]; then
+    # shellcheck disable=SC2086  # GROW is a list of flags
+    [ -f "$PROOF/init-grown/config.json" ] || $PY scripts/grow_checkpoint.py --checkpoint "$init" \
+      --out "$PROOF/init-grown" --overwrite --dtype bfloat16 $GROW >&2
+    init="$PROOF/init-grown"
+  fi
+  echo "$init"
 }
 
 train_one() {  # $1 = preset, $2 = the checkpoint to continue from (float_init; empty = random weights)

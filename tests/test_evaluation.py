@@ -667,6 +667,27 @@ def test_learning_proof_continues_from_init_and_ships_the_copy_it_reads(tmp_path
     ]
 
 
+def test_learning_proof_grows_init_before_training_from_it(tmp_path):
+    """GROW: INIT (after the int8 -> bf16 conversion) is grown once by scripts/grow_checkpoint.py with GROW's flags,
+    and finetune.py starts from the grown copy; GROW without INIT is refused before any stage."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "learning_proof.sh"
+    proof, init = tmp_path / "proof", tmp_path / "small-int8"
+    proof.mkdir()
+    init.mkdir()
+    (init / "config.json").write_text('{"vla_int8": {"format": "rowwise-v1"}}')
+    env = {**os.environ, "PROOF": str(proof), "PYTHON": "echo", "PRESETS": "small", "GROW": "--add_llm_layers 4"}
+    refused = subprocess.run(["bash", script, "train"], env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "grows INIT: set INIT" in refused.stderr
+    run = ["bash", "-c", f'source {script} && train_one small "$(float_init)"']
+    done = subprocess.run(run, env={**env, "INIT": str(init)}, check=True, capture_output=True, text=True)
+    convert, grow = (line.split() for line in done.stderr.splitlines())  # the two commands, in order
+    assert convert[0] == "scripts/convert_checkpoint.py" and convert[convert.index("--out") + 1] == f"{proof}/init-bf16"
+    assert grow[:3] == ["scripts/grow_checkpoint.py", "--checkpoint", f"{proof}/init-bf16"]
+    assert grow[grow.index("--out") + 1] == f"{proof}/init-grown" and grow[-2:] == ["--add_llm_layers", "4"]
+    words = (proof / "train_small.log").read_text().split()
+    assert words[words.index("--model.vla_path") + 1] == f"{proof}/init-grown"
+
+
 def test_learning_proof_passes_collect_flags_to_collect_demos(tmp_path):
     """COLLECT_FLAGS reach collect_demos.py after the script's own flags (e.g. rehearsed misses for one task)."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "learning_proof.sh"

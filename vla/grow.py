@@ -1,0 +1,91 @@
+"""Deeper copies of a trained VLA that compute exactly what it computes (LLaMA Pro's block expansion): each added
+Llama layer or ViT block is a copy of the one before it with its output projections zeroed, so it adds nothing to
+the residual stream until training moves those projections. Continuing a trained model with more capacity is then
+possible without starting from random weights:
+
+    python scripts/grow_checkpoint.py --checkpoint checkpoints/small-libero-spatial --out /tmp/grown \
+        --add_llm_layers 4
+
+Where the copies go: spread evenly over the original layers (4 layers + 4: a copy after each). In a vision tower only
+the blocks up to the second-to-last feed the projector (`vla.vision.penultimate_features`), so the copies go among
+those and the last block stays last (unused, as before).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import torch
+
+from vla.checkpoint import CheckpointParts
+
+LLM_PREFIX = "language_model.model.layers"
+TOWER_PREFIXES = ("vision_backbone.featurizer.blocks", "vision_backbone.fused_featurizer.blocks")
+# the projections that write into the residual stream: zeroed, they make a layer the identity
+LLM_OUTPUTS = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
+TOWER_OUTPUTS = ("attn.proj.weight", "attn.proj.bias", "mlp.fc2.weight", "mlp.fc2.bias")
+
+
+def expansion(layers: int, added: int, used: int | None = None) -> list[tuple[int, bool]]:
+    """The grown stack as (source layer, is_copy) per new index: `added` copies spread evenly after the first `used`
+    layers (default all), each copy right after the layer it copies; layers past `used` keep their order at the end."""
+    used = layers if used is None else used
+    if added < 0 or not 1 <= used <= layers:
+        raise ValueError(f"cannot add {added} layers among the first {used} of {layers}")
+    after = [0] * used
+    for j in range(added):
+        after[math.ceil((j + 1) * used / added) - 1] += 1
+    plan = []
+    for i in range(layers):
+        plan.append((i, False))
+        plan.extend([(i, True)] * (after[i] if i < used else 0))
+    return plan
+
+
+def _grow_stack(weights: dict[str, torch.Tensor], prefix: str, plan: list[tuple[int, bool]], outputs: tuple[str, ...]):
+    """`weights` with the layers under `prefix` rearranged by `plan` (copies' `outputs` zeroed); returns a new dict."""
+    pattern = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.(.+)$")
+    layers: dict[int, dict[str, torch.Tensor]] = {}
+    grown = {}
+    for key, value in weights.items():
+        match = pattern.match(key)
+        if match:
+            layers.setdefault(int(match[1]), {})[match[2]] = value
+        else:
+            grown[key] = value
+    if sorted(layers) != list(range(len(layers))) or len(layers) != len({source for source, _ in plan}):
+        raise ValueError(f"{prefix}: found layers {sorted(layers)}, the plan needs 0..{len(plan) - 1}")
+    for index, (source, is_copy) in enumerate(plan):
+        for name, value in layers[source].items():
+            if is_copy and name in outputs:
+                value = torch.zeros_like(value)
+            elif is_copy:
+                value = value.clone()
+            grown[f"{prefix}.{index}.{name}"] = value
+    return grown
+
+
+def grow(parts: CheckpointParts, add_llm_layers: int = 0, add_tower_blocks: int = 0) -> CheckpointParts:
+    """`parts` (vla.checkpoint.read_official_checkpoint) with `add_llm_layers` more Llama layers and
+    `add_tower_blocks` more blocks in each vision tower, as identity copies (module docstring). The rest — tokenizer,
+    image processor, action statistics — is the input's; the weight sources are dropped (the layer numbers moved)."""
+    if add_llm_layers < 0 or add_tower_blocks < 0:
+        raise ValueError(f"add_llm_layers and add_tower_blocks must be >= 0, got {add_llm_layers}, {add_tower_blocks}")
+    config, weights = parts.config, dict(parts.state_dict)
+    if add_llm_layers:
+        plan = expansion(config.num_hidden_layers, add_llm_layers)
+        weights = _grow_stack(weights, LLM_PREFIX, plan, LLM_OUTPUTS)
+        config = dataclasses.replace(config, num_hidden_layers=len(plan))
+    if add_tower_blocks:
+        overrides = []
+        for prefix, override in zip(TOWER_PREFIXES, config.vision.overrides, strict=True):
+            depth = sum(1 for key in weights if re.match(rf"^{re.escape(prefix)}\.\d+\.norm1\.weight$", key))
+            if depth < 2:
+                raise ValueError(f"{prefix} has {depth} blocks; growing needs the second-to-last block's features")
+            plan = expansion(depth, add_tower_blocks, used=depth - 1)
+            weights = _grow_stack(weights, prefix, plan, TOWER_OUTPUTS)
+            overrides.append({**override, "depth": len(plan)})
+        config = dataclasses.replace(config, vision=dataclasses.replace(config.vision, overrides=tuple(overrides)))
+    return dataclasses.replace(parts, config=config, state_dict=weights, weight_sources={})
