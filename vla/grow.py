@@ -55,8 +55,11 @@ def _grow_stack(weights: dict[str, torch.Tensor], prefix: str, plan: list[tuple[
             layers.setdefault(int(match[1]), {})[match[2]] = value
         else:
             grown[key] = value
-    if sorted(layers) != list(range(len(layers))) or len(layers) != len({source for source, _ in plan}):
-        raise ValueError(f"{prefix}: found layers {sorted(layers)}, the plan needs 0..{len(plan) - 1}")
+    expected = len({source for source, _ in plan})
+    if sorted(layers) != list(range(expected)):
+        raise ValueError(
+            f"{prefix}: found layers {sorted(layers)}, expected 0..{expected - 1} (config and weights differ)"
+        )
     for index, (source, is_copy) in enumerate(plan):
         for name, value in layers[source].items():
             if is_copy and name in outputs:
