@@ -120,6 +120,21 @@ def test_setup_writes_config_before_libero_import_and_accepts_relative_assets(tm
     assert done.returncode == 0, done.stderr.decode()[-2000:]
 
 
+def test_list_tasks_on_a_fresh_machine_writes_the_config_or_names_the_missing_assets(tmp_path, libero_assets_dir):
+    """With no LIBERO config.yaml yet, `list_tasks` writes it before LIBERO's import (which would otherwise wait on
+    input(): a fresh node's guard_frames did); without findable assets it raises the setup error naming the fix."""
+    script = "from vla.libero_env import list_tasks\nprint(len(list_tasks('libero_spatial')))\n"
+    env = {**os.environ, "LIBERO_CONFIG_PATH": str(tmp_path / "fresh"), "VLA_LIBERO_ASSETS": str(libero_assets_dir)}
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.split()[-1] == "10", done.stderr[-2000:]
+    assert (tmp_path / "fresh" / "config.yaml").is_file()
+    env = {**env, "LIBERO_CONFIG_PATH": str(tmp_path / "other"), "VLA_LIBERO_ASSETS": str(tmp_path / "no_assets")}
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode != 0 and "LIBERO assets not found" in done.stderr and "EOFError" not in done.stderr
+
+
 def test_simulation_modules_never_import_tensorflow():
     script = (
         "import sys, runpy; import vla.libero_env, vla.expert\n"

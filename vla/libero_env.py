@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,11 @@ def resolve_assets_dir(assets_dir: str | Path | None = None) -> Path:
     return path
 
 
+def _config_file() -> Path:
+    """The config.yaml LIBERO's import reads: `$LIBERO_CONFIG_PATH/config.yaml`, default `~/.libero/config.yaml`."""
+    return Path(os.environ.get("LIBERO_CONFIG_PATH", str(Path("~/.libero").expanduser()))) / "config.yaml"
+
+
 def setup_libero(assets_dir: str | Path | None = None) -> Path:
     """Write `$LIBERO_CONFIG_PATH/config.yaml` (default `~/.libero`) before `libero.libero` is imported (else its
     import blocks on `input()`), and point LIBERO at the assets. Idempotent; returns the assets folder."""
@@ -75,8 +81,8 @@ def setup_libero(assets_dir: str | Path | None = None) -> Path:
 
     package = _libero_package_dir()
     assets = resolve_assets_dir(assets_dir)
-    config_dir = Path(os.environ.setdefault("LIBERO_CONFIG_PATH", str(Path("~/.libero").expanduser())))
-    config_file = config_dir / "config.yaml"
+    config_file = _config_file()
+    config_dir = Path(os.environ.setdefault("LIBERO_CONFIG_PATH", str(config_file.parent)))
     config = {}
     if config_file.is_file():
         config = yaml.safe_load(config_file.read_text()) or {}
@@ -103,9 +109,12 @@ def setup_libero(assets_dir: str | Path | None = None) -> Path:
 
 
 def list_tasks(suite: str) -> list[TaskInfo]:
-    """The tasks of `suite` in LIBERO's order (task order index 0). Needs `setup_libero()` first; imports no
-    simulator (safe beside TensorFlow)."""
+    """The tasks of `suite` in LIBERO's order (task order index 0). Imports no simulator (safe beside TensorFlow).
+    Where LIBERO has no config.yaml yet (a fresh node), `setup_libero()` writes one first with the assets it
+    resolves: else LIBERO's import would wait on `input()` (the thirtieth session's guard_frames on the node)."""
     check_suite(suite)
+    if "libero.libero" not in sys.modules and not _config_file().is_file():
+        setup_libero()  # raises LiberoSetupError naming the fix where no assets are found
     from libero.libero import benchmark
 
     bench = benchmark.get_benchmark_dict()[suite]()
