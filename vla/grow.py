@@ -44,8 +44,11 @@ def expansion(layers: int, added: int, used: int | None = None) -> list[tuple[in
     return plan
 
 
-def _grow_stack(weights: dict[str, torch.Tensor], prefix: str, plan: list[tuple[int, bool]], outputs: tuple[str, ...]):
-    """`weights` with the layers under `prefix` rearranged by `plan` (copies' `outputs` zeroed); returns a new dict."""
+def _grow_stack(
+    weights: dict[str, torch.Tensor], prefix: str, added: int, outputs: tuple[str, ...], last_unused: bool = False
+) -> tuple[dict[str, torch.Tensor], int]:
+    """`weights` with `added` identity copies among the layers under `prefix` (`expansion`; with `last_unused` the
+    last layer stays last) and the copies' `outputs` zeroed: (a new dict, the new depth)."""
     pattern = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.(.+)$")
     layers: dict[int, dict[str, torch.Tensor]] = {}
     grown = {}
@@ -55,11 +58,12 @@ def _grow_stack(weights: dict[str, torch.Tensor], prefix: str, plan: list[tuple[
             layers.setdefault(int(match[1]), {})[match[2]] = value
         else:
             grown[key] = value
-    expected = len({source for source, _ in plan})
-    if sorted(layers) != list(range(expected)):
-        raise ValueError(
-            f"{prefix}: found layers {sorted(layers)}, expected 0..{expected - 1} (config and weights differ)"
-        )
+    depth = len(layers)
+    if sorted(layers) != list(range(depth)):
+        raise ValueError(f"{prefix}: found layers {sorted(layers)}, expected 0..{depth - 1}")
+    if last_unused and depth < 2:
+        raise ValueError(f"{prefix} has {depth} blocks; growing needs the second-to-last block's features")
+    plan = expansion(depth, added, used=depth - 1 if last_unused else depth)
     for index, (source, is_copy) in enumerate(plan):
         for name, value in layers[source].items():
             if is_copy and name in outputs:
@@ -67,7 +71,7 @@ def _grow_stack(weights: dict[str, torch.Tensor], prefix: str, plan: list[tuple[
             elif is_copy:
                 value = value.clone()
             grown[f"{prefix}.{index}.{name}"] = value
-    return grown
+    return grown, len(plan)
 
 
 def grow(parts: CheckpointParts, add_llm_layers: int = 0, add_tower_blocks: int = 0) -> CheckpointParts:
@@ -78,17 +82,12 @@ def grow(parts: CheckpointParts, add_llm_layers: int = 0, add_tower_blocks: int 
         raise ValueError(f"add_llm_layers and add_tower_blocks must be >= 0, got {add_llm_layers}, {add_tower_blocks}")
     config, weights = parts.config, dict(parts.state_dict)
     if add_llm_layers:
-        plan = expansion(config.num_hidden_layers, add_llm_layers)
-        weights = _grow_stack(weights, LLM_PREFIX, plan, LLM_OUTPUTS)
-        config = dataclasses.replace(config, num_hidden_layers=len(plan))
+        weights, depth = _grow_stack(weights, LLM_PREFIX, add_llm_layers, LLM_OUTPUTS)
+        config = dataclasses.replace(config, num_hidden_layers=depth)
     if add_tower_blocks:
         overrides = []
         for prefix, override in zip(TOWER_PREFIXES, config.vision.overrides, strict=True):
-            depth = sum(1 for key in weights if re.match(rf"^{re.escape(prefix)}\.\d+\.norm1\.weight$", key))
-            if depth < 2:
-                raise ValueError(f"{prefix} has {depth} blocks; growing needs the second-to-last block's features")
-            plan = expansion(depth, add_tower_blocks, used=depth - 1)
-            weights = _grow_stack(weights, prefix, plan, TOWER_OUTPUTS)
-            overrides.append({**override, "depth": len(plan)})
+            weights, depth = _grow_stack(weights, prefix, add_tower_blocks, TOWER_OUTPUTS, last_unused=True)
+            overrides.append({**override, "depth": depth})
         config = dataclasses.replace(config, vision=dataclasses.replace(config.vision, overrides=tuple(overrides)))
     return dataclasses.replace(parts, config=config, state_dict=weights, weight_sources={})
