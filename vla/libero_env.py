@@ -82,7 +82,7 @@ def setup_libero(assets_dir: str | Path | None = None) -> Path:
     package = _libero_package_dir()
     assets = resolve_assets_dir(assets_dir)
     config_file = _config_file()
-    config_dir = Path(os.environ.setdefault("LIBERO_CONFIG_PATH", str(config_file.parent)))
+    os.environ.setdefault("LIBERO_CONFIG_PATH", str(config_file.parent))  # the file LIBERO's import then reads
     config = {}
     if config_file.is_file():
         config = yaml.safe_load(config_file.read_text()) or {}
@@ -98,7 +98,7 @@ def setup_libero(assets_dir: str | Path | None = None) -> Path:
             updated[key] = str(path)
     updated["assets"] = str(assets)
     if updated != config:
-        config_dir.mkdir(parents=True, exist_ok=True)
+        config_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = config_file.with_name(f"config.yaml.{os.getpid()}.tmp")
         tmp.write_text(yaml.safe_dump(updated))
         os.replace(tmp, config_file)
